@@ -1,0 +1,1 @@
+"""Runnable programs: the ``corral`` CLI, the child bootstrap and the example applications."""

@@ -1,0 +1,42 @@
+"""corral's IPC layer: length-prefixed msgpack frames and an asyncio request/reply channel.
+
+Knows nothing of pools, workers or Redis; imported by both the supervisor and its children.
+"""
+
+from ipc.channel import DEFAULT_TIMEOUT_S, Channel, Handler, socketpair
+from ipc.errors import (
+    ChannelClosed,
+    EncodeError,
+    EndOfStream,
+    FrameTooLarge,
+    IPCError,
+    MalformedFrame,
+    NoHandler,
+    ProtocolError,
+    RemoteError,
+    RequestTimeout,
+    SendBufferFull,
+    TruncatedFrame,
+)
+from ipc.frames import FrameDecoder, FrameEncoder
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "Channel",
+    "ChannelClosed",
+    "EncodeError",
+    "EndOfStream",
+    "FrameDecoder",
+    "FrameEncoder",
+    "FrameTooLarge",
+    "Handler",
+    "IPCError",
+    "MalformedFrame",
+    "NoHandler",
+    "ProtocolError",
+    "RemoteError",
+    "RequestTimeout",
+    "SendBufferFull",
+    "TruncatedFrame",
+    "socketpair",
+]
