@@ -1,10 +1,30 @@
-"""The ``corral`` command line."""
+"""The ``corral`` command line: run a pool in the foreground, and control a running one.
+
+Every command takes ``-c CONFIG`` (default ``./corral.toml``). User mistakes (bad config, no
+supervisor running, bad arguments) print one clear line on stderr and a named exit code, never a
+traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
 import sys
+import time
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from ipc import IPCError
+from supervisor import config as config_module
+from supervisor.config import Config, ConfigError
+from supervisor.control import NotRunning, call
+from supervisor.main import Supervisor, SupervisorExit
+from supervisor.status import render
 
 
 def _version() -> str:
@@ -17,14 +37,121 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="corral", description="A supervised worker pool for Redis work.")
     parser.add_argument("--version", action="version", version=f"corral {_version()}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default="corral.toml", help="config file (default: ./corral.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", parents=[common], help="run the supervisor in the foreground")
+    status = sub.add_parser("status", parents=[common], help="show every slot of the running pool")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    sub.add_parser("reload", parents=[common], help="rolling reload with new code and re-read config")
+    scale = sub.add_parser("scale", parents=[common], help="change the number of slots")
+    scale.add_argument("workers", type=int, help="the new number of slots")
+    stop = sub.add_parser("stop", parents=[common], help="graceful stop of the running pool")
+    stop.add_argument("--no-wait", action="store_true", help="return without waiting for it to exit")
+    stop.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the exit")
+    logs = sub.add_parser("logs", parents=[common], help="print (or follow) a slot's log file")
+    logs.add_argument("slot", help="a slot number, or 'supervisor'")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("-n", "--lines", type=int, default=50, help="how many last lines to print first")
     return parser
 
 
+def fail(message: str, code: int) -> int:
+    print(f"corral: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
+    args = build_parser().parse_args(argv)
+    logger.remove()  # `run` sets up its own logging; the control commands only print results
+    if args.command != "run":
+        logger.add(sys.stderr, level="WARNING", format="corral: {message}")
+    try:
+        config = config_module.load(args.config)
+    except ConfigError as exc:
+        return fail(str(exc), SupervisorExit.CONFIG)
+    try:
+        if args.command == "run":
+            return asyncio.run(Supervisor(config).run())
+        if args.command == "logs":
+            return show_logs(config, args.slot, args.lines, args.follow)
+        return asyncio.run(control(config, args))
+    except NotRunning as exc:
+        return fail(str(exc), SupervisorExit.NOT_RUNNING)
+    except IPCError as exc:
+        return fail(f"the supervisor did not answer properly: {exc}", SupervisorExit.NOT_RUNNING)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `corral status | head`: the reader went away, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+async def control(config: Config, args: argparse.Namespace) -> int:
+    path = config.control_socket
+    if args.command == "status":
+        status = await call(path, "status")
+        print(json.dumps(status, indent=2) if args.json else render(status))
+    elif args.command == "reload":
+        print(await call(path, "reload"))
+    elif args.command == "scale":
+        if args.workers < 0:
+            return fail(f"scale needs a number of slots >= 0, got {args.workers}", SupervisorExit.CONFIG)
+        print(await call(path, "scale", args.workers))
+    elif args.command == "stop":
+        pid: int = (await call(path, "status"))["pid"]
+        await call(path, "stop")
+        if not args.no_wait and not await _wait_gone(pid, args.timeout):
+            return fail(f"supervisor pid {pid} still running after {args.timeout:g}s", 1)
+        print("stopped")
     return 0
+
+
+async def _wait_gone(pid: int, timeout_s: float) -> bool:
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+def show_logs(config: Config, slot: str, lines: int, follow: bool) -> int:
+    name = "supervisor.log" if slot == "supervisor" else f"worker-{slot}.log"
+    if slot != "supervisor" and not slot.isdigit():
+        return fail(f"logs takes a slot number or 'supervisor', got {slot!r}", SupervisorExit.CONFIG)
+    path = config.log_dir / name
+    if not path.exists():
+        return fail(f"no log file {path}", 1)
+    with path.open("rb") as handle:
+        tail = handle.readlines()[-lines:] if lines > 0 else []
+        sys.stdout.buffer.write(b"".join(tail))
+        sys.stdout.flush()
+        if follow:
+            _follow(path, handle)
+    return 0
+
+
+def _follow(path: Path, handle: Any) -> None:
+    """Like ``tail -F``: keeps going across rotation (the file replaced by a new one)."""
+    inode = path.stat().st_ino
+    while True:
+        chunk = handle.read()
+        if chunk:
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            continue
+        try:
+            if path.stat().st_ino != inode:
+                handle.close()
+                handle = path.open("rb")
+                inode = path.stat().st_ino
+                continue
+        except FileNotFoundError:
+            pass
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

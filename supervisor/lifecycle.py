@@ -45,12 +45,16 @@ async def stop(
     ]
     for deadline_name, timeout_s, sig in rungs:
         if sig is not None and conn.process.signal(sig):
-            conn.log.warning("slot {} pid {}: {} passed, sent {}", conn.slot, conn.pid, deadline_name,
-                             signal.Signals(sig).name)  # fmt: skip
+            conn.log.warning(
+                "slot {} pid {}: {} passed, sent {}",
+                conn.slot,
+                conn.pid,
+                deadline_name,
+                signal.Signals(sig).name,
+            )
         escalate: asyncio.Future[object] = asyncio.ensure_future(pool._escalate.wait())
         waiting: list[asyncio.Future[object]] = [conn.process.exited, escalate]  # type: ignore[list-item]
-        await asyncio.wait(waiting, timeout=timeout_s,
-                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        await asyncio.wait(waiting, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         escalate.cancel()
         if not conn.alive:
             return

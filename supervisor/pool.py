@@ -34,6 +34,7 @@ Listener = Callable[[WorkerConnection], Any]
 EVENTS = ("spawning", "ready", "killing", "exit")
 STATS_EVENT = "corral.stats"
 SPEC_ENV = "CORRAL_CHILD"
+SYSTEMD_ENV = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"})
 
 
 @dataclass
@@ -47,6 +48,8 @@ class Slot:
     fatal_reason: str | None = None
     recycle_reason: str | None = None
     generation: int = 0
+    processed_before: int = 0  # processed/failed by this slot's earlier children
+    failed_before: int = 0
 
     @property
     def busy(self) -> bool:
@@ -58,7 +61,7 @@ class Slot:
             return WorkerState.FATAL
         if self.current is not None:
             return self.current.state
-        return WorkerState.BACKOFF if self.backoff_until > time.monotonic() else WorkerState.STOPPED
+        return WorkerState.BACKOFF if self.backoff_until else WorkerState.STOPPED
 
 
 @dataclass
@@ -93,7 +96,14 @@ class PoolEvents:
 
 class WorkerPool:
     def __init__(
-        self, name: str, size: int, target: str, settings: PoolSettings | None = None, **overrides: Any
+        self,
+        name: str,
+        size: int,
+        target: str,
+        settings: PoolSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        **overrides: Any,
     ) -> None:
         if size < 0:
             raise ValueError(f"pool size must be >= 0, got {size}")
@@ -103,6 +113,7 @@ class WorkerPool:
         self.settings = dataclasses.replace(settings or PoolSettings(), **overrides)
         self.host = self.settings.host or socket.gethostname()
         self.slots: dict[int, Slot] = {}
+        self.clock = clock
         self.log = logger.bind(pool=name)
         self._listeners: dict[str, list[Listener]] = {event: [] for event in EVENTS}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -237,7 +248,7 @@ class WorkerPool:
         """Bring the pool toward its desired state; returns the next time it must look again."""
         if self.stopping:
             return None
-        now, next_at = time.monotonic(), None
+        now, next_at = self.clock(), None
         for index in range(self.size):
             slot = self.slots.setdefault(index, Slot(index, SlotHistory(self.settings.policy)))
             if slot.busy or slot.fatal_reason:
@@ -260,7 +271,7 @@ class WorkerPool:
     async def _supervise(self) -> None:
         while not self.stopping:
             next_at = self.reconcile()
-            timeout = None if next_at is None else max(0.0, next_at - time.monotonic())
+            timeout = None if next_at is None else max(0.0, next_at - self.clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
@@ -292,6 +303,7 @@ class WorkerPool:
     # -- one child's life ---------------------------------------------------------------------
 
     async def _launch(self, slot: Slot, replacing: bool) -> bool:
+        slot.backoff_until = 0.0
         conn = await self._spawn(slot)
         if replacing:
             slot.next = conn
@@ -348,11 +360,20 @@ class WorkerPool:
     def _child_env(self, slot: int, fd: int) -> dict[str, str]:
         s = self.settings
         spec = {
-            "fd": fd, "slot": slot, "pool": self.name, "target": self.target, "host": self.host,
-            "parent_pid": os.getpid(), "options": s.options, "log_level": s.log_level,
-            "log_json": s.log_json, "stats_interval_s": s.stats_interval_s,
-        }  # fmt: skip
-        env = {**os.environ, **s.env, SPEC_ENV: json.dumps(spec)}
+            "fd": fd,
+            "slot": slot,
+            "pool": self.name,
+            "target": self.target,
+            "host": self.host,
+            "parent_pid": os.getpid(),
+            "options": s.options,
+            "log_level": s.log_level,
+            "log_json": s.log_json,
+            "stats_interval_s": s.stats_interval_s,
+        }
+        env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}  # systemd talks to us only
+        env.update(s.env)
+        env[SPEC_ENV] = json.dumps(spec)
         env.update(PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
         return env
 
@@ -374,11 +395,12 @@ class WorkerPool:
 
     def _record_failure(self, slot: Slot, conn: WorkerConnection) -> None:
         heals = conn.process.returncode != ExitCode.BOOT_IMPORT
-        decision = slot.history.record_failure(time.monotonic(), conn.uptime_s, heals)
+        decision = slot.history.record_failure(self.clock(), conn.uptime_s, heals)
         if decision.fatal:
             slot.fatal_reason = f"{decision.reason}; last: {conn.exit_description()}"
             conn.log.error("slot {}: stopped -> fatal ({})", slot.index, slot.fatal_reason)
         else:
-            slot.backoff_until = time.monotonic() + decision.delay_s
-            conn.log.warning("slot {} pid {} died: {}; {}", slot.index, conn.pid, conn.exit_description(),
-                             decision.reason)  # fmt: skip
+            slot.backoff_until = self.clock() + decision.delay_s
+            conn.log.warning(
+                "slot {} pid {} died: {}; {}", slot.index, conn.pid, conn.exit_description(), decision.reason
+            )

@@ -14,7 +14,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Sequence
 
-OutputSink = Callable[[bytes], None]
+OutputSink = Callable[[bytes], None]  # called with each chunk of output, and b"" at its end
 
 
 class _OutputPipe(asyncio.Protocol):
@@ -26,6 +26,7 @@ class _OutputPipe(asyncio.Protocol):
         self.sink(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.sink(b"")  # end of output: a sink may flush a last unterminated line
         if not self.done.done():
             self.done.set_result(None)
 

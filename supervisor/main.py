@@ -1,0 +1,220 @@
+"""The supervisor process: a WorkerPool plus signals, control socket, log files and systemd.
+
+Signal handlers and control requests only enqueue an action; ``_loop`` takes actions one at a
+time, and the pool's ``reconcile()`` does the rest. A second TERM (or QUIT) during a stop skips
+the current rung of every stop ladder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import time
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from supervisor import config as config_module
+from supervisor.config import Config, ConfigError
+from supervisor.control import AlreadyRunning, ControlServer
+from supervisor.logs import LogManager
+from supervisor.pool import WorkerPool
+from supervisor.settings import PoolSettings
+from supervisor.status import snapshot, summary
+from supervisor.systemd import Notifier
+
+
+class SupervisorExit(IntEnum):
+    OK = 0
+    CONFIG = 2  # the configuration (or the command line) is invalid: nothing was started
+    ALL_FATAL = 3  # every slot went fatal: systemd's Restart=on-failure may try again
+    ALREADY_RUNNING = 4  # another supervisor owns this state dir
+    NOT_RUNNING = 5  # (CLI) no supervisor answers on the control socket
+
+
+SIGNAL_ACTIONS = {
+    signal.SIGTERM: "stop",
+    signal.SIGINT: "stop",
+    signal.SIGQUIT: "quit",
+    signal.SIGHUP: "reload",
+    signal.SIGTTIN: "scale_up",
+    signal.SIGTTOU: "scale_down",
+    signal.SIGUSR1: "reopen",
+}
+TICK_S = 1.0
+
+
+class Supervisor:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier.from_env()
+        self.logs = LogManager(config.log_dir, config.logging)
+        self.actions: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.pool = WorkerPool(config.pool_name, config.workers, config.worker, self._settings(config))
+        self.control = ControlServer(config.control_socket, self._control_handlers())
+        self.started_at = time.monotonic()
+        self.state = "starting"
+        self.exit_code = SupervisorExit.OK
+        self._stop_task: asyncio.Task[None] | None = None
+        self._reload_task: asyncio.Task[None] | None = None
+        self._announced_ready = False
+
+    def _settings(self, config: Config) -> PoolSettings:
+        return dataclasses.replace(config.pool, output=self.logs.output_sink)
+
+    async def run(self) -> int:
+        """Run until stopped; returns the process exit code."""
+        self.logs.start()
+        try:
+            await self.control.start()
+        except AlreadyRunning as exc:
+            logger.error("{}", exc)
+            return SupervisorExit.ALREADY_RUNNING
+        self.config.pid_file.write_text(f"{os.getpid()}\n")
+        loop = asyncio.get_running_loop()
+        for signum, action in SIGNAL_ACTIONS.items():
+            loop.add_signal_handler(signum, self.actions.put_nowait, (action, None))
+        logger.info(
+            "corral {} supervisor pid {}: {} slots of {}",
+            self.config.pool_name,
+            os.getpid(),
+            self.config.workers,
+            self.config.worker,
+        )
+        self.pool.on("exit", self._on_exit)
+        spawning = asyncio.create_task(self.pool.spawn_all())
+        try:
+            await self._loop()
+        finally:
+            spawning.cancel()
+            for signum in SIGNAL_ACTIONS:
+                loop.remove_signal_handler(signum)
+            await self.control.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.config.pid_file.unlink()
+            logger.info("supervisor exiting with code {}", int(self.exit_code))
+            self.logs.close()
+        return self.exit_code
+
+    async def _loop(self) -> None:
+        while self._stop_task is None or not self._stop_task.done():
+            try:
+                action, arg = await asyncio.wait_for(self.actions.get(), self._tick_s())
+            except TimeoutError:
+                self._tick()
+                continue
+            self._act(action, arg)
+        self.notifier.stopping()
+
+    def _act(self, action: str, arg: Any) -> None:
+        if action in ("stop", "quit"):
+            if self._stop_task is not None:
+                logger.warning("{} again: skipping ahead on the stop ladder", action)
+                self.pool.skip_ahead()
+            else:
+                self._stop_task = asyncio.create_task(self._stop(fast=action == "quit"))
+        elif action == "reload" and self._stop_task is None:
+            if self._reload_task is not None and not self._reload_task.done():
+                logger.warning("reload already in progress; ignored")
+            else:
+                self._reload_task = asyncio.create_task(self._reload())
+        elif action in ("scale_up", "scale_down", "scale") and self._stop_task is None:
+            size = arg if action == "scale" else self.pool.size + (1 if action == "scale_up" else -1)
+            self.pool.size = max(0, size)
+            logger.info("scaling to {} slots", self.pool.size)
+            self.pool.wake()
+        elif action == "reopen":
+            self.logs.reopen()
+
+    def _tick_s(self) -> float:
+        interval = self.notifier.watchdog_interval_s
+        return min(TICK_S, interval) if interval else TICK_S
+
+    def _tick(self) -> None:
+        if self.pool.all_fatal.is_set() and self._stop_task is None:
+            logger.error("every slot is fatal: stopping (exit code {})", int(SupervisorExit.ALL_FATAL))
+            self.exit_code = SupervisorExit.ALL_FATAL
+            self._act("stop", None)
+            return
+        if self.state == "starting" and self._all_ready():
+            self.state = "running"
+        if not self._announced_ready and self.state == "running":
+            self._announced_ready = True
+            self.notifier.ready(summary(self.pool))
+            logger.info("every slot is ready")
+        self.notifier.status(summary(self.pool))
+        if not self.pool.all_fatal.is_set() and self.state != "stopping":
+            self.notifier.watchdog()
+
+    def _all_ready(self) -> bool:
+        slots = [self.pool.slots.get(i) for i in range(self.pool.size)]
+        return all(s is not None and s.state.value == "ready" for s in slots)
+
+    async def _stop(self, fast: bool) -> None:
+        self.state = "stopping"
+        self.notifier.stopping()
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+        await self.pool.stop(fast=fast)
+
+    async def _reload(self) -> None:
+        self.notifier.reloading()
+        self.state = "reloading"
+        logger.info("reload: re-reading {}", self.config.path)
+        try:
+            new = config_module.load(self.config.path)
+        except ConfigError as exc:
+            logger.error("reload aborted, the running pool is kept: {}", exc)
+        else:
+            self._apply(new)
+            ok = await self.pool.reload(new.worker, self._settings(new))
+            logger.info("reload {}", "finished" if ok else "stopped early: old children kept")
+        self.state = "running"
+        self.notifier.ready(summary(self.pool))
+
+    def _apply(self, new: Config) -> None:
+        for field in ("pool_name", "state_dir", "log_dir", "logging"):
+            if getattr(new, field) != getattr(self.config, field):
+                logger.warning("reload: {} changed; it takes effect only after a restart", field)
+        kept = {name: getattr(self.config, name) for name in ("pool_name", "state_dir", "log_dir", "logging")}
+        self.config = dataclasses.replace(new, **kept)
+        self.pool.size = new.workers
+
+    def _on_exit(self, conn: Any) -> None:
+        slot = self.pool.slots.get(conn.slot)
+        if slot is not None:
+            slot.processed_before += int(conn.stats.get("processed", 0))
+            slot.failed_before += int(conn.stats.get("failed", 0))
+
+    def _control_handlers(self) -> dict[str, Any]:
+        def enqueue(action: str) -> Any:
+            def handler(data: Any) -> str:
+                self.actions.put_nowait((action, data))
+                return action
+
+            return handler
+
+        def scale(data: Any) -> str:
+            if type(data) is not int or data < 0:
+                raise ValueError(f"scale needs a whole number >= 0, got {data!r}")
+            self.actions.put_nowait(("scale", data))
+            return f"scaling to {data}"
+
+        return {
+            "status": lambda _data: snapshot(self),
+            "reload": enqueue("reload"),
+            "stop": enqueue("stop"),
+            "quit": enqueue("quit"),
+            "reopen": enqueue("reopen"),
+            "scale": scale,
+        }
+
+
+async def run_supervisor(config_path: str | Path) -> int:
+    config = config_module.load(config_path)
+    return await Supervisor(config).run()

@@ -1,0 +1,119 @@
+"""What ``corral status`` shows: a snapshot of the pool as plain data, and its rendering."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import psutil
+
+from supervisor.pool import WorkerPool
+
+if TYPE_CHECKING:
+    from supervisor.main import Supervisor
+
+
+class SlotRow(TypedDict):
+    slot: int
+    pid: int | None
+    state: str
+    uptime_s: float | None
+    rss_bytes: int
+    cpu_percent: float
+    processed: int
+    failed: int
+    restarts: int
+    reason: str | None
+
+
+class Status(TypedDict):
+    pid: int
+    pool: str
+    state: str
+    size: int
+    uptime_s: float
+    rss_bytes: int
+    redis_url: str | None
+    slots: list[SlotRow]
+
+
+def slot_rows(pool: WorkerPool) -> list[SlotRow]:
+    rows: list[SlotRow] = []
+    for index in sorted(pool.slots):
+        slot = pool.slots[index]
+        conn = slot.current
+        stats = conn.stats if conn is not None else {}
+        rows.append(
+            SlotRow(
+                slot=index,
+                pid=conn.pid if conn is not None else None,
+                state=slot.state.value,
+                uptime_s=round(conn.uptime_s, 3) if conn is not None else None,
+                rss_bytes=conn.rss_bytes if conn is not None else 0,
+                cpu_percent=conn.cpu_percent if conn is not None else 0.0,
+                processed=slot.processed_before + int(stats.get("processed", 0)),
+                failed=slot.failed_before + int(stats.get("failed", 0)),
+                restarts=slot.history.restarts,
+                reason=slot.fatal_reason or slot.recycle_reason,
+            )
+        )
+    return rows
+
+
+def snapshot(supervisor: Supervisor) -> Status:
+    return Status(
+        pid=os.getpid(),
+        pool=supervisor.pool.name,
+        state=supervisor.state,
+        size=supervisor.pool.size,
+        uptime_s=round(time.monotonic() - supervisor.started_at, 3),
+        rss_bytes=psutil.Process().memory_info().rss,
+        redis_url=None,
+        slots=slot_rows(supervisor.pool),
+    )
+
+
+def summary(pool: WorkerPool) -> str:
+    """One line for systemd's STATUS=."""
+    rows = slot_rows(pool)
+    ready = sum(r["state"] == "ready" for r in rows)
+    fatal = sum(r["state"] == "fatal" for r in rows)
+    processed = sum(r["processed"] for r in rows)
+    return f"{ready}/{pool.size} ready, {fatal} fatal, {processed} processed"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def render(status: dict[str, Any]) -> str:
+    """The table printed by ``corral status``."""
+    head = (
+        f"pool {status['pool']}  supervisor pid {status['pid']}  {status['state']}  "
+        f"up {_duration(status['uptime_s'])}  rss {status['rss_bytes'] / 2**20:.1f} MB"
+    )
+    columns = ("SLOT", "STATE", "PID", "UPTIME", "RSS MB", "CPU %", "PROCESSED", "FAILED", "RESTARTS")
+    lines = [head, "", "{:>4}  {:<9} {:>8} {:>8} {:>7} {:>6} {:>10} {:>7} {:>8}".format(*columns)]
+    for row in status["slots"]:
+        lines.append(
+            "{:>4}  {:<9} {:>8} {:>8} {:>7.1f} {:>6.1f} {:>10} {:>7} {:>8}".format(
+                row["slot"],
+                row["state"],
+                row["pid"] or "-",
+                _duration(row["uptime_s"]),
+                row["rss_bytes"] / 2**20,
+                row["cpu_percent"],
+                row["processed"],
+                row["failed"],
+                row["restarts"],
+            )
+        )
+        if row.get("reason"):
+            lines.append(f"      └ {row['reason']}")
+    return "\n".join(lines)
