@@ -43,18 +43,21 @@ async def stop(
         ("kill_timeout_s", settings.kill_timeout_s, signal.SIGTERM),
         ("kill_timeout_s", settings.kill_timeout_s, signal.SIGKILL),
     ]
+    previous, skipped = "", False  # the rung that just ended: its deadline passed, or it was skipped
     for deadline_name, timeout_s, sig in rungs:
         if sig is not None and conn.process.signal(sig):
             conn.log.warning(
-                "slot {} pid {}: {} passed, sent {}",
+                "slot {} pid {}: {} {}, sent {}",
                 conn.slot,
                 conn.pid,
-                deadline_name,
+                previous,
+                "skipped (stop again)" if skipped else "passed",
                 signal.Signals(sig).name,
             )
         escalate: asyncio.Future[object] = asyncio.ensure_future(pool._escalate.wait())
         waiting: list[asyncio.Future[object]] = [conn.process.exited, escalate]  # type: ignore[list-item]
         await asyncio.wait(waiting, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        previous, skipped = deadline_name, escalate.done()
         escalate.cancel()
         if not conn.alive:
             return

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import sys
 import time
 from enum import IntEnum
 from pathlib import Path
@@ -69,13 +70,17 @@ class Supervisor:
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
-        self.logs.start()
         try:
+            self.logs.start()
             await self.control.start()
+            self.config.pid_file.write_text(f"{os.getpid()}\n")
         except AlreadyRunning as exc:
-            logger.error("{}", exc)
+            print(f"corral: {exc}", file=sys.stderr)  # logging may not be set up yet
             return SupervisorExit.ALREADY_RUNNING
-        self.config.pid_file.write_text(f"{os.getpid()}\n")
+        except (OSError, ConfigError) as exc:
+            print(f"corral: cannot start: {exc}", file=sys.stderr)
+            await self.control.close()
+            return SupervisorExit.CONFIG
         loop = asyncio.get_running_loop()
         for signum, action in SIGNAL_ACTIONS.items():
             loop.add_signal_handler(signum, self.actions.put_nowait, (action, None))
@@ -102,14 +107,22 @@ class Supervisor:
         return self.exit_code
 
     async def _loop(self) -> None:
-        while self._stop_task is None or not self._stop_task.done():
-            try:
-                action, arg = await asyncio.wait_for(self.actions.get(), self._tick_s())
-            except TimeoutError:
-                self._tick()
-                continue
-            self._act(action, arg)
-        self.notifier.stopping()
+        getting: asyncio.Task[tuple[str, Any]] = asyncio.create_task(self.actions.get())
+        try:
+            while self._stop_task is None or not self._stop_task.done():
+                waiting: list[asyncio.Future[Any]] = [getting]
+                if self._stop_task is not None:
+                    waiting.append(self._stop_task)  # exit as soon as the last child is reaped
+                done, _ = await asyncio.wait(
+                    waiting, timeout=self._tick_s(), return_when=asyncio.FIRST_COMPLETED
+                )
+                if getting not in done:
+                    self._tick()
+                    continue
+                self._act(*getting.result())
+                getting = asyncio.create_task(self.actions.get())
+        finally:
+            getting.cancel()
 
     def _act(self, action: str, arg: Any) -> None:
         if action in ("stop", "quit"):

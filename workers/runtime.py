@@ -187,6 +187,10 @@ class ChildRuntime:
         self._push_stats(channel)
         channel.close("child exiting")
         closed.cancel()
+        # Exiting now: a late SIGTERM (PR_SET_PDEATHSIG of a dead supervisor) must not turn a clean
+        # exit into "killed by SIGTERM" once asyncio.run has removed our handler.
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return code
 
     async def _report(self, channel: Channel) -> None:

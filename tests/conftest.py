@@ -1,0 +1,131 @@
+"""Shared fixtures: running coroutines without pytest-asyncio, and child processes that never leak."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from loguru import logger
+
+import ipc
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+# Upper bound for any single test coroutine; well below the global pytest timeout (120 s) so a hang
+# shows up as a TimeoutError with a traceback pointing at the await that hung.
+ASYNC_TEST_TIMEOUT_S = 60.0
+
+
+def _run(coro: Coroutine[Any, Any, T], timeout_s: float = ASYNC_TEST_TIMEOUT_S) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout_s)
+
+    return asyncio.run(bounded())
+
+
+@pytest.fixture
+def run() -> Callable[..., Any]:
+    """``run(coro, timeout_s=60)``: run a coroutine in a fresh event loop, with a deadline."""
+    return _run
+
+
+@dataclass
+class Peer:
+    """A child ``tests.ipc_peer`` process and the parent's end of its socketpair."""
+
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def open(self, **options: Any) -> ipc.Channel:
+        """Open the parent's channel on this peer's socket (inside the running loop)."""
+        return await ipc.Channel.open(self.sock, name=f"peer-{self.pid}", **options)
+
+    async def wait_exit(self, timeout_s: float = 10.0) -> int:
+        """The child's exit code; raises ``subprocess.TimeoutExpired`` after ``timeout_s``."""
+        return await asyncio.to_thread(self.proc.wait, timeout_s)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def spawn_peer() -> Iterator[Callable[..., Peer]]:
+    """Factory: ``spawn_peer(mode="normal", **channel_options)`` starts a child running
+    ``python -m tests.ipc_peer FD MODE OPTIONS`` on one end of ``ipc.socketpair()``.
+
+    Every child is SIGKILLed (by pid, if still alive) and reaped when the test ends, pass or fail.
+    """
+    peers: list[Peer] = []
+
+    def spawn(mode: str = "normal", **child_options: Any) -> Peer:
+        parent_sock, child_sock = ipc.socketpair()
+        try:
+            fd = child_sock.fileno()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.ipc_peer", str(fd), mode, json.dumps(child_options)],
+                pass_fds=[fd],
+                cwd=REPO_ROOT,
+            )
+        except BaseException:
+            parent_sock.close()
+            raise
+        finally:
+            child_sock.close()  # the child has its own copy; keeping ours would hide the child's EOF
+        peer = Peer(proc, parent_sock)
+        peers.append(peer)
+        return peer
+
+    yield spawn
+
+    for peer in peers:
+        peer.kill()
+    for peer in peers:
+        try:
+            peer.proc.wait(timeout=10)
+        finally:
+            peer.sock.close()
+
+
+@dataclass
+class LogCapture:
+    """Loguru records at every level, as ``(level name, message, has exception)``."""
+
+    records: list[tuple[str, str, bool]]
+
+    def at_least(self, level_no: int) -> list[tuple[str, str, bool]]:
+        return [r for r in self.records if logger.level(r[0]).no >= level_no]
+
+    def errors(self) -> list[tuple[str, str, bool]]:
+        return [r for r in self.records if logger.level(r[0]).no >= logger.level("ERROR").no or r[2]]
+
+
+@pytest.fixture
+def loguru_records() -> Iterator[LogCapture]:
+    """Everything the parent side logs through loguru during the test."""
+    capture = LogCapture([])
+
+    def sink(message: Any) -> None:
+        record = message.record
+        capture.records.append((record["level"].name, record["message"], record["exception"] is not None))
+
+    sink_id = logger.add(sink, level="DEBUG", format="{message}", catch=False)
+    try:
+        yield capture
+    finally:
+        logger.remove(sink_id)

@@ -1,0 +1,1 @@
+"""End-to-end tests: the real ``corral`` CLI, real child processes, signals and log files."""
