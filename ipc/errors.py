@@ -77,4 +77,9 @@ class NoHandler(RemoteError):
     """The other side has no handler for the requested event."""
 
 
+class Overloaded(RemoteError):
+    """The other side refused the request: it has ``max_inflight_handlers`` handlers running already."""
+
+
 NO_HANDLER = "NoHandler"  # remote_type sent back when a request names an event with no handler
+OVERLOADED = "Overloaded"  # remote_type sent back when the handler limit is reached

@@ -124,6 +124,13 @@ def install(channel: Channel, fd: int) -> None:
         transport.pause_reading()
         loop.add_signal_handler(signal.SIGUSR1, transport.resume_reading)
 
+    def stop_reading_and_ask(data: dict[str, Any]) -> None:
+        """Stop reading, then ask the parent ``n`` requests whose replies pile up on its side."""
+        stop_reading(None)
+        for _ in range(data["n"]):
+            asking = asyncio.ensure_future(channel.request(data["event"], data["size"], timeout_s=60.0))
+            asking.add_done_callback(lambda f: f.exception())
+
     def exit_cleanly(reason: Any) -> None:
         channel.close(str(reason or "child exiting"))
 
@@ -150,6 +157,7 @@ def install(channel: Channel, fd: int) -> None:
         "write_raw_and_exit": write_raw_and_exit,
         "block": block,
         "exit": exit_cleanly,
+        "stop_reading_and_ask": stop_reading_and_ask,
     }
     for event, handler in {**requests, **sends}.items():
         channel.on(event, handler)

@@ -19,6 +19,7 @@ from ipc import (
     EncodeError,
     FrameTooLarge,
     NoHandler,
+    Overloaded,
     RemoteError,
     RequestTimeout,
     SendBufferFull,
@@ -564,11 +565,6 @@ def test_ping_to_a_blocked_child_times_out(spawn_peer: Spawn, run: Run) -> None:
     run(main())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RequestTimeout,
-    reason="design: at max_inflight_handlers the channel stops reading, so pings go unanswered too",
-)
 def test_ping_answered_while_the_child_is_busy_at_its_handler_limit(spawn_peer: Spawn, run: Run) -> None:
     async def main() -> None:
         peer = spawn_peer(max_inflight_handlers=2)
@@ -591,6 +587,13 @@ def test_ping_answered_while_the_child_is_busy_at_its_handler_limit(spawn_peer: 
                 await asyncio.wait_for(arrived.acquire(), LONG_S)
             # a healthy but busy child: its loop is free, only its handler slots are taken
             await channel.ping(timeout_s=1.0)
+            # one request more is refused at once, not queued and not timed out
+            started = time.monotonic()
+            with pytest.raises(Overloaded):
+                await channel.request("call_parent", {"event": "hold"}, timeout_s=LONG_S)
+            assert time.monotonic() - started < 2.0
+            release.set()
+            assert await asyncio.wait_for(asyncio.gather(*busy), LONG_S) == [None, None]
         finally:
             release.set()
             channel.close()
@@ -680,11 +683,6 @@ def test_drain_waits_for_a_child_that_stops_reading(spawn_peer: Spawn, run: Run)
     run(main(), timeout_s=40)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="design: a write-paused channel stops reading, so two peers flooding each other deadlock",
-)
 def test_both_sides_flooding_each_other(spawn_peer: Spawn, run: Run) -> None:
     async def main() -> None:
         options = {"high_water_bytes": HIGH_WATER, "max_buffer_bytes": MAX_BUFFER}
@@ -702,6 +700,26 @@ def test_both_sides_flooding_each_other(spawn_peer: Spawn, run: Run) -> None:
 
             await asyncio.wait_for(asyncio.gather(flood(), child), 3)
             assert len(received) == n
+
+    run(main(), timeout_s=40)
+
+
+def test_a_peer_that_lets_replies_pile_up_is_cut_off(spawn_peer: Spawn, run: Run) -> None:
+    async def main() -> None:
+        options = {"high_water_bytes": HIGH_WATER, "max_buffer_bytes": MAX_BUFFER}
+        async with connected(spawn_peer, **options) as (channel, _):
+            most = 0
+
+            def blob_of(size: int) -> bytes:
+                nonlocal most
+                most = max(most, channel.buffered_bytes)
+                return b"r" * size
+
+            channel.on("blob_of", blob_of)
+            channel.send("stop_reading_and_ask", {"event": "blob_of", "n": 2000, "size": len(BLOB)})
+            reason = await asyncio.wait_for(channel.wait_closed(), LONG_S)
+            assert "peer not reading" in reason
+            assert most <= MAX_BUFFER + len(BLOB) + 64  # memory stayed bounded up to the cut-off
 
     run(main(), timeout_s=40)
 

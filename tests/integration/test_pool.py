@@ -279,10 +279,12 @@ def test_max_jobs_recycles_with_the_new_child_ready_first(
             assert await pool.spawn_all()
             first = pool.get(0)
             assert first is not None
-            await wait_until(lambda: (c := pool.get(0)) is not None and c.pid != first.pid, 20, "recycling")
-            second = pool.get(0)
-            assert second is not None
-            assert order.index(("ready", second.pid)) < order.index(("killing", first.pid))
+            await wait_until(lambda: ("killing", first.pid) in order, 20, "recycling")
+            # the child that replaced the first is the next one to become ready (a later recycle of
+            # that one, under load, must not be mistaken for it)
+            readies = [pid for event, pid in order if event == "ready"]
+            second_pid = readies[readies.index(first.pid) + 1]
+            assert order.index(("ready", second_pid)) < order.index(("killing", first.pid))
             await wait_until(lambda: gone(first.pid), what="old child gone")
             assert first.process.returncode == ExitCode.OK
             assert pool.slots[0].history.restarts == 0  # a recycle is not a failure

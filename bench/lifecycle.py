@@ -1,0 +1,346 @@
+"""Lifecycle benchmark: how fast a pool heals and reloads, and what the idle supervisor costs.
+
+    .venv/bin/python bench/lifecycle.py [--quick] [--json PATH]
+
+1. SIGKILL -> replacement ready: a WorkerPool of 8 ticker workers (Python API); one slot's child is
+   SIGKILLed, the time until the pool emits ``ready`` for that slot's new child is recorded; the pool
+   settles, the next slot (round-robin) is killed. The restart policy backs off only on a streak of
+   quick failures, so ``stable_after_s`` is set to 0.5 s and every killed child has been up longer:
+   this measures a slot that crashes once in a while (its restart is immediate).
+2. Rolling reload of 8 workers: from ``pool.reload()`` until every slot has a new ready child and
+   every old child has exited (median of several reloads).
+3. Idle supervisor CPU: the real ``corral run`` with 8 ticker workers (tick_interval_s=1, default
+   heartbeat settings); once ``corral status --json`` shows 8 ready, the supervisor's CPU time
+   (user+system, psutil) over a window, as % of one core; the children's CPU for context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+# This file's folder holds bench/ipc.py: drop it from sys.path so `import ipc` finds the package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import psutil  # noqa: E402
+from loguru import logger  # noqa: E402
+
+from supervisor.connection import WorkerConnection  # noqa: E402
+from supervisor.pool import WorkerPool  # noqa: E402
+from supervisor.states import RestartPolicy  # noqa: E402
+
+WORKER = "entrypoints.ticker:TickerWorker"
+SIZE = 8
+STABLE_AFTER_S = 0.5
+READY_MEDIAN_TARGET_MS = 300.0
+IDLE_CPU_TARGET_PCT = 1.0
+Event = tuple[str, float, WorkerConnection]
+
+
+class Recorder:
+    """Every pool event with its time.perf_counter(), and a way to wait (with a deadline) on them."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.events: list[Event] = []
+        self.conns: list[WorkerConnection] = []
+        self._changed = asyncio.Event()
+        for name in ("spawning", "ready", "exit"):
+            pool.on(name, partial(self._record, name))
+
+    def _record(self, name: str, conn: WorkerConnection) -> None:
+        self.events.append((name, time.perf_counter(), conn))
+        if name == "spawning":
+            self.conns.append(conn)
+        self._changed.set()
+
+    def time_of(self, name: str, conn: WorkerConnection) -> float | None:
+        return next((t for e, t, c in self.events if e == name and c is conn), None)
+
+    async def until(self, done: Callable[[], object], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{what}: not within {timeout_s:g}s")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.05))
+
+
+def ms(seconds: list[float], stat: str) -> float:
+    if stat == "p99":
+        return statistics.quantiles(seconds, n=100, method="inclusive")[98] * 1000
+    return (max(seconds) if stat == "max" else statistics.median(seconds)) * 1000
+
+
+async def settle(pool: WorkerPool) -> None:
+    if not await pool.wait_ready(30.0):
+        raise RuntimeError("the pool did not settle (every slot ready) within 30s")
+    await asyncio.sleep(0.1)  # let the previous replacement's follow-up work (heartbeat task, stats) pass
+
+
+def replacement(rec: Recorder, old: WorkerConnection, killed_at: float) -> WorkerConnection | None:
+    """The new child of ``old``'s slot that became ready after the kill, if any yet."""
+    return next(
+        (
+            c
+            for e, t, c in rec.events
+            if e == "ready" and c.slot == old.slot and c is not old and t > killed_at
+        ),
+        None,
+    )
+
+
+def reloaded(pool: WorkerPool, rec: Recorder, old: list[WorkerConnection]) -> bool:
+    new = [pool.get(s) for s in range(SIZE)]
+    fresh = all(c is not None and c not in old and c.state.value == "ready" for c in new)
+    return fresh and all(rec.time_of("exit", c) is not None for c in old)
+
+
+async def kills(pool: WorkerPool, rec: Recorder, n: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"ready": [], "exit_seen": [], "respawn": [], "boot": [], "uptime": []}
+    for i in range(n):
+        await settle(pool)
+        slot = i % SIZE
+        old = pool.get(slot)
+        assert old is not None
+        if old.uptime_s < STABLE_AFTER_S + 0.1:  # a "stable" child: its death restarts at once
+            await asyncio.sleep(STABLE_AFTER_S + 0.1 - old.uptime_s)
+        out["uptime"].append(old.uptime_s)
+        started = time.perf_counter()
+        os.kill(old.pid, signal.SIGKILL)
+        await rec.until(partial(replacement, rec, old, started), 30.0, f"slot {slot}: replacement ready")
+        new = replacement(rec, old, started)
+        assert new is not None
+        ready, spawning, exited = (
+            rec.time_of(e, c) for e, c in (("ready", new), ("spawning", new), ("exit", old))
+        )
+        assert ready is not None and spawning is not None and exited is not None
+        out["ready"].append(ready - started)
+        out["exit_seen"].append(exited - started)
+        out["respawn"].append(spawning - exited)
+        out["boot"].append(ready - spawning)
+    return out
+
+
+async def reloads(pool: WorkerPool, rec: Recorder, n: int) -> list[float]:
+    times: list[float] = []
+    for _ in range(n):
+        await settle(pool)
+        old = [c for c in map(pool.get, range(SIZE)) if c is not None]
+        started = time.perf_counter()
+        if not await asyncio.wait_for(pool.reload(), 120.0):
+            raise RuntimeError("pool.reload() reported a failed replacement")
+        await rec.until(partial(reloaded, pool, rec, old), 60.0, "reload: new children ready, old ones gone")
+        ends = [rec.time_of("exit", c) for c in old]
+        ends += [rec.time_of("ready", c) for c in map(pool.get, range(SIZE)) if c is not None]
+        times.append(max(t for t in ends if t is not None) - started)
+    return times
+
+
+async def pool_phases(n_kills: int, n_reloads: int) -> dict[str, list[float]]:
+    policy = RestartPolicy(stable_after_s=STABLE_AFTER_S, max_restarts=n_kills + 1)
+    pool = WorkerPool(
+        "bench",
+        SIZE,
+        WORKER,
+        policy=policy,
+        log_level="WARNING",
+        options={"tick_interval_s": 1.0},
+        output=lambda _slot: lambda _data: None,
+    )
+    rec = Recorder(pool)
+    try:
+        if not await pool.spawn_all(60.0):
+            raise RuntimeError("the pool's 8 workers were not ready within 60s")
+        results = await kills(pool, rec, n_kills)
+        results["reload"] = await reloads(pool, rec, n_reloads)
+        return results
+    finally:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pool.stop(graceful_timeout_s=5.0), 30.0)
+        for conn in rec.conns:  # anything the stop ladder missed: SIGKILL through its pidfd
+            if conn.alive:
+                conn.process.signal(signal.SIGKILL)
+                await conn.process.wait(5.0)
+
+
+CONFIG = """\
+[pool]
+name = "bench"
+workers = {size}
+worker = "{worker}"
+[paths]
+state_dir = "{tmp}/run"
+log_dir = "{tmp}/logs"
+[logging]
+stderr = false
+[options]
+tick_interval_s = 1.0
+"""
+
+
+def corral(*args: str) -> list[str]:
+    script = Path(sys.executable).parent / "corral"
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "entrypoints.cli", *args]
+
+
+def ready_count(config: Path) -> int:
+    done = subprocess.run(
+        corral("status", "--json", "-c", str(config)), capture_output=True, timeout=15, check=False
+    )
+    if done.returncode != 0:
+        return 0
+    return sum(row["state"] == "ready" for row in json.loads(done.stdout)["slots"])
+
+
+def cpu_s(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def idle_cpu(window_s: float) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
+        config = Path(tmp, "corral.toml")
+        config.write_text(CONFIG.format(size=SIZE, worker=WORKER, tmp=tmp))
+        with Path(tmp, "supervisor.out").open("wb") as out:
+            proc = subprocess.Popen(corral("run", "-c", str(config)), stdout=out, stderr=subprocess.STDOUT)
+        sup = psutil.Process(proc.pid)
+        children: list[psutil.Process] = []
+        try:
+            deadline = time.monotonic() + 60.0
+            while ready_count(config) < SIZE:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"supervisor: not {SIZE} ready within 60s; see its output:\n"
+                        + Path(tmp, "supervisor.out").read_text()[-2000:]
+                    )
+                time.sleep(0.5)
+            time.sleep(2.0)  # the status client and the children's start-up are over
+            children = sup.children(recursive=True)
+            sup_before, kids_before, started = cpu_s([sup]), cpu_s(children), time.perf_counter()
+            time.sleep(window_s)
+            sup_after, kids_after, wall = cpu_s([sup]), cpu_s(children), time.perf_counter() - started
+            children = sup.children(recursive=True) + children
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    children += sup.children(recursive=True)
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20.0)
+                except subprocess.TimeoutExpired:
+                    proc.kill()  # SIGKILL to proc.pid
+                    proc.wait(10.0)
+            _, alive = psutil.wait_procs(children, timeout=10.0)
+            for child in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()  # psutil checks the pid was not reused
+            psutil.wait_procs(alive, timeout=5.0)
+        return {
+            "supervisor_pct": (sup_after - sup_before) / wall * 100,
+            "children_pct": (kids_after - kids_before) / wall * 100,
+            "window_s": wall,
+            "children_left": float(len(alive)),
+        }
+
+
+def report(res: dict[str, list[float]], idle: dict[str, float], args: argparse.Namespace) -> dict[str, Any]:
+    ready_ms = ms(res["ready"], "median")
+    rows: list[tuple[str, str, str, str]] = [
+        (
+            "SIGKILL -> replacement ready, median",
+            f"{ready_ms:.0f} ms",
+            f"< {READY_MEDIAN_TARGET_MS:.0f} ms",
+            "PASS" if ready_ms < READY_MEDIAN_TARGET_MS else "FAIL",
+        ),
+        ("SIGKILL -> replacement ready, p99", f"{ms(res['ready'], 'p99'):.0f} ms", "", ""),
+        ("  of which: SIGKILL -> exit seen, median", f"{ms(res['exit_seen'], 'median'):.1f} ms", "", ""),
+        ("  of which: exit seen -> respawn, max", f"{ms(res['respawn'], 'max'):.1f} ms", "", ""),
+        ("  of which: spawn -> ready (boot), median", f"{ms(res['boot'], 'median'):.0f} ms", "", ""),
+        (f"rolling reload of {SIZE}, median", f"{ms(res['reload'], 'median'):.0f} ms", "", ""),
+        (f"rolling reload of {SIZE}, max", f"{ms(res['reload'], 'max'):.0f} ms", "", ""),
+        (
+            "idle supervisor CPU (one core)",
+            f"{idle['supervisor_pct']:.2f} %",
+            f"< {IDLE_CPU_TARGET_PCT:g} %",
+            "PASS" if idle["supervisor_pct"] < IDLE_CPU_TARGET_PCT else "FAIL",
+        ),
+        (f"idle children CPU (sum of {SIZE})", f"{idle['children_pct']:.2f} %", "", ""),
+    ]
+    mode = "quick" if args.quick else "full"
+    print(
+        f"corral lifecycle bench ({mode}, python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"load avg {args.load:.2f} at start, {SIZE} x {WORKER})"
+    )
+    print(
+        f"kills: {len(res['ready'])}, round-robin over {SIZE} slots; stable_after_s={STABLE_AFTER_S:g}, "
+        f"every killed child up >= {min(res['uptime']):.2f}s (restart without backoff)"
+    )
+    print(
+        f"reloads: {len(res['reload'])}; idle: real `corral run`, {idle['window_s']:.1f}s window, "
+        "tick_interval_s=1, default heartbeat"
+    )
+    print(f"{'metric':<42} | {'value':>9} | {'target':>8} | result")
+    print(f"{'-' * 42}-+-{'-' * 9}-+-{'-' * 8}-+-------")
+    for metric, value, target, result in rows:
+        print(f"{metric:<42} | {value:>9} | {target:>8} | {result}".rstrip())
+    if idle["children_left"]:
+        print(f"WARNING: {idle['children_left']:.0f} children of the supervisor outlived it (killed)")
+    return {
+        "mode": mode,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_avg_1m": args.load,
+        "stable_after_s": STABLE_AFTER_S,
+        "samples_s": res,
+        "idle": idle,
+        "table": [dict(zip(("metric", "value", "target", "result"), r, strict=True)) for r in rows],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="16 kills, 2 reloads, a 5 s idle window")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args()
+    args.load = os.getloadavg()[0]  # other work on the machine skews every figure below
+    logger.remove()
+    logger.add(sys.stderr, level="ERROR")
+    n_kills, n_reloads, window_s = (16, 2, 5.0) if args.quick else (40, 5, 20.0)
+    try:
+        res = asyncio.run(pool_phases(n_kills, n_reloads))
+        idle = idle_cpu(window_s)
+    finally:
+        leftovers = psutil.Process().children(recursive=True)
+        for child in leftovers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        if leftovers:
+            print(f"WARNING: killed {len(leftovers)} leftover child process(es)", file=sys.stderr)
+    result = report(res, idle, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
