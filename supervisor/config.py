@@ -7,12 +7,14 @@ typo must not be silently ignored); all problems are reported at once.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from supervisor.settings import PoolSettings
 from supervisor.states import RestartPolicy
+from supervisor.workconfig import parse_work
+from workers.specs import WorkSpec
 
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
@@ -40,6 +42,7 @@ class Config:
     log_dir: Path
     logging: LogSettings
     pool: PoolSettings
+    work: WorkSpec = field(default_factory=WorkSpec)
 
     @property
     def control_socket(self) -> Path:
@@ -126,7 +129,11 @@ SCHEMA: dict[str, set[str] | None] = {
     "paths": {"state_dir", "log_dir"},
     "logging": {"level", "json", "rotation", "retention", "stderr"},
     "options": None,  # free-form: handed to every child as WorkerContext.options
+    "redis": None,  # these three are checked by supervisor.workconfig
+    "streams": None,
+    "queues": None,
 }
+DEFAULT_WORKER = "workers.consumer:ConsumerWorker"  # runs the declared streams and queues
 
 
 def load(path: str | Path) -> Config:
@@ -149,8 +156,11 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     name = r.take("pool", "name", str, "corral", "name")
     workers = r.take("pool", "workers", int, 2, ">=0")
     worker = r.take("pool", "worker", str, None, "import")
+    work = parse_work(data, name, r.errors)
     if worker is None and "worker" not in r.section("pool"):
-        r.errors.append("pool.worker: required: the import path of the worker, 'package.module:attr'")
+        if work.empty:
+            r.errors.append("pool.worker: required when no [[streams]] or [[queues]] are declared")
+        worker = DEFAULT_WORKER
     policy = RestartPolicy(
         backoff_initial_s=r.take("restart", "backoff_initial_s", float, 0.5, ">=0"),
         backoff_max_s=r.take("restart", "backoff_max_s", float, 30.0, ">=0"),
@@ -185,4 +195,4 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     log_dir = base / r.take("paths", "log_dir", str, "logs")
     if r.errors:
         raise ConfigError(f"{path}: invalid configuration:\n" + "\n".join(f"  - {e}" for e in r.errors))
-    return Config(path.resolve(), name, workers, worker, state_dir, log_dir, logging, settings)
+    return Config(path.resolve(), name, workers, worker, state_dir, log_dir, logging, settings, work)

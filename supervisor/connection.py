@@ -25,6 +25,7 @@ class WorkerConnection:
         self.started_at = time.monotonic()
         self.ready_at: float | None = None
         self.stats: dict[str, Any] = {}
+        self.info: dict[str, Any] | None = None  # what the child said with `ready` (pid, worker_id)
         self.rss_bytes = 0
         self.cpu_percent = 0.0
         self.stop_requested = False  # an exit after this is expected, not a failure

@@ -34,7 +34,7 @@ class LogManager:
         self.log_dir = log_dir
         self.settings = settings
         self._supervisor_sinks: list[int] = []
-        self._slot_sinks: dict[int, int] = {}
+        self._slot_sinks: dict[int | str, int] = {}
 
     def start(self) -> None:
         """Route the supervisor's own logging; raises ConfigError if rotation/retention are invalid."""
@@ -46,10 +46,10 @@ class LogManager:
             )
         self._supervisor_sinks.append(self._add_file(self.log_dir / "supervisor.log", _not_raw, raw=False))
 
-    def path_of(self, slot: int) -> Path:
-        return self.log_dir / f"worker-{slot}.log"
+    def path_of(self, slot: int | str) -> Path:
+        return self.log_dir / (f"worker-{slot}.log" if isinstance(slot, int) else f"{slot}.log")
 
-    def output_sink(self, slot: int) -> OutputSink:
+    def output_sink(self, slot: int | str) -> OutputSink:
         """A writer for one child's output pipe: complete lines go to the slot's file.
 
         Call it with ``b""`` when the pipe is closed, to write a last unterminated line."""
@@ -86,7 +86,7 @@ class LogManager:
         self._supervisor_sinks.clear()
         self._slot_sinks.clear()
 
-    def _add_slot_file(self, slot: int) -> int:
+    def _add_slot_file(self, slot: int | str) -> int:
         return self._add_file(self.path_of(slot), lambda r: r["extra"].get(RAW_KEY) == slot, raw=True)
 
     def _add_file(self, path: Path, filter_: Any, raw: bool) -> int:
@@ -113,7 +113,7 @@ class LogManager:
         return sink_id
 
 
-def _wrap_stray_lines(text: str, slot: int) -> str:
+def _wrap_stray_lines(text: str, slot: int | str) -> str:
     """JSON mode: a line that is not a JSON log record (a traceback, a print) becomes one."""
     out = []
     for line in text.splitlines():

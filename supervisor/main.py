@@ -25,6 +25,8 @@ from supervisor.config import Config, ConfigError
 from supervisor.control import AlreadyRunning, ControlServer
 from supervisor.logs import LogManager
 from supervisor.pool import WorkerPool
+from supervisor.recovery import Recovery
+from supervisor.redis_server import EmbeddedRedis, EmbeddedRedisError
 from supervisor.settings import PoolSettings
 from supervisor.status import snapshot, summary
 from supervisor.systemd import Notifier
@@ -55,9 +57,12 @@ class Supervisor:
         self.config = config
         self.notifier = notifier or Notifier.from_env()
         self.logs = LogManager(config.log_dir, config.logging)
+        self.redis_server = EmbeddedRedis(config.state_dir) if config.work.redis.url is None else None
+        self.redis_url = self.redis_server.url if self.redis_server else config.work.redis.url
         self.actions: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.pool = WorkerPool(config.pool_name, config.workers, config.worker, self._settings(config))
         self.control = ControlServer(config.control_socket, self._control_handlers())
+        self.recovery = Recovery(self.pool) if not config.work.empty else None
         self.started_at = time.monotonic()
         self.state = "starting"
         self.exit_code = SupervisorExit.OK
@@ -66,7 +71,11 @@ class Supervisor:
         self._announced_ready = False
 
     def _settings(self, config: Config) -> PoolSettings:
-        return dataclasses.replace(config.pool, output=self.logs.output_sink)
+        work: dict[str, Any] = {}
+        if not config.work.empty:
+            redis = dataclasses.replace(config.work.redis, url=self.redis_url)
+            work = dataclasses.replace(config.work, redis=redis).to_json()
+        return dataclasses.replace(config.pool, output=self.logs.output_sink, work=work)
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
@@ -74,12 +83,16 @@ class Supervisor:
             self.logs.start()
             await self.control.start()
             self.config.pid_file.write_text(f"{os.getpid()}\n")
+            if self.redis_server is not None and not self.config.work.empty:
+                await self.redis_server.start(self.logs.output_sink("redis"))
         except AlreadyRunning as exc:
             print(f"corral: {exc}", file=sys.stderr)  # logging may not be set up yet
             return SupervisorExit.ALREADY_RUNNING
-        except (OSError, ConfigError) as exc:
+        except (OSError, ConfigError, EmbeddedRedisError) as exc:
             print(f"corral: cannot start: {exc}", file=sys.stderr)
             await self.control.close()
+            if self.redis_server is not None:
+                await self.redis_server.stop()
             return SupervisorExit.CONFIG
         loop = asyncio.get_running_loop()
         for signum, action in SIGNAL_ACTIONS.items():
@@ -100,6 +113,8 @@ class Supervisor:
             for signum in SIGNAL_ACTIONS:
                 loop.remove_signal_handler(signum)
             await self.control.close()
+            if self.redis_server is not None:
+                await self.redis_server.stop()  # last: the workers needed it until they exited
             with contextlib.suppress(FileNotFoundError):
                 self.config.pid_file.unlink()
             logger.info("supervisor exiting with code {}", int(self.exit_code))

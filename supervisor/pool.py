@@ -310,7 +310,8 @@ class WorkerPool:
         else:
             slot.current = conn
         try:
-            await conn.channel.wait_ready(self.settings.ready_timeout_s)
+            info = await conn.channel.wait_ready(self.settings.ready_timeout_s)
+            conn.info = info if isinstance(info, dict) else {}
         except RequestTimeout:
             conn.fail_reason = f"not ready within {self.settings.ready_timeout_s:g}s"
             conn.log.error("slot {} pid {}: {}; killing it", slot.index, conn.pid, conn.fail_reason)
@@ -370,6 +371,7 @@ class WorkerPool:
             "log_level": s.log_level,
             "log_json": s.log_json,
             "stats_interval_s": s.stats_interval_s,
+            "work": s.work,
         }
         env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}  # systemd talks to us only
         env.update(s.env)
@@ -378,7 +380,7 @@ class WorkerPool:
         return env
 
     async def _watch(self, slot: Slot, conn: WorkerConnection) -> None:
-        await conn.process.exited
+        await asyncio.shield(conn.process.exited)  # cancelling this watcher must not cancel the exit
         with contextlib.suppress(TimeoutError):  # let the last output reach the log first
             await asyncio.wait_for(asyncio.shield(conn.process.output_done), 1.0)
         conn.channel.close("child exited")

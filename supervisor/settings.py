@@ -35,6 +35,7 @@ class PoolSettings:
     max_jobs_jitter: int = 0
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     options: dict[str, Any] = field(default_factory=dict)  # handed to every child (WorkerContext)
+    work: dict[str, Any] = field(default_factory=dict)  # streams/queues/redis (a WorkSpec as JSON)
     output: Callable[[int], OutputSink] = stderr_sink  # slot -> where its stdout/stderr goes
     log_level: str = "INFO"
     log_json: bool = False

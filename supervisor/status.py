@@ -69,7 +69,7 @@ def snapshot(supervisor: Supervisor) -> Status:
         size=supervisor.pool.size,
         uptime_s=round(time.monotonic() - supervisor.started_at, 3),
         rss_bytes=psutil.Process().memory_info().rss,
-        redis_url=None,
+        redis_url=supervisor.redis_url,
         slots=slot_rows(supervisor.pool),
     )
 

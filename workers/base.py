@@ -32,6 +32,7 @@ class WorkerContext:
     pool: str
     host: str
     options: dict[str, Any] = field(default_factory=dict)
+    worker_id: str = ""  # <identity>:<token>: this process (its consumer name, its processing lists)
 
     @property
     def identity(self) -> str:
@@ -47,6 +48,8 @@ class BaseWorker:
         self._context: WorkerContext | None = None
         self.ready_announced = False
         self.log = logger
+        self.redis: Any = None  # an asyncio Redis client when the pool declares streams or queues
+        self.consumer_stats: Any = None  # set by the runtime: the consumers' counters
 
     def bind(self, context: WorkerContext, channel: Channel) -> None:
         """Called by the child runtime before ``start()``."""
@@ -74,7 +77,8 @@ class BaseWorker:
         """Set up, then ``await super().start()``: that announces ready to the supervisor."""
         if not self.ready_announced:
             self.ready_announced = True
-            self.channel.announce_ready({"pid": os.getpid(), "slot": self.slot})
+            info = {"pid": os.getpid(), "slot": self.slot, "worker_id": self.context.worker_id}
+            self.channel.announce_ready(info)
 
     async def run(self) -> None:
         """The work loop: by default the registered units of work, until ``stopping`` is set."""
@@ -85,7 +89,12 @@ class BaseWorker:
 
     def stats(self) -> dict[str, Any]:
         """Counters reported to the supervisor (``corral status``); extend with your own."""
-        return {"processed": self.manager.processed, "failed": self.manager.errors}
+        stats: dict[str, Any] = {"processed": self.manager.processed, "failed": self.manager.errors}
+        if self.consumer_stats is not None:
+            detail = self.consumer_stats()
+            stats["failed"] += detail.pop("consumer_failed")
+            stats.update(detail)
+        return stats
 
     # -- IPC with the supervisor --------------------------------------------------------------
 

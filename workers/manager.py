@@ -4,7 +4,9 @@ A unit of work is any object with a ``name`` and an ``async run() -> int`` that 
 work (read a batch, purge a batch, ...) and returns how many events it processed. The manager calls
 each unit in its own task, again and again: at once while it keeps finding work, after
 ``idle_sleep_s`` (the unit's own attribute, or the manager's default) when it found none, and after
-an exponential backoff when it raised. Setting ``stopping`` ends every loop after its current round.
+an exponential backoff when it raised. A unit may name ``transient_errors`` (a dependency being
+down): those are logged once per outage, not per round. Setting ``stopping`` ends every loop after
+its current round.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class WorkerManager:
     idle_sleep_s: float = 0.1
     error_backoff_s: float = 0.5
     max_error_backoff_s: float = 30.0
+    max_transient_backoff_s: float = 2.0  # an outage of a dependency: retry at least this often
     workers: list[Runnable] = field(default_factory=list)
     stats: dict[str, RunnerStats] = field(default_factory=dict)
 
@@ -74,9 +77,18 @@ class WorkerManager:
         log = logger.bind(unit=worker.name)
         backoff_s = self.error_backoff_s
         idle_s = float(getattr(worker, "idle_sleep_s", self.idle_sleep_s))
+        transient: tuple[type[BaseException], ...] = getattr(worker, "transient_errors", ())
+        outage = False
         while not self.stopping.is_set():
             try:
                 count = await worker.run()
+            except transient as exc:  # e.g. Redis went away: said once, retried with backoff
+                if not outage:
+                    log.warning("{}: {!r}; retrying with backoff until it is back", worker.name, exc)
+                outage = True
+                await self.wait_stopping(backoff_s)
+                backoff_s = min(backoff_s * 2, self.max_transient_backoff_s)
+                continue
             except Exception as exc:
                 stats.errors += 1
                 stats.last_error = f"{type(exc).__name__}: {exc}"
@@ -84,6 +96,9 @@ class WorkerManager:
                 await self.wait_stopping(backoff_s)
                 backoff_s = min(backoff_s * 2, self.max_error_backoff_s)
                 continue
+            if outage:
+                log.info("{}: working again", worker.name)
+                outage = False
             backoff_s = self.error_backoff_s
             stats.rounds += 1
             stats.processed += count

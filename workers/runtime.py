@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import importlib
 import os
 import signal
 import socket
@@ -25,7 +24,10 @@ from loguru import logger
 
 from ipc import Channel, IPCError
 from workers.base import BaseWorker, WorkerContext
+from workers.consumers import RECOVER_EVENT, Consumers, connect, new_worker_id
 from workers.exitcodes import ExitCode
+from workers.loader import LoadError, load_object
+from workers.specs import WorkSpec
 
 SPEC_ENV = "CORRAL_CHILD"
 PR_SET_PDEATHSIG = 1
@@ -50,6 +52,7 @@ class ChildSpec:
     log_json: bool = False
     stats_interval_s: float = 1.0
     orphan_grace_s: float = 0.8
+    work: dict[str, Any] = field(default_factory=dict)  # a WorkSpec as JSON: streams, queues, redis
 
 
 class BootError(Exception):
@@ -60,15 +63,10 @@ class BootError(Exception):
 
 def load_target(path: str) -> type[BaseWorker] | Any:
     """Resolve ``package.module:attr`` to a BaseWorker subclass or a factory returning one."""
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise BootError(ExitCode.BOOT_IMPORT, f"worker {path!r} is not of the form 'package.module:attr'")
     try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except Exception as exc:
-        raise BootError(ExitCode.BOOT_IMPORT, f"cannot import worker {path!r}: {exc!r}") from exc
+        obj = load_object(path)
+    except LoadError as exc:
+        raise BootError(ExitCode.BOOT_IMPORT, f"worker: {exc}") from exc.__cause__
     if not callable(obj):
         raise BootError(ExitCode.BOOT_IMPORT, f"worker {path!r} is not a class or factory")
     return obj
@@ -120,6 +118,7 @@ class ChildRuntime:
         self.worker = worker
         self.stop_mode: asyncio.Future[str] | None = None
         self.run_task: asyncio.Task[None] | None = None
+        self.consumers: Consumers | None = None
         self.log = logger.bind(worker=spec.slot)
 
     def request_stop(self, mode: str) -> str:
@@ -142,8 +141,16 @@ class ChildRuntime:
         self.stop_mode = loop.create_future()
         sock = socket.socket(fileno=self.spec.fd)
         channel = await Channel.open(sock, name=f"worker-{self.spec.slot}")
-        context = WorkerContext(self.spec.slot, self.spec.pool, self.spec.host, self.spec.options)
+        identity = f"{self.spec.host}:{self.spec.pool}:{self.spec.slot}"
+        context = WorkerContext(
+            self.spec.slot, self.spec.pool, self.spec.host, self.spec.options, new_worker_id(identity)
+        )
         self.worker.bind(context, channel)
+        try:
+            self.consumers = self._make_consumers(context)
+        except LoadError as exc:
+            self.log.error("boot failed: {}", exc)
+            return ExitCode.BOOT_IMPORT
         channel.on(STOP_EVENT, lambda data: self.request_stop(str((data or {}).get("mode", "graceful"))))
         channel.on(STATS_EVENT, lambda _data: self.worker.stats())
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "graceful")
@@ -152,9 +159,26 @@ class ChildRuntime:
         except Exception:
             self.log.exception("start() failed")
             return ExitCode.BOOT_START
+        if self.consumers is not None:  # they begin after the worker's own start()
+            for unit in self.consumers.units():
+                self.worker.manager.register_worker(unit)
+            channel.on(RECOVER_EVENT, lambda data: self.consumers.recover(str(data["worker_id"])))  # type: ignore[union-attr]
         if not self.worker.ready_announced:  # a start() that forgot super().start()
             await BaseWorker.start(self.worker)
         return await self._work(channel)
+
+    def _make_consumers(self, context: WorkerContext) -> Consumers | None:
+        work = WorkSpec.from_json(self.spec.work)
+        if work.empty:
+            return None
+        if work.redis.url is None:
+            raise LoadError("streams or queues are declared but no Redis URL was handed to the child")
+        self.worker.redis = connect(work.redis)
+        consumers = Consumers(
+            work, redis=self.worker.redis, pool=self.spec.pool, worker_id=context.worker_id, log=self.log
+        )
+        self.worker.consumer_stats = consumers.stats
+        return consumers
 
     async def _work(self, channel: Channel) -> int:
         assert self.stop_mode is not None
@@ -184,6 +208,8 @@ class ChildRuntime:
             await self.worker.stop()
         except Exception:
             self.log.exception("stop() failed")
+        if self.consumers is not None:
+            await self.consumers.close()
         self._push_stats(channel)
         channel.close("child exiting")
         closed.cancel()

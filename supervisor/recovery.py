@@ -1,0 +1,66 @@
+"""Giving back a dead child's in-flight work as soon as the supervisor sees the death.
+
+The supervisor does not talk to Redis itself: it asks a ready child (``corral.recover``) to move
+the dead worker's processing lists back to their queues and claim its pending stream entries.
+A request that cannot be served yet (no child ready) waits for the next ``ready``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from loguru import logger
+
+from ipc import IPCError
+from supervisor.connection import WorkerConnection
+from supervisor.pool import WorkerPool
+from supervisor.states import WorkerState
+
+RECOVER_EVENT = "corral.recover"
+RECOVER_TIMEOUT_S = 30.0
+
+
+class Recovery:
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.pending: dict[str, float] = {}  # worker id -> when its death was seen (monotonic)
+        self.last_latency_s: float | None = None
+        self._running: asyncio.Task[None] | None = None
+        pool.on("exit", self._on_exit)
+        pool.on("ready", lambda _conn: self._kick())
+
+    def _on_exit(self, conn: WorkerConnection) -> None:
+        worker_id = (conn.info or {}).get("worker_id")
+        if worker_id:
+            self.pending[str(worker_id)] = time.monotonic()
+            self._kick()
+
+    def _kick(self) -> None:
+        if self.pending and (self._running is None or self._running.done()):
+            self._running = self.pool.spawn_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self.pending:
+            helper = next((c for c in self.pool.connections() if c.state is WorkerState.READY), None)
+            if helper is None:
+                return  # the next `ready` kicks us again
+            worker_id, died_at = next(iter(self.pending.items()))
+            try:
+                moved: Any = await helper.request(RECOVER_EVENT, {"worker_id": worker_id}, RECOVER_TIMEOUT_S)
+            except IPCError as exc:
+                logger.warning(
+                    "recovery of {} via slot {} failed: {}; will retry", worker_id, helper.slot, exc
+                )
+                await asyncio.sleep(0.2)
+                continue
+            self.pending.pop(worker_id, None)
+            self.last_latency_s = time.monotonic() - died_at
+            logger.info(
+                "recovered {} via slot {} in {:.0f} ms: {}",
+                worker_id,
+                helper.slot,
+                self.last_latency_s * 1000,
+                moved or "nothing in flight",
+            )

@@ -1,0 +1,112 @@
+"""The stream and queue consumers of one child: built from its WorkSpec, run by its WorkerManager.
+
+Every worker gets them, the default ``ConsumerWorker`` and custom ``BaseWorker`` subclasses alike
+(a subclass's ``start()`` runs first). The worker id ``<host>:<pool>:<slot>:<token>`` names this
+process's consumer in each group and its processing lists; a slot's next child has a new token, and
+whatever the old one left is recovered by id: at once when the supervisor sees the death, or by the
+membership sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from workers.keys import Keys
+from workers.membership import Membership
+from workers.queues import QueueConsumer
+from workers.specs import RedisSpec, WorkSpec
+from workers.streams import StreamConsumer
+
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+RECOVER_EVENT = "corral.recover"
+RECOVERY_LOCK_MS = 60_000
+
+
+def connect(spec: RedisSpec) -> aioredis.Redis:
+    """A client with timeouts, health checks and retries on by default (``url`` must be set)."""
+    assert spec.url is not None
+    return aioredis.from_url(
+        spec.url,
+        socket_timeout=spec.socket_timeout_s,
+        socket_connect_timeout=spec.connect_timeout_s,
+        health_check_interval=spec.health_check_interval_s,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
+def new_worker_id(identity: str) -> str:
+    return f"{identity}:{secrets.token_hex(3)}"
+
+
+class Consumers:
+    def __init__(self, work: WorkSpec, *, redis: Any, pool: str, worker_id: str, log: Any) -> None:
+        self.work = work
+        self.redis = redis
+        self.keys = Keys(work.redis.key_prefix)
+        self.pool = pool
+        self.worker_id = worker_id
+        self.log = log
+        common = {"redis": redis, "keys": self.keys, "worker_id": worker_id, "log": log}
+        self.queues = [QueueConsumer(spec, pool=pool, **common) for spec in work.queues]
+        self.streams = [StreamConsumer(spec, **common) for spec in work.streams]
+        self.membership = Membership(
+            redis=redis,
+            keys=self.keys,
+            pool=pool,
+            worker_id=worker_id,
+            ttl_s=work.redis.member_ttl_s,
+            recover=self.recover,
+        )
+
+    def units(self) -> list[Any]:
+        units: list[Any] = [self.membership, *self.queues, *self.streams]
+        for unit in units:
+            unit.transient_errors = TRANSIENT
+        return units
+
+    async def recover(self, dead_worker_id: str) -> dict[str, int]:
+        """Give back a dead worker's in-flight work: its queue jobs to their queues, its pending
+        stream entries to this consumer. Safe to run from several places at once (a lock per id)."""
+        if dead_worker_id == self.worker_id:
+            return {}
+        lock = self.keys.recovery_lock(self.pool, dead_worker_id)
+        if not await self.redis.set(lock, self.worker_id, nx=True, px=RECOVERY_LOCK_MS):
+            return {}
+        try:
+            moved = {"jobs": 0, "entries": 0}
+            if self.queues:
+                moved["jobs"] += await self.queues[0].recover(dead_worker_id)
+            for stream in self.streams:
+                moved["entries"] += await stream.recover(dead_worker_id)
+            await self.redis.zrem(self.keys.members(self.pool), dead_worker_id)
+        finally:
+            await self.redis.delete(lock)
+        if moved["jobs"] or moved["entries"]:
+            self.log.warning(
+                "recovered worker {}: {} jobs back to their queues, {} stream entries claimed",
+                dead_worker_id,
+                moved["jobs"],
+                moved["entries"],
+            )
+        return moved
+
+    async def close(self) -> None:
+        """After a clean stop: leave the member set (nothing of ours is in flight any more)."""
+        with contextlib.suppress(*TRANSIENT):
+            await self.membership.leave()
+        await self.redis.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        queues = {q: vars(s).copy() for c in self.queues for q, s in c.stats.items()}
+        streams = {c.spec.stream: c.stats() for c in self.streams}
+        failed = sum(s["failed"] for s in queues.values()) + sum(s["failed"] for s in streams.values())
+        return {"queues": queues, "streams": streams, "consumer_failed": failed}

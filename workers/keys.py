@@ -1,0 +1,76 @@
+"""Every Redis key corral itself owns, built here and nowhere else.
+
+Queue and stream names in the config are the literal keys producers write to. corral's bookkeeping
+keys for one of them live under ``<prefix>:{<tag>}:...`` where ``<tag>`` is that key's own Redis
+Cluster hash tag (the text between its first ``{`` and the next ``}``, or the whole name), so a queue
+or stream and its processing lists, retry set and dead letters always share one cluster slot.
+Pool-wide keys (the member registry) are tagged ``{pool:<name>}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def hash_tag(name: str) -> str:
+    """The part of ``name`` Redis Cluster hashes: ``a{b}c`` -> ``b``; no (non-empty) tag -> the name."""
+    start = name.find("{")
+    if start != -1:
+        end = name.find("}", start + 1)
+        if end > start + 1:
+            return name[start + 1 : end]
+    return name
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "corral"
+
+    def _of(self, name: str, kind: str) -> str:
+        tag = hash_tag(name)
+        return f"{self.prefix}:{{{tag}}}:{kind}" if tag == name else f"{self.prefix}:{{{tag}}}:{name}:{kind}"
+
+    # -- queues ---------------------------------------------------------------------------------
+
+    def processing(self, queue: str, worker_id: str) -> str:
+        """The list a worker's taken-but-unacknowledged jobs of ``queue`` sit in."""
+        return f"{self._of(queue, 'processing')}:{worker_id}"
+
+    def retry(self, queue: str) -> str:
+        """Sorted set of jobs waiting for their retry time (score: due, unix seconds)."""
+        return self._of(queue, "retry")
+
+    def retry_pattern(self) -> str:
+        """SCAN pattern for every retry set (discovery must find queues whose list is empty now)."""
+        return f"{self.prefix}:{{*}}*:retry"
+
+    def queue_of_retry(self, key: str) -> str | None:
+        """The queue a retry-set key belongs to (the inverse of ``retry``)."""
+        head = f"{self.prefix}:{{"
+        if not key.startswith(head) or not key.endswith(":retry"):
+            return None
+        tag, _, rest = key[len(head) : -len(":retry")].partition("}")
+        return tag if not rest else rest.removeprefix(":")
+
+    def dead(self, queue: str) -> str:
+        """List of jobs that failed ``max_attempts`` times or could not be decoded."""
+        return self._of(queue, "dead")
+
+    # -- streams --------------------------------------------------------------------------------
+
+    def stream_dead(self, stream: str) -> str:
+        """Stream of entries delivered more than ``max_deliveries`` times, with the reason."""
+        return self._of(stream, "dead")
+
+    # -- the pool -------------------------------------------------------------------------------
+
+    def members(self, pool: str) -> str:
+        """Sorted set: worker id -> the time (ms) after which it counts as dead if not renewed."""
+        return f"{self.prefix}:{{pool:{pool}}}:members"
+
+    def held_queues(self, pool: str, worker_id: str) -> str:
+        """Set of the queues a worker may hold a processing list of (what to recover if it dies)."""
+        return f"{self.prefix}:{{pool:{pool}}}:held:{worker_id}"
+
+    def recovery_lock(self, pool: str, worker_id: str) -> str:
+        return f"{self.prefix}:{{pool:{pool}}}:recovering:{worker_id}"

@@ -1,0 +1,52 @@
+"""Resolve ``package.module:attr`` import paths (workers, handlers) with clear errors."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+class LoadError(Exception):
+    """An import path that does not resolve to what it should."""
+
+
+def load_object(path: str) -> Any:
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise LoadError(f"{path!r} is not of the form 'package.module:attr'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:
+        raise LoadError(f"cannot import {path!r}: {exc!r}") from exc
+    return obj
+
+
+Handler = Callable[..., Any]
+
+
+def load_handler(path: str) -> tuple[Handler, bool]:
+    """A handler and whether it takes a second ``ctx`` argument."""
+    handler = load_object(path)
+    if not callable(handler):
+        raise LoadError(f"handler {path!r} is not callable")
+    try:
+        params = [
+            p
+            for p in inspect.signature(handler).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return handler, False
+    return handler, len(params) >= 2
+
+
+async def call_handler(handler: Handler, takes_ctx: bool, item: Any, ctx: Any) -> Any:
+    result = handler(item, ctx) if takes_ctx else handler(item)
+    if inspect.isawaitable(result):
+        awaited: Awaitable[Any] = result
+        return await awaited
+    return result

@@ -1,0 +1,100 @@
+"""What handlers receive (``Job``, ``Message``, ``HandlerContext``) and the queue wire format.
+
+A queue job is a UTF-8 JSON value. corral's own envelope is
+``{"_corral": 1, "id": str, "data": any, "attempt": int, "enqueued_at": float}``; anything else that
+is valid JSON (e.g. ``redis-cli LPUSH q '{"a": 1}'``) is a bare job: its value is the data, its id is
+derived from its bytes, its attempt is 1. Invalid UTF-8 or JSON cannot be decoded: ``Malformed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+ENVELOPE_MARK = "_corral"
+
+
+class Malformed(ValueError):
+    """A queue job that is not a UTF-8 JSON value."""
+
+
+class Requeue(Exception):
+    """Raise from a queue handler to put the job back: at the front (next to be taken) by default,
+    not counted as a failure."""
+
+    def __init__(self, front: bool = True) -> None:
+        super().__init__("requeue")
+        self.front = front
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    data: Any
+    attempt: int
+    queue: str
+    enqueued_at: float | None
+    raw: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A stream entry: ``fields`` decoded as UTF-8 text; ``raw_fields`` as bytes (binary-safe)."""
+
+    id: str
+    fields: dict[str, str]
+    stream: str
+    attempt: int
+    raw_fields: dict[bytes, bytes] = field(repr=False)
+
+
+@dataclass
+class HandlerContext:
+    """The optional second argument of a handler: the worker's Redis client, its identity, a logger."""
+
+    redis: Any
+    worker_id: str
+    log: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_job(
+    data: Any, job_id: str | None = None, attempt: int = 1, enqueued_at: float | None = None
+) -> bytes:
+    envelope = {
+        ENVELOPE_MARK: 1,
+        "id": job_id or uuid.uuid4().hex,
+        "data": data,
+        "attempt": attempt,
+        "enqueued_at": time.time() if enqueued_at is None else enqueued_at,
+    }
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def decode_job(raw: bytes, queue: str) -> Job:
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise Malformed(f"not UTF-8: {exc}") from None
+    except ValueError as exc:
+        raise Malformed(f"not JSON: {exc}") from None
+    if isinstance(value, dict) and value.get(ENVELOPE_MARK) == 1 and isinstance(value.get("id"), str):
+        attempt = value.get("attempt", 1)
+        enqueued_at = value.get("enqueued_at")
+        return Job(
+            id=value["id"],
+            data=value.get("data"),
+            attempt=attempt if type(attempt) is int and attempt > 0 else 1,
+            queue=queue,
+            enqueued_at=float(enqueued_at) if isinstance(enqueued_at, int | float) else None,
+            raw=raw,
+        )
+    return Job(hashlib.sha1(raw).hexdigest()[:20], value, 1, queue, None, raw)
+
+
+def decode_fields(raw_fields: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw_fields.items()}

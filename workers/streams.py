@@ -1,0 +1,236 @@
+"""Redis Streams through a consumer group: one consumer per worker process.
+
+One round reads a batch (XREADGROUP COUNT n: entries this consumer holds first — claimed from a dead
+worker or left unacknowledged by a failing handler — then new ones), runs the handler on each and
+acknowledges the batch with one XACK. A failed entry stays pending and is claimed again (XAUTOCLAIM,
+by any consumer) once idle for ``min_idle_ms``; past ``max_deliveries`` it goes to the dead-letter
+stream with the reason. Trimming never drops an entry a group has not acknowledged.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from workers.keys import Keys
+from workers.loader import call_handler, load_handler
+from workers.messages import HandlerContext, Message, decode_fields
+from workers.queues import error_summary
+from workers.specs import StreamSpec
+
+
+class StreamConsumer:
+    def __init__(self, spec: StreamSpec, *, redis: Redis, keys: Keys, worker_id: str, log: Any) -> None:
+        self.spec = spec
+        self.name = f"stream:{spec.stream}"
+        self.idle_sleep_s = 0.0  # an empty round already blocked in XREADGROUP
+        self.redis: Any = redis  # redis-py's annotations do not match its RESP2 replies
+        self.keys = keys
+        self.consumer = worker_id
+        self.log = log
+        self.handler, self.takes_ctx = load_handler(spec.handler)
+        self.ctx = HandlerContext(redis=redis, worker_id=worker_id, log=log)
+        self.processed = self.failed = self.dead = self.in_flight = 0
+        self.unacked: list[bytes] = []
+        self.errors: dict[bytes, str] = {}  # entry id -> the last error seen here
+        self.read_own = True  # our own pending entries first (claimed ones, failed ones)
+        self._group_ready = False
+        self._claimed_at = 0.0
+        self._trimmed_at = time.monotonic()
+
+    async def run(self) -> int:
+        if not self._group_ready:
+            await self._create_group()
+        if self.unacked:
+            await self._ack()
+        await self._maybe_trim()
+        entries = await self._read()
+        if not entries:
+            return 0
+        self.in_flight = len(entries)
+        try:
+            for entry_id, raw_fields, attempt in entries:
+                await self._handle(entry_id, raw_fields, attempt)
+        finally:
+            self.in_flight = 0
+        await self._ack()
+        return len(entries)
+
+    async def _read(self) -> list[tuple[bytes, dict[bytes, bytes], int]]:
+        spec = self.spec
+        if self.read_own:
+            reply = await self.redis.xreadgroup(
+                spec.group, self.consumer, {spec.stream: "0"}, count=spec.batch_size
+            )
+            entries = reply[0][1] if reply else []
+            if entries:
+                return await self._with_attempts(entries)
+            self.read_own = False
+        if time.monotonic() - self._claimed_at >= spec.claim_interval_s:
+            self._claimed_at = time.monotonic()
+            claimed = await self._claim_idle()
+            if claimed:
+                return claimed
+        reply = await self.redis.xreadgroup(
+            spec.group, self.consumer, {spec.stream: ">"}, count=spec.batch_size, block=spec.block_ms
+        )
+        return [(entry_id, fields, 1) for entry_id, fields in (reply[0][1] if reply else [])]
+
+    async def _claim_idle(self) -> list[tuple[bytes, dict[bytes, bytes], int]]:
+        reply = await self.redis.xautoclaim(
+            self.spec.stream,
+            self.spec.group,
+            self.consumer,
+            self.spec.min_idle_ms,
+            "0-0",
+            count=self.spec.batch_size,
+        )
+        entries = [(entry_id, fields) for entry_id, fields in reply[1] if fields is not None]
+        if entries:
+            self.log.info("stream {}: claimed {} idle entries", self.spec.stream, len(entries))
+        return await self._with_attempts(entries) if entries else []
+
+    async def _with_attempts(self, entries: list[Any]) -> list[tuple[bytes, dict[bytes, bytes], int]]:
+        """Delivery counts of entries this consumer holds (one XPENDING over their id range)."""
+        ids = [entry_id for entry_id, _ in entries]
+        pending = await self.redis.xpending_range(
+            self.spec.stream,
+            self.spec.group,
+            min=ids[0],
+            max=ids[-1],
+            count=len(ids) * 4,
+            consumername=self.consumer,
+        )
+        counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        out = []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted from the stream while pending: nothing to handle
+                self.unacked.append(entry_id)
+                continue
+            out.append((entry_id, fields, counts.get(entry_id, 1)))
+        return out
+
+    async def _handle(self, entry_id: bytes, raw_fields: dict[bytes, bytes], attempt: int) -> None:
+        if attempt > self.spec.max_deliveries:
+            await self._dead_letter(entry_id, raw_fields, attempt)
+            return
+        message = Message(entry_id.decode(), decode_fields(raw_fields), self.spec.stream, attempt, raw_fields)
+        try:
+            await call_handler(self.handler, self.takes_ctx, message, self.ctx)
+        except Exception as exc:
+            self.failed += 1
+            self.errors[entry_id] = error_summary(exc, 1000)
+            self.log.bind(job=message.id).warning(
+                "stream {}: entry {} attempt {} failed: {!r}", self.spec.stream, message.id, attempt, exc
+            )
+            return  # stays pending: claimed again after min_idle_ms
+        self.processed += 1
+        self.errors.pop(entry_id, None)
+        self.unacked.append(entry_id)
+
+    async def _dead_letter(self, entry_id: bytes, raw_fields: dict[bytes, bytes], attempt: int) -> None:
+        reason = self.errors.pop(entry_id, "failed on another worker")
+        record = {
+            **raw_fields,
+            b"_id": entry_id,
+            b"_deliveries": str(attempt).encode(),
+            b"_error": reason.encode(),
+            b"_group": self.spec.group.encode(),
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.stream_dead(self.spec.stream), record)
+            pipe.xack(self.spec.stream, self.spec.group, entry_id)
+            await pipe.execute()
+        self.dead += 1
+        self.log.error(
+            "stream {}: entry {} delivered {} times, dead-lettered", self.spec.stream, entry_id, attempt
+        )
+
+    async def _ack(self) -> None:
+        if self.unacked:
+            await self.redis.xack(self.spec.stream, self.spec.group, *self.unacked)
+            self.unacked.clear()
+
+    async def _create_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(
+                self.spec.stream, self.spec.group, id=self.spec.start_id, mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def recover(self, dead_consumer: str) -> int:
+        """Take over a dead consumer's pending entries (handled next round), then delete it."""
+        moved = 0
+        while True:
+            pending = await self.redis.xpending_range(
+                self.spec.stream, self.spec.group, min="-", max="+", count=1000, consumername=dead_consumer
+            )
+            if not pending:
+                break
+            ids = [p["message_id"] for p in pending]
+            await self.redis.xclaim(self.spec.stream, self.spec.group, self.consumer, 0, ids, justid=True)
+            moved += len(ids)
+        await self.redis.xgroup_delconsumer(self.spec.stream, self.spec.group, dead_consumer)
+        self.read_own = moved > 0 or self.read_own
+        return moved
+
+    async def _maybe_trim(self) -> None:
+        """Keep about ``trim_maxlen`` entries, but never cut past what some group still needs."""
+        if self.spec.trim_maxlen is None or time.monotonic() - self._trimmed_at < self.spec.trim_interval_s:
+            return
+        self._trimmed_at = time.monotonic()
+        excess = int(await self.redis.xlen(self.spec.stream)) - self.spec.trim_maxlen
+        if excess <= 0:
+            return
+        # the first entry to keep: at most 10k entries are looked at per round (the next continues)
+        head = await self.redis.xrange(self.spec.stream, min="-", max="+", count=min(excess + 1, 10_000))
+        minid = bytes(head[-1][0])
+        floor = await self._oldest_unacknowledged()
+        if floor is not None and _id_key(floor) < _id_key(minid):
+            self.log.warning(
+                "stream {}: trimming held back at {} (not acknowledged yet), not {}",
+                self.spec.stream,
+                floor.decode(),
+                minid.decode(),
+            )
+            minid = floor
+        await self.redis.xtrim(self.spec.stream, minid=minid, approximate=True)
+
+    async def _oldest_unacknowledged(self) -> bytes | None:
+        """The lowest id some group still needs: its oldest pending entry or its next undelivered one."""
+        floors: list[bytes] = []
+        for group in await self.redis.xinfo_groups(self.spec.stream):
+            summary = await self.redis.xpending(self.spec.stream, group["name"])
+            if summary["pending"]:
+                floors.append(_as_id(summary["min"]))
+            last = _as_id(group["last-delivered-id"])
+            floors.append(_next_id(last))
+        return min(floors, key=_id_key) if floors else None
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "processed": self.processed,
+            "failed": self.failed,
+            "dead": self.dead,
+            "in_flight": self.in_flight,
+        }
+
+
+def _as_id(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _id_key(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def _next_id(entry_id: bytes) -> bytes:
+    ms, seq = _id_key(entry_id)
+    return f"{ms}-{seq + 1}".encode()
