@@ -129,3 +129,107 @@ def loguru_records() -> Iterator[LogCapture]:
         yield capture
     finally:
         logger.remove(sink_id)
+
+
+# -- a real Redis-compatible server for the session ----------------------------------------------
+
+
+class RedisServer:
+    """A private ``valkey-server`` on a Unix socket, append-only persistence on (restartable)."""
+
+    def __init__(self, workdir: Path) -> None:
+        from supervisor.redis_server import find_server
+
+        self.binary = find_server()
+        self.workdir = workdir
+        self.socket_path = workdir / "redis.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        import time
+
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket_path),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(self.workdir),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.client().ping():
+                    return
+            except Exception:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.binary} did not start on {self.socket_path}") from None
+                time.sleep(0.01)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Stop (SIGTERM: the AOF is flushed) and start again on the same socket and data."""
+        self.stop()
+        self.start()
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=5)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One server for the whole session; tests use their own keys (or ``redis_clean``)."""
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="corral-redis-"))  # short: Unix socket paths are limited
+    server = RedisServer(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def redis_clean(redis_server: RedisServer) -> RedisServer:
+    """The session server, emptied (FLUSHALL) and running before the test."""
+    if server_down(redis_server):
+        redis_server.start()
+    redis_server.client().flushall()
+    return redis_server
+
+
+def server_down(server: RedisServer) -> bool:
+    return server.proc is None or server.proc.poll() is not None
