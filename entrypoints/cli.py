@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", parents=[common], help="graceful stop of the running pool")
     stop.add_argument("--no-wait", action="store_true", help="return without waiting for it to exit")
     stop.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the exit")
+    enqueue = sub.add_parser("enqueue", parents=[common], help="push a job (JSON) onto a queue")
+    enqueue.add_argument("queue", help="the queue (list key)")
+    enqueue.add_argument("data", help="the job's data, as JSON")
+    enqueue.add_argument("--front", action="store_true", help="next to be taken (priority)")
+    publish = sub.add_parser("publish", parents=[common], help="add an entry (a JSON object) to a stream")
+    publish.add_argument("stream", help="the stream (its shard is chosen by --key when partitioned)")
+    publish.add_argument("data", help='the entry\'s fields, as a JSON object: {"type": "x", "id": "1"}')
+    publish.add_argument("--key", help="partition key (e.g. a game id): one key, one shard, in order")
     logs = sub.add_parser("logs", parents=[common], help="print (or follow) a slot's log file")
     logs.add_argument("slot", help="a slot number, or 'supervisor'")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
@@ -75,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(Supervisor(config).run())
         if args.command == "logs":
             return show_logs(config, args.slot, args.lines, args.follow)
+        if args.command in ("enqueue", "publish"):
+            return produce(config, args)
         return asyncio.run(control(config, args))
     except NotRunning as exc:
         return fail(str(exc), SupervisorExit.NOT_RUNNING)
@@ -116,6 +126,31 @@ async def _wait_gone(pid: int, timeout_s: float) -> bool:
             return True
         await asyncio.sleep(0.1)
     return False
+
+
+def produce(config: Config, args: argparse.Namespace) -> int:
+    import redis as redis_py
+
+    from workers.producer import enqueue, publish
+
+    try:
+        data = json.loads(args.data)
+    except ValueError as exc:
+        return fail(f"{args.command}: DATA is not valid JSON: {exc}", SupervisorExit.CONFIG)
+    client = redis_py.Redis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        if args.command == "enqueue":
+            print(enqueue(client, args.queue, data, front=args.front))
+        else:
+            declared = {s.stream: s.partitions for s in config.work.streams}
+            print(publish(client, args.stream, data, key=args.key, partitions=declared.get(args.stream, 0)))
+    except ValueError as exc:
+        return fail(f"{args.command}: {exc}", SupervisorExit.CONFIG)
+    except redis_py.RedisError as exc:
+        return fail(f"cannot reach Redis at {config.redis_url}: {exc}", SupervisorExit.NOT_RUNNING)
+    finally:
+        client.close()
+    return 0
 
 
 def show_logs(config: Config, slot: str, lines: int, follow: bool) -> int:

@@ -49,6 +49,11 @@ class Config:
         return self.state_dir / "corral.sock"
 
     @property
+    def redis_url(self) -> str:
+        """The configured server, or the embedded one's socket in the state dir."""
+        return self.work.redis.url or f"unix://{self.state_dir / 'redis.sock'}"
+
+    @property
     def pid_file(self) -> Path:
         return self.state_dir / "corral.pid"
 

@@ -28,7 +28,7 @@ from supervisor.pool import WorkerPool
 from supervisor.recovery import Recovery
 from supervisor.redis_server import EmbeddedRedis, EmbeddedRedisError
 from supervisor.settings import PoolSettings
-from supervisor.status import snapshot, summary
+from supervisor.status import WorkTotals, snapshot, summary
 from supervisor.systemd import Notifier
 
 
@@ -63,6 +63,7 @@ class Supervisor:
         self.pool = WorkerPool(config.pool_name, config.workers, config.worker, self._settings(config))
         self.control = ControlServer(config.control_socket, self._control_handlers())
         self.recovery = Recovery(self.pool) if not config.work.empty else None
+        self.work_totals = WorkTotals()
         self.started_at = time.monotonic()
         self.state = "starting"
         self.exit_code = SupervisorExit.OK
@@ -218,6 +219,7 @@ class Supervisor:
         if slot is not None:
             slot.processed_before += int(conn.stats.get("processed", 0))
             slot.failed_before += int(conn.stats.get("failed", 0))
+        self.work_totals.add_exited(conn.stats)
 
     def _control_handlers(self) -> dict[str, Any]:
         def enqueue(action: str) -> Any:

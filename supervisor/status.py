@@ -27,6 +27,37 @@ class SlotRow(TypedDict):
     reason: str | None
 
 
+COUNTERS = ("processed", "failed", "retried", "dead", "requeued")  # summed over children, past ones too
+GAUGES = ("in_flight", "lag")  # in_flight summed over live children; lag: the latest sample
+
+
+class WorkTotals:
+    """Per queue/stream counters of the whole pool, including those of children that exited."""
+
+    def __init__(self) -> None:
+        self.before: dict[str, dict[str, dict[str, int]]] = {"queues": {}, "streams": {}}
+
+    def add_exited(self, stats: dict[str, Any]) -> None:
+        for kind in ("queues", "streams"):
+            for name, figures in (stats.get(kind) or {}).items():
+                row = self.before[kind].setdefault(name, {})
+                for counter in COUNTERS:
+                    row[counter] = row.get(counter, 0) + int(figures.get(counter, 0))
+
+    def rows(self, pool: WorkerPool) -> dict[str, dict[str, dict[str, int]]]:
+        out: dict[str, dict[str, dict[str, int]]] = {
+            kind: {name: dict(row) for name, row in rows.items()} for kind, rows in self.before.items()
+        }
+        for conn in pool.connections():
+            for kind in ("queues", "streams"):
+                for name, figures in (conn.stats.get(kind) or {}).items():
+                    row = out[kind].setdefault(name, {})
+                    for counter in (*COUNTERS, "in_flight"):
+                        row[counter] = row.get(counter, 0) + int(figures.get(counter, 0))
+                    row["lag"] = max(row.get("lag", 0), int(figures.get("lag", 0)))
+        return out
+
+
 class Status(TypedDict):
     pid: int
     pool: str
@@ -36,6 +67,7 @@ class Status(TypedDict):
     rss_bytes: int
     redis_url: str | None
     slots: list[SlotRow]
+    work: dict[str, dict[str, dict[str, int]]]
 
 
 def slot_rows(pool: WorkerPool) -> list[SlotRow]:
@@ -71,6 +103,7 @@ def snapshot(supervisor: Supervisor) -> Status:
         rss_bytes=psutil.Process().memory_info().rss,
         redis_url=supervisor.redis_url,
         slots=slot_rows(supervisor.pool),
+        work=supervisor.work_totals.rows(supervisor.pool),
     )
 
 
@@ -116,4 +149,33 @@ def render(status: dict[str, Any]) -> str:
         )
         if row.get("reason"):
             lines.append(f"      └ {row['reason']}")
+    lines.extend(_render_work(status.get("work") or {}))
     return "\n".join(lines)
+
+
+def _render_work(work: dict[str, dict[str, dict[str, int]]]) -> list[str]:
+    rows = [
+        (kind[:-1], name, f)
+        for kind in ("queues", "streams")
+        for name, f in sorted(work.get(kind, {}).items())
+    ]
+    if not rows:
+        return []
+    columns = ("KIND", "NAME", "PROCESSED", "FAILED", "RETRIED", "DEAD", "IN FLIGHT", "LAG")
+    template = "{:<6} {:<28} {:>10} {:>7} {:>8} {:>6} {:>10} {:>8}"
+    lines = ["", template.format(*columns)]
+    for kind, name, f in rows:
+        retried = f.get("retried", "-") if kind == "queue" else "-"
+        lines.append(
+            template.format(
+                kind,
+                name[:28],
+                f.get("processed", 0),
+                f.get("failed", 0),
+                retried,
+                f.get("dead", 0),
+                f.get("in_flight", 0),
+                f.get("lag", 0),
+            )
+        )
+    return lines

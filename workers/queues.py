@@ -54,6 +54,7 @@ class QueueStats:
     dead: int = 0
     requeued: int = 0
     in_flight: int = 0
+    lag: int = 0  # jobs waiting in the queue (LLEN), sampled with the retry promotion
 
 
 def error_summary(exc: BaseException, limit_chars: int = 2000) -> str:
@@ -248,6 +249,7 @@ class QueueConsumer:
         return moved
 
     async def _promote_due(self) -> None:
+        """Every PROMOTE_INTERVAL_S: due retries back onto their queues, and the queues' lengths."""
         now = time.monotonic()
         if now - self._promoted_at < PROMOTE_INTERVAL_S:
             return
@@ -257,7 +259,10 @@ class QueueConsumer:
                 await self._promote(
                     keys=[self.keys.retry(queue), queue], args=[time.time(), 100], client=pipe
                 )
-            await pipe.execute()
+                pipe.llen(queue)
+            replies = await pipe.execute()
+        for queue, length in zip(self.queues, replies[1::2], strict=True):
+            self._stats(queue).lag = int(length)
 
     async def _refresh_queues(self) -> None:
         now = time.monotonic()
@@ -281,6 +286,8 @@ class QueueConsumer:
             found.update(member.decode() for member in await self.redis.smembers(self.spec.registry))
         if found != set(self.queues):
             self.log.info("queues {}: watching {}", self.spec.label, sorted(found))
+            for gone in set(self.queues) - found:  # its list is empty (Redis deleted it)
+                self._stats(gone).lag = 0
         self.queues = sorted(found)
 
     async def _hold(self, queue: str) -> None:

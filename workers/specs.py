@@ -31,6 +31,7 @@ class StreamSpec:
     start_id: str = "0"  # where a new group starts: "0" everything, "$" only new entries
     trim_maxlen: int | None = None  # keep about this many entries, never dropping unacknowledged ones
     trim_interval_s: float = 30.0
+    partitions: int = 0  # > 0: shards <stream>:0..P-1, each owned by one slot at a time (ordering)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from workers.messages import HandlerContext, Message, decode_fields
 from workers.queues import error_summary
 from workers.specs import StreamSpec
 
+LAG_INTERVAL_S = 1.0
+
 
 class StreamConsumer:
     def __init__(self, spec: StreamSpec, *, redis: Redis, keys: Keys, worker_id: str, log: Any) -> None:
@@ -40,6 +42,8 @@ class StreamConsumer:
         self._group_ready = False
         self._claimed_at = 0.0
         self._trimmed_at = time.monotonic()
+        self._lag_at = 0.0
+        self.lag = 0
 
     async def run(self) -> int:
         if not self._group_ready:
@@ -47,6 +51,7 @@ class StreamConsumer:
         if self.unacked:
             await self._ack()
         await self._maybe_trim()
+        await self._measure_lag()
         entries = await self._read()
         if not entries:
             return 0
@@ -58,6 +63,17 @@ class StreamConsumer:
             self.in_flight = 0
         await self._ack()
         return len(entries)
+
+    async def _measure_lag(self) -> None:
+        """Every LAG_INTERVAL_S: entries the group has not been given yet (XINFO GROUPS lag)."""
+        now = time.monotonic()
+        if now - self._lag_at < LAG_INTERVAL_S:
+            return
+        self._lag_at = now
+        for group in await self.redis.xinfo_groups(self.spec.stream):
+            name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
+            if name == self.spec.group:
+                self.lag = int(group.get("lag") or 0)
 
     async def _read(self) -> list[tuple[bytes, dict[bytes, bytes], int]]:
         spec = self.spec
@@ -219,6 +235,7 @@ class StreamConsumer:
             "failed": self.failed,
             "dead": self.dead,
             "in_flight": self.in_flight,
+            "lag": self.lag,
         }
 
 
