@@ -24,6 +24,7 @@ from supervisor import config as config_module
 from supervisor.config import Config, ConfigError
 from supervisor.control import AlreadyRunning, ControlServer
 from supervisor.logs import LogManager
+from supervisor.partitions import PartitionAssigner
 from supervisor.pool import WorkerPool
 from supervisor.recovery import Recovery
 from supervisor.redis_server import EmbeddedRedis, EmbeddedRedisError
@@ -64,6 +65,8 @@ class Supervisor:
         self.control = ControlServer(config.control_socket, self._control_handlers())
         self.recovery = Recovery(self.pool) if not config.work.empty else None
         self.work_totals = WorkTotals()
+        partitioned = {s.stream: s.partitions for s in config.work.streams if s.partitions}
+        self.partitions = PartitionAssigner(self.pool, partitioned) if partitioned else None
         self.started_at = time.monotonic()
         self.state = "starting"
         self.exit_code = SupervisorExit.OK

@@ -21,6 +21,7 @@ from redis.retry import Retry
 
 from workers.keys import Keys
 from workers.membership import Membership
+from workers.partitions import PartitionedStreamConsumer
 from workers.queues import QueueConsumer
 from workers.specs import RedisSpec, WorkSpec
 from workers.streams import StreamConsumer
@@ -57,7 +58,10 @@ class Consumers:
         self.log = log
         common = {"redis": redis, "keys": self.keys, "worker_id": worker_id, "log": log}
         self.queues = [QueueConsumer(spec, pool=pool, **common) for spec in work.queues]
-        self.streams = [StreamConsumer(spec, **common) for spec in work.streams]
+        self.streams = [StreamConsumer(spec, **common) for spec in work.streams if not spec.partitions]
+        self.partitioned = {
+            spec.stream: PartitionedStreamConsumer(spec, **common) for spec in work.streams if spec.partitions
+        }
         self.membership = Membership(
             redis=redis,
             keys=self.keys,
@@ -68,7 +72,7 @@ class Consumers:
         )
 
     def units(self) -> list[Any]:
-        units: list[Any] = [self.membership, *self.queues, *self.streams]
+        units: list[Any] = [self.membership, *self.queues, *self.streams, *self.partitioned.values()]
         for unit in units:
             unit.transient_errors = TRANSIENT
         return units
@@ -99,6 +103,14 @@ class Consumers:
             )
         return moved
 
+    async def assign(self, data: dict[str, Any]) -> list[int]:
+        """``corral.partitions.assign`` {stream, shards}: start consuming these shards."""
+        return await self.partitioned[str(data["stream"])].assign([int(s) for s in data["shards"]])
+
+    async def revoke(self, data: dict[str, Any]) -> list[int]:
+        """``corral.partitions.revoke``: stop consuming these shards (after the round in progress)."""
+        return await self.partitioned[str(data["stream"])].revoke([int(s) for s in data["shards"]])
+
     async def close(self) -> None:
         """After a clean stop: leave the member set (nothing of ours is in flight any more)."""
         with contextlib.suppress(*TRANSIENT):
@@ -108,5 +120,6 @@ class Consumers:
     def stats(self) -> dict[str, Any]:
         queues = {q: vars(s).copy() for c in self.queues for q, s in c.stats.items()}
         streams = {c.spec.stream: c.stats() for c in self.streams}
+        streams.update({name: c.stats() for name, c in self.partitioned.items()})
         failed = sum(s["failed"] for s in queues.values()) + sum(s["failed"] for s in streams.values())
         return {"queues": queues, "streams": streams, "consumer_failed": failed}

@@ -27,6 +27,7 @@ from workers.base import BaseWorker, WorkerContext
 from workers.consumers import RECOVER_EVENT, Consumers, connect, new_worker_id
 from workers.exitcodes import ExitCode
 from workers.loader import LoadError, load_object
+from workers.partitions import ASSIGN_EVENT, REVOKE_EVENT
 from workers.specs import WorkSpec
 
 SPEC_ENV = "CORRAL_CHILD"
@@ -162,7 +163,10 @@ class ChildRuntime:
         if self.consumers is not None:  # they begin after the worker's own start()
             for unit in self.consumers.units():
                 self.worker.manager.register_worker(unit)
-            channel.on(RECOVER_EVENT, lambda data: self.consumers.recover(str(data["worker_id"])))  # type: ignore[union-attr]
+            consumers = self.consumers
+            channel.on(RECOVER_EVENT, lambda data: consumers.recover(str(data["worker_id"])))
+            channel.on(ASSIGN_EVENT, consumers.assign)
+            channel.on(REVOKE_EVENT, consumers.revoke)
         if not self.worker.ready_announced:  # a start() that forgot super().start()
             await BaseWorker.start(self.worker)
         return await self._work(channel)

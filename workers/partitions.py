@@ -1,0 +1,187 @@
+"""Partitioned streams: shards ``<stream>:0..P-1``, each consumed by exactly one worker at a time.
+
+The supervisor decides who owns which shard and tells the workers (``corral.partitions.assign`` /
+``corral.partitions.revoke``); a revoke returns only once the round in progress has finished and
+been acknowledged, so the next owner never overlaps the previous one. A newly assigned shard is first
+drained of the entries its previous owner left pending (older than anything unread), then read
+as usual. An entry whose handler fails blocks its shard (retried with backoff, then dead-lettered),
+so all events of one key are handled in order, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from workers.keys import Keys
+from workers.loader import call_handler, load_handler
+from workers.messages import HandlerContext, Message, decode_fields
+from workers.producer import shard_name
+from workers.queues import error_summary
+from workers.specs import StreamSpec
+
+ASSIGN_EVENT = "corral.partitions.assign"
+REVOKE_EVENT = "corral.partitions.revoke"
+MAX_RETRY_DELAY_S = 5.0
+
+
+class PartitionedStreamConsumer:
+    def __init__(self, spec: StreamSpec, *, redis: Redis, keys: Keys, worker_id: str, log: Any) -> None:
+        self.spec = spec
+        self.name = f"partitioned:{spec.stream}"
+        self.idle_sleep_s = 0.05  # no shard assigned (yet): look again soon
+        self.redis: Any = redis  # redis-py's annotations do not match its RESP2 replies
+        self.keys = keys
+        self.consumer = worker_id
+        self.log = log
+        self.handler, self.takes_ctx = load_handler(spec.handler)
+        self.ctx = HandlerContext(redis=redis, worker_id=worker_id, log=log)
+        self.owned: set[int] = set()
+        self.backlog: set[int] = set()  # shards whose pending entries must be handled first
+        self.not_before: dict[int, float] = {}  # shard -> retry time after a failed entry
+        self.errors: dict[bytes, str] = {}
+        self.processed = self.failed = self.dead = self.in_flight = 0
+        self.lock = asyncio.Lock()
+
+    # -- ownership (called over IPC by the supervisor) -----------------------------------------
+
+    async def assign(self, shards: list[int]) -> list[int]:
+        async with self.lock:
+            for shard in shards:
+                await self._create_group(shard_name(self.spec.stream, shard))
+            self.owned.update(shards)
+            self.backlog.update(shards)
+        self.log.info("stream {}: now owns shards {}", self.spec.stream, sorted(self.owned))
+        return sorted(self.owned)
+
+    async def revoke(self, shards: list[int]) -> list[int]:
+        async with self.lock:  # waits for the round in progress: acknowledged before we answer
+            self.owned.difference_update(shards)
+            self.backlog.difference_update(shards)
+        return sorted(self.owned)
+
+    # -- one round ------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        if not self.owned:
+            return 0
+        async with self.lock:
+            now = time.monotonic()
+            ready = {s for s in self.owned if self.not_before.get(s, 0.0) <= now}
+            backlog = sorted(self.backlog & ready)
+            if backlog:
+                return await self._drain_backlog(backlog[0])
+            fresh = sorted(ready - self.backlog)
+            if not fresh:
+                return 0
+            streams = {shard_name(self.spec.stream, s): ">" for s in fresh}
+            reply = await self.redis.xreadgroup(
+                self.spec.group, self.consumer, streams, count=self.spec.batch_size, block=self.spec.block_ms
+            )
+            handled = 0
+            for raw_stream, entries in reply or []:
+                shard = int(raw_stream.decode().rsplit(":", 1)[1])
+                handled += await self._handle_shard(shard, [(e, f, 1) for e, f in entries])
+            return handled
+
+    async def _drain_backlog(self, shard: int) -> int:
+        """Claim what the shard's group still has pending (a previous owner's, or our failures)."""
+        stream = shard_name(self.spec.stream, shard)
+        reply = await self.redis.xautoclaim(
+            stream, self.spec.group, self.consumer, 0, "0-0", count=self.spec.batch_size
+        )
+        entries = [(e, f) for e, f in reply[1] if f is not None]
+        if not entries:
+            self.backlog.discard(shard)
+            return 0
+        pending = await self.redis.xpending_range(
+            stream,
+            self.spec.group,
+            min=entries[0][0],
+            max=entries[-1][0],
+            count=len(entries) * 4,
+            consumername=self.consumer,
+        )
+        counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        return await self._handle_shard(shard, [(e, f, counts.get(e, 1)) for e, f in entries])
+
+    async def _handle_shard(self, shard: int, entries: list[tuple[bytes, dict[bytes, bytes], int]]) -> int:
+        """Entries of one shard, in order; stop at the first failure (the shard waits for it)."""
+        stream = shard_name(self.spec.stream, shard)
+        done: list[bytes] = []
+        self.in_flight = len(entries)
+        try:
+            for entry_id, raw_fields, attempt in entries:
+                if attempt > self.spec.max_deliveries:
+                    await self._dead_letter(stream, entry_id, raw_fields, attempt)
+                    continue
+                message = Message(entry_id.decode(), decode_fields(raw_fields), stream, attempt, raw_fields)
+                try:
+                    await call_handler(self.handler, self.takes_ctx, message, self.ctx)
+                except Exception as exc:
+                    self._failed(shard, entry_id, attempt, exc)
+                    break
+                self.processed += 1
+                done.append(entry_id)
+        finally:
+            self.in_flight = 0
+            if done:
+                await self.redis.xack(stream, self.spec.group, *done)
+        return len(done)
+
+    def _failed(self, shard: int, entry_id: bytes, attempt: int, exc: Exception) -> None:
+        self.failed += 1
+        self.errors[entry_id] = error_summary(exc, 1000)
+        delay_s = min(0.1 * 2 ** (attempt - 1), MAX_RETRY_DELAY_S)
+        self.backlog.add(shard)
+        self.not_before[shard] = time.monotonic() + delay_s
+        self.log.bind(job=entry_id.decode()).warning(
+            "stream {} shard {}: entry {} attempt {} failed: {!r}; the shard waits {:.1f}s",
+            self.spec.stream,
+            shard,
+            entry_id.decode(),
+            attempt,
+            exc,
+            delay_s,
+        )
+
+    async def _dead_letter(
+        self, stream: str, entry_id: bytes, raw_fields: dict[bytes, bytes], attempt: int
+    ) -> None:
+        reason = self.errors.pop(entry_id, "failed on another worker")
+        record = {
+            **raw_fields,
+            b"_id": entry_id,
+            b"_stream": stream.encode(),
+            b"_deliveries": str(attempt).encode(),
+            b"_error": reason.encode(),
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.stream_dead(self.spec.stream), record)
+            pipe.xack(stream, self.spec.group, entry_id)
+            await pipe.execute()
+        self.dead += 1
+        self.log.error(
+            "stream {}: entry {} delivered {} times, dead-lettered", stream, entry_id.decode(), attempt
+        )
+
+    async def _create_group(self, stream: str) -> None:
+        try:
+            await self.redis.xgroup_create(stream, self.spec.group, id=self.spec.start_id, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "processed": self.processed,
+            "failed": self.failed,
+            "dead": self.dead,
+            "in_flight": self.in_flight,
+            "lag": 0,
+            "shards": len(self.owned),
+        }
