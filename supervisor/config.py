@@ -43,6 +43,7 @@ class Config:
     logging: LogSettings
     pool: PoolSettings
     work: WorkSpec = field(default_factory=WorkSpec)
+    metrics_listen: str | None = None  # "host:port" of the Prometheus endpoint; None: off
 
     @property
     def control_socket(self) -> Path:
@@ -102,6 +103,14 @@ class _Reader:
                         self.errors.append(f"{name}.{key}: unknown key")
 
 
+def parse_listen(value: Any) -> str | None:
+    """``host:port`` with a port in 1..65535, or None if it is not that."""
+    if not isinstance(value, str) or ":" not in value:
+        return None
+    _host, _, port = value.rpartition(":")
+    return value if port.isdigit() and 0 < int(port) < 65536 else None
+
+
 def _article(names: str) -> str:
     return "an" if names[0] in "aeiou" else "a"
 
@@ -134,6 +143,7 @@ SCHEMA: dict[str, set[str] | None] = {
     "paths": {"state_dir", "log_dir"},
     "logging": {"level", "json", "rotation", "retention", "stderr"},
     "options": None,  # free-form: handed to every child as WorkerContext.options
+    "metrics": {"listen"},
     "redis": None,  # these three are checked by supervisor.workconfig
     "streams": None,
     "queues": None,
@@ -195,9 +205,12 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         log_level=logging.level,
         log_json=logging.json,
     )
+    listen = r.take("metrics", "listen", str, None)
+    if listen is not None and parse_listen(listen) is None:
+        r.errors.append(f"metrics.listen: must be 'host:port' with a port 1-65535, got {listen!r}")
     base = path.resolve().parent
     state_dir = base / r.take("paths", "state_dir", str, "run")
     log_dir = base / r.take("paths", "log_dir", str, "logs")
     if r.errors:
         raise ConfigError(f"{path}: invalid configuration:\n" + "\n".join(f"  - {e}" for e in r.errors))
-    return Config(path.resolve(), name, workers, worker, state_dir, log_dir, logging, settings, work)
+    return Config(path.resolve(), name, workers, worker, state_dir, log_dir, logging, settings, work, listen)

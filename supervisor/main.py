@@ -24,6 +24,7 @@ from supervisor import config as config_module
 from supervisor.config import Config, ConfigError
 from supervisor.control import AlreadyRunning, ControlServer
 from supervisor.logs import LogManager
+from supervisor.metrics import MetricsServer
 from supervisor.partitions import PartitionAssigner
 from supervisor.pool import WorkerPool
 from supervisor.recovery import Recovery
@@ -67,6 +68,7 @@ class Supervisor:
         self.work_totals = WorkTotals()
         partitioned = {s.stream: s.partitions for s in config.work.streams if s.partitions}
         self.partitions = PartitionAssigner(self.pool, partitioned) if partitioned else None
+        self.metrics = MetricsServer(self, config.metrics_listen) if config.metrics_listen else None
         self.started_at = time.monotonic()
         self.state = "starting"
         self.exit_code = SupervisorExit.OK
@@ -89,6 +91,8 @@ class Supervisor:
             self.config.pid_file.write_text(f"{os.getpid()}\n")
             if self.redis_server is not None and not self.config.work.empty:
                 await self.redis_server.start(self.logs.output_sink("redis"))
+            if self.metrics is not None:
+                await self.metrics.start()
         except AlreadyRunning as exc:
             print(f"corral: {exc}", file=sys.stderr)  # logging may not be set up yet
             return SupervisorExit.ALREADY_RUNNING
@@ -117,6 +121,8 @@ class Supervisor:
             for signum in SIGNAL_ACTIONS:
                 loop.remove_signal_handler(signum)
             await self.control.close()
+            if self.metrics is not None:
+                await self.metrics.close()
             if self.redis_server is not None:
                 await self.redis_server.stop()  # last: the workers needed it until they exited
             with contextlib.suppress(FileNotFoundError):

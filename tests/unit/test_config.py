@@ -107,3 +107,63 @@ def test_missing_and_unparsable_files_are_clear_errors(tmp_path: Path) -> None:
         load(tmp_path / "absent.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(write(tmp_path, "[pool\nworkers = 2\n"))
+
+
+def test_metrics_listen_is_validated(tmp_path: Path) -> None:
+    ok = load(write(tmp_path, '[pool]\nworker = "a:b"\n[metrics]\nlisten = "127.0.0.1:9464"\n'))
+    assert ok.metrics_listen == "127.0.0.1:9464"
+    with pytest.raises(ConfigError, match=r"metrics\.listen: must be 'host:port'"):
+        load(write(tmp_path, '[pool]\nworker = "a:b"\n[metrics]\nlisten = "9464"\n'))
+
+
+def test_streams_and_queues_are_checked_against_the_specs(tmp_path: Path) -> None:
+    text = """
+[pool]
+name = "mm"
+[[streams]]
+stream = "game-events"
+handler = "apps.mm:on_event"
+partitions = 4
+[[queues]]
+pattern = "contest:submissions:*"
+handler = "apps.contest:score"
+max_attempts = 3
+"""
+    config = load(write(tmp_path, text))
+    assert config.worker == "workers.consumer:ConsumerWorker"  # pool.worker may be left out now
+    stream = config.work.streams[0]
+    assert (stream.stream, stream.group, stream.partitions) == ("game-events", "mm", 4)
+    assert config.work.queues[0].pattern == "contest:submissions:*"
+    assert config.work.queues[0].max_attempts == 3
+    assert config.redis_url == f"unix://{tmp_path.resolve() / 'run' / 'redis.sock'}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[[queues]]\nhandler = "a:b"\n', "queues[0]: needs names, pattern or registry"),
+        ('[[queues]]\nnames = ["q"]\n', "queues[0].handler: required"),
+        ('[[queues]]\nnames = "q"\nhandler = "a:b"\n', "queues[0].names: must be a list of strings"),
+        ('[[queues]]\nnames = ["q"]\nhandler = "a:b"\nbatch_size = 0\n', "queues[0].batch_size: must be > 0"),
+        ('[[queues]]\nnames = ["q"]\nhandler = "nope"\n', "queues[0].handler: must be an import path"),
+        ('[[streams]]\nstream = "s"\nhandler = "a:b"\nblock_ms = -1\n', "streams[0].block_ms: must be >= 0"),
+        ('[[streams]]\nstream = "s"\nhandler = "a:b"\nbogus = 1\n', "streams[0].bogus: unknown key"),
+        ('[[streams]]\nhandler = "a:b"\n', "streams[0].stream: required"),
+        (
+            '[redis]\nurl = "http://x"\n[[streams]]\nstream = "s"\nhandler = "a:b"\n',
+            "redis.url: must start with",
+        ),
+        ("[pool]\nworkers = 1\n", "pool.worker: required when no [[streams]] or [[queues]]"),
+    ],
+)
+def test_bad_streams_and_queues_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text))
+    assert expected in str(caught.value)
+
+
+def test_redis_url_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_REDIS_URL", "redis://:secret@db:6379/2")
+    config = load(write(tmp_path, '[[queues]]\nnames = ["q"]\nhandler = "a:b"\n'))
+    assert config.work.redis.url == "redis://:secret@db:6379/2"
+    assert config.redis_url == "redis://:secret@db:6379/2"

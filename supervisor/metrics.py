@@ -1,0 +1,118 @@
+"""Prometheus metrics of the pool, served by the supervisor (``[metrics] listen = "host:port"``).
+
+The figures come from what the children report over IPC (and psutil); a custom collector reads them
+at scrape time. The HTTP endpoint runs on the supervisor's own event loop, so a scrape reads the
+pool's state on the loop thread, without locks or a second thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from loguru import logger
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from supervisor.status import slot_rows
+
+if TYPE_CHECKING:
+    from supervisor.main import Supervisor
+
+SLOT_COUNTERS = {"processed": "events processed", "failed": "events failed", "restarts": "restarts"}
+WORK_COUNTERS = ("processed", "failed", "retried", "dead", "requeued")
+WORK_GAUGES = ("in_flight", "lag")
+
+
+class PoolCollector(Collector):
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self.supervisor.pool.name
+        rows = slot_rows(self.supervisor.pool)
+        for name, text in SLOT_COUNTERS.items():
+            family = CounterMetricFamily(f"corral_slot_{name}", f"Per slot: {text}", labels=["pool", "slot"])
+            for row in rows:
+                family.add_metric([pool, str(row["slot"])], float(row[name]))  # type: ignore[literal-required]
+            yield family
+        up = GaugeMetricFamily(
+            "corral_slot_ready", "1 if the slot has a ready child", labels=["pool", "slot"]
+        )
+        rss = GaugeMetricFamily(
+            "corral_slot_rss_bytes", "Resident memory of the slot's child", labels=["pool", "slot"]
+        )
+        cpu = GaugeMetricFamily("corral_slot_cpu_percent", "CPU of the slot's child", labels=["pool", "slot"])
+        for row in rows:
+            labels = [pool, str(row["slot"])]
+            up.add_metric(labels, 1.0 if row["state"] == "ready" else 0.0)
+            rss.add_metric(labels, float(row["rss_bytes"]))
+            cpu.add_metric(labels, float(row["cpu_percent"]))
+        yield from (up, rss, cpu)
+        yield from self._work(pool)
+
+    def _work(self, pool: str) -> Iterator[Metric]:
+        work = self.supervisor.work_totals.rows(self.supervisor.pool)
+        for kind in ("queue", "stream"):
+            rows = work.get(f"{kind}s", {})
+            for counter in WORK_COUNTERS:
+                family = CounterMetricFamily(
+                    f"corral_{kind}_{counter}", f"Per {kind}: {counter}", labels=["pool", kind]
+                )
+                for name, figures in sorted(rows.items()):
+                    family.add_metric([pool, name], float(figures.get(counter, 0)))
+                yield family
+            for gauge in WORK_GAUGES:
+                gauges = GaugeMetricFamily(
+                    f"corral_{kind}_{gauge}", f"Per {kind}: {gauge}", labels=["pool", kind]
+                )
+                for name, figures in sorted(rows.items()):
+                    gauges.add_metric([pool, name], float(figures.get(gauge, 0)))
+                yield gauges
+
+
+class MetricsServer:
+    def __init__(self, supervisor: Supervisor, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        self.host, self.port = host or "127.0.0.1", int(port)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(PoolCollector(supervisor))
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        logger.info("metrics on http://{}:{}/metrics", self.host, self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
+            if path.split(b"?")[0] in (b"/metrics", b"/"):
+                status, body, kind = b"200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()
+            else:
+                status, body, kind = b"404 Not Found", b"not found: try /metrics\n", b"text/plain"
+            writer.write(
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: "
+                + kind
+                + b"\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
