@@ -10,6 +10,7 @@ membership sweep.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 from typing import Any
 
@@ -58,9 +59,11 @@ class Consumers:
         self.log = log
         common = {"redis": redis, "keys": self.keys, "worker_id": worker_id, "log": log}
         self.queues = [QueueConsumer(spec, pool=pool, **common) for spec in work.queues]
-        self.streams = [StreamConsumer(spec, **common) for spec in work.streams if not spec.partitions]
+        # a WorkSpec built in code (not from corral.toml) may leave the group out: the pool's name
+        streams = [dataclasses.replace(spec, group=spec.group or pool) for spec in work.streams]
+        self.streams = [StreamConsumer(spec, **common) for spec in streams if not spec.partitions]
         self.partitioned = {
-            spec.stream: PartitionedStreamConsumer(spec, **common) for spec in work.streams if spec.partitions
+            spec.stream: PartitionedStreamConsumer(spec, **common) for spec in streams if spec.partitions
         }
         self.membership = Membership(
             redis=redis,
@@ -71,19 +74,28 @@ class Consumers:
             recover=self.recover,
         )
 
+    def give_handlers(self, worker: Any) -> None:
+        """Handlers see the worker they run in as ``ctx.worker``."""
+        units: list[Any] = [*self.queues, *self.streams, *self.partitioned.values()]
+        for unit in units:
+            unit.ctx.worker = worker
+
     def units(self) -> list[Any]:
         units: list[Any] = [self.membership, *self.queues, *self.streams, *self.partitioned.values()]
         for unit in units:
             unit.transient_errors = TRANSIENT
         return units
 
-    async def recover(self, dead_worker_id: str) -> dict[str, int]:
+    async def recover(self, dead_worker_id: str, force: bool = False) -> dict[str, int]:
         """Give back a dead worker's in-flight work: its queue jobs to their queues, its pending
-        stream entries to this consumer. Safe to run from several places at once (a lock per id)."""
+        stream entries to this consumer. Safe to run from several places at once (a lock per id
+        keeps the membership sweeps from doing it twice). ``force`` (the supervisor saw the death)
+        takes the lock over: its holder may be a helper that was killed halfway through, and
+        waiting for its lock to expire would leave the work stranded for RECOVERY_LOCK_MS."""
         if dead_worker_id == self.worker_id:
             return {}
         lock = self.keys.recovery_lock(self.pool, dead_worker_id)
-        if not await self.redis.set(lock, self.worker_id, nx=True, px=RECOVERY_LOCK_MS):
+        if not await self.redis.set(lock, self.worker_id, nx=not force, px=RECOVERY_LOCK_MS):
             return {}
         try:
             moved = {"jobs": 0, "entries": 0}

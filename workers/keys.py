@@ -49,8 +49,13 @@ class Keys:
         head = f"{self.prefix}:{{"
         if not key.startswith(head) or not key.endswith(":retry"):
             return None
-        tag, _, rest = key[len(head) : -len(":retry")].partition("}")
-        return tag if not rest else rest.removeprefix(":")
+        body = key[len(head) : -len(":retry")]
+        tag, _, rest = body.partition("}")  # a tag never holds a "}", a whole name may: check both
+        if rest.startswith(":") and hash_tag(rest[1:]) == tag != rest[1:]:
+            return rest[1:]  # <prefix>:{<tag>}:<name>:retry
+        if body.endswith("}") and hash_tag(body[:-1]) == body[:-1]:
+            return body[:-1]  # <prefix>:{<name>}:retry
+        return None
 
     def dead(self, queue: str) -> str:
         """List of jobs that failed ``max_attempts`` times or could not be decoded."""

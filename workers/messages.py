@@ -31,6 +31,15 @@ class Requeue(Exception):
         self.front = front
 
 
+class Reject(Exception):
+    """Raise from a handler when the job or entry can never succeed (malformed, unknown type): it is
+    dead-lettered at once with ``reason``, without retries — and without blocking a partition."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Job:
     id: str
@@ -54,12 +63,14 @@ class Message:
 
 @dataclass
 class HandlerContext:
-    """The optional second argument of a handler: the worker's Redis client, its identity, a logger."""
+    """The optional second argument of a handler: the worker's Redis client, its identity, a logger,
+    and the worker itself (``ctx.worker``: where an app keeps its clients and counters)."""
 
     redis: Any
     worker_id: str
     log: Any
     extra: dict[str, Any] = field(default_factory=dict)
+    worker: Any = None  # the BaseWorker of this child: its own state, counters, clients
 
 
 def encode_job(

@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from workers.keys import Keys
 from workers.loader import call_handler, load_handler
-from workers.messages import HandlerContext, Message, decode_fields
+from workers.messages import HandlerContext, Message, Reject, decode_fields
 from workers.producer import shard_name
 from workers.queues import error_summary
 from workers.specs import StreamSpec
@@ -122,6 +122,10 @@ class PartitionedStreamConsumer:
                 message = Message(entry_id.decode(), decode_fields(raw_fields), stream, attempt, raw_fields)
                 try:
                     await call_handler(self.handler, self.takes_ctx, message, self.ctx)
+                except Reject as reject:  # can never succeed: out of the way at once, in order
+                    self.errors[entry_id] = f"rejected: {reject.reason}"
+                    await self._dead_letter(stream, entry_id, raw_fields, attempt)
+                    continue
                 except Exception as exc:
                     self._failed(shard, entry_id, attempt, exc)
                     break

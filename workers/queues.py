@@ -2,15 +2,17 @@
 
 One round: take up to ``batch_size`` jobs with one Lua call per queue (RPOP count + LPUSH into this
 worker's processing list, atomically), run the handler on each, then acknowledge the whole batch in
-one pipelined round trip (LREM from the processing list). When every queue is empty, block on one
-of them with BLMOVE. A job leaves the processing list only when acknowledged, retried (sorted set,
-exponential backoff), requeued or dead-lettered, each atomically; so a worker killed at any instant
-loses nothing: its processing lists are moved back by whoever recovers it.
+one round trip (one Lua call per queue: LREM of each job from the processing list). When every
+queue is empty, block on one of them with BLMOVE. A job leaves the processing list only when
+acknowledged, retried (sorted set, exponential backoff), requeued or dead-lettered, each atomically;
+so a worker killed at any instant loses nothing: its processing lists are moved back by whoever
+recovers it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import fnmatch
 import json
 import time
@@ -41,6 +43,11 @@ return #due
 MOVE_ALL = """
 local n = 0
 while redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'RIGHT') do n = n + 1 end
+return n
+"""
+ACK = """
+local n = 0
+for i = 1, #ARGV do n = n + redis.call('LREM', KEYS[1], -1, ARGV[i]) end
 return n
 """
 PROMOTE_INTERVAL_S = 0.5
@@ -81,6 +88,7 @@ class QueueConsumer:
         self.stats: dict[str, QueueStats] = {}
         self.held: set[str] = set()
         self.unacked: list[tuple[str, bytes]] = []  # handled, acknowledgement not yet confirmed
+        self.interrupted = False  # the last round raised: our processing lists may hold strays
         self.queues: list[str] = list(spec.names)
         self._discovered_at = 0.0
         self._promoted_at = 0.0
@@ -88,10 +96,34 @@ class QueueConsumer:
         self._take = redis.register_script(TAKE)
         self._promote = redis.register_script(PROMOTE)
         self._move_all = redis.register_script(MOVE_ALL)
+        self._ack_jobs = redis.register_script(ACK)
 
     # -- one round ------------------------------------------------------------------------------
 
     async def run(self) -> int:
+        if self.interrupted:
+            await self._put_back_held()
+        try:
+            return await self._round()
+        except asyncio.CancelledError:  # a fast stop, wherever the round was (a take's reply may be
+            await asyncio.shield(self._hand_back())  # lost): hand back what was not handled yet
+            raise
+        except Exception:
+            self.interrupted = True
+            raise
+
+    async def _put_back_held(self) -> None:
+        """After a round cut short (Redis went away mid-batch, a reply was lost): jobs it took and
+        did not settle are still in our processing lists, and nobody recovers a live worker's lists.
+        Acknowledge what was handled, put the rest back at the front of its queue."""
+        await self._ack()
+        for queue in self.held:
+            moved = int(await self._move_all(keys=[self._processing(queue), queue]))
+            if moved:
+                self.log.warning("queue {}: {} jobs of an interrupted round put back", queue, moved)
+        self.interrupted = False
+
+    async def _round(self) -> int:
         if self.unacked:
             await self._ack()
         await self._refresh_queues()
@@ -105,9 +137,6 @@ class QueueConsumer:
         try:
             for queue, raw in batch:
                 await self._handle(queue, raw)
-        except asyncio.CancelledError:  # a fast stop: hand back what was not handled yet
-            await asyncio.shield(self._hand_back())
-            raise
         finally:
             for queue, _ in batch:
                 self._stats(queue).in_flight = 0
@@ -149,7 +178,8 @@ class QueueConsumer:
             job = decode_job(raw, queue)
         except Malformed as exc:
             self.log.warning("queue {}: undecodable job dead-lettered: {}", queue, exc)
-            await self._settle(queue, raw, ("dead", self._dead_record(raw, None, f"malformed: {exc}")))
+            record = self._dead_record(raw, None, f"malformed: {exc}", queue)
+            await self._settle(queue, raw, ("dead", record))
             stats.dead += 1
             return
         try:
@@ -172,7 +202,7 @@ class QueueConsumer:
             log.error(
                 "queue {}: job {} failed {} times, dead-lettered: {!r}", job.queue, job.id, job.attempt, exc
             )
-            record = self._dead_record(job.raw, job, error_summary(exc))
+            record = self._dead_record(job.raw, job, error_summary(exc), job.queue)
             await self._settle(job.queue, job.raw, ("dead", record))
             self._stats(job.queue).dead += 1
             return
@@ -205,9 +235,9 @@ class QueueConsumer:
                 pipe.lrem(self._processing(queue), -1, raw)
             await pipe.execute()
 
-    def _dead_record(self, raw: bytes, job: Job | None, error: str) -> bytes:
-        record = {
-            "queue": job.queue if job else None,
+    def _dead_record(self, raw: bytes, job: Job | None, error: str, queue: str) -> bytes:
+        record: dict[str, Any] = {
+            "queue": queue,
             "id": job.id if job else None,
             "attempt": job.attempt if job else None,
             "error": error,
@@ -215,6 +245,10 @@ class QueueConsumer:
             "worker": self.worker_id,
             "job": raw.decode("utf-8", "replace"),
         }
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:  # "job" above is lossy: keep the exact bytes too
+            record["job_base64"] = base64.b64encode(raw).decode()
         return json.dumps(record).encode()
 
     # -- acknowledgement, recovery, housekeeping ---------------------------------------------------
@@ -223,10 +257,19 @@ class QueueConsumer:
         if not self.unacked or self.spec.at_most_once:
             self.unacked.clear()
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for queue, raw in self.unacked:
-                pipe.lrem(self._processing(queue), -1, raw)
-            await pipe.execute()
+        # one LREM per job, but one command per queue: a pipeline of LREMs costs the client a command
+        # packed and a reply parsed per job, about as much as the trivial job itself
+        by_queue: dict[str, list[bytes]] = {}
+        for queue, raw in self.unacked:
+            by_queue.setdefault(queue, []).append(raw)
+        if len(by_queue) == 1:
+            [(queue, raws)] = by_queue.items()
+            await self._ack_jobs(keys=[self._processing(queue)], args=raws)
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue, raws in by_queue.items():
+                    await self._ack_jobs(keys=[self._processing(queue)], args=raws, client=pipe)
+                await pipe.execute()
         self.unacked.clear()
 
     async def _hand_back(self) -> None:

@@ -164,7 +164,7 @@ class ChildRuntime:
             for unit in self.consumers.units():
                 self.worker.manager.register_worker(unit)
             consumers = self.consumers
-            channel.on(RECOVER_EVENT, lambda data: consumers.recover(str(data["worker_id"])))
+            channel.on(RECOVER_EVENT, lambda data: consumers.recover(str(data["worker_id"]), force=True))
             channel.on(ASSIGN_EVENT, consumers.assign)
             channel.on(REVOKE_EVENT, consumers.revoke)
         if not self.worker.ready_announced:  # a start() that forgot super().start()
@@ -182,6 +182,7 @@ class ChildRuntime:
             work, redis=self.worker.redis, pool=self.spec.pool, worker_id=context.worker_id, log=self.log
         )
         self.worker.consumer_stats = consumers.stats
+        consumers.give_handlers(self.worker)
         return consumers
 
     async def _work(self, channel: Channel) -> int:
@@ -244,8 +245,27 @@ def parse_spec(raw: str | None) -> ChildSpec:
         raise BootError(ExitCode.BOOT_USAGE, f"bad {SPEC_ENV}: {exc}") from exc
 
 
+def cancellable_wait_for() -> None:
+    """Python 3.11's ``asyncio.wait_for`` swallows a cancellation that arrives as the awaited
+    future completes (CPython gh-86296, fixed in 3.12). redis-py sends every command through it
+    when a socket timeout is set, so a handler busy with Redis was all but impossible to cancel:
+    a fast stop waited for it, then SIGKILL. The child is a process of ours: use 3.12's version."""
+    if sys.version_info >= (3, 12):
+        return
+    original = asyncio.wait_for
+
+    async def wait_for(fut: Any, timeout: float | None) -> Any:  # noqa: ASYNC109 - its signature
+        if timeout is not None and timeout <= 0:
+            return await original(fut, timeout)
+        async with asyncio.timeout(timeout):
+            return await fut
+
+    asyncio.wait_for = asyncio.tasks.wait_for = wait_for
+
+
 def run_child(raw_spec: str | None) -> int:
     """The whole life of a child process; returns its exit code."""
+    cancellable_wait_for()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group:
     signal.signal(signal.SIGQUIT, signal.SIG_IGN)  # the supervisor decides what we do
     try:

@@ -25,7 +25,7 @@ class StreamSpec:
     group: str = ""  # consumer group; default: the pool name
     batch_size: int = 100  # XREADGROUP COUNT
     block_ms: int = 1000  # XREADGROUP BLOCK
-    max_deliveries: int = 5  # delivered more often than this: dead-lettered with the last error
+    max_deliveries: int = 5  # failed this often (or delivered more often): dead-lettered with the error
     min_idle_ms: int = 30_000  # a pending entry idle this long may be claimed by another consumer
     claim_interval_s: float = 5.0
     start_id: str = "0"  # where a new group starts: "0" everything, "$" only new entries

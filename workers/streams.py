@@ -39,6 +39,9 @@ class StreamConsumer:
         self.unacked: list[bytes] = []
         self.errors: dict[bytes, str] = {}  # entry id -> the last error seen here
         self.read_own = True  # our own pending entries first (claimed ones, failed ones)
+        self._claims = 0  # recoveries that claimed entries for us
+        self._pass_claims = 0  # ... when the current pass over our own pending entries began
+        self._own_cursor = b"0"  # how far the pass over our own pending entries got
         self._group_ready = False
         self._claimed_at = 0.0
         self._trimmed_at = time.monotonic()
@@ -78,13 +81,20 @@ class StreamConsumer:
     async def _read(self) -> list[tuple[bytes, dict[bytes, bytes], int]]:
         spec = self.spec
         if self.read_own:
+            if self._own_cursor == b"0":  # a pass begins: note the recoveries seen so far
+                self._pass_claims = self._claims
             reply = await self.redis.xreadgroup(
-                spec.group, self.consumer, {spec.stream: "0"}, count=spec.batch_size
+                spec.group, self.consumer, {spec.stream: self._own_cursor}, count=spec.batch_size
             )
             entries = reply[0][1] if reply else []
             if entries:
+                # one pass over what we hold: an entry that fails now is not read again next round
+                # (a retry storm) but like any failure, by XAUTOCLAIM once idle for min_idle_ms
+                self._own_cursor = entries[-1][0]
                 return await self._with_attempts(entries)
-            self.read_own = False
+            self._own_cursor = b"0"
+            if self._pass_claims == self._claims:  # else a recovery claimed entries for us during
+                self.read_own = False  # the pass, maybe behind its cursor: one more pass
         if time.monotonic() - self._claimed_at >= spec.claim_interval_s:
             self._claimed_at = time.monotonic()
             claimed = await self._claim_idle()
@@ -142,13 +152,17 @@ class StreamConsumer:
             self.log.bind(job=message.id).warning(
                 "stream {}: entry {} attempt {} failed: {!r}", self.spec.stream, message.id, attempt, exc
             )
+            if attempt >= self.spec.max_deliveries:  # the last allowed delivery: its error at hand
+                await self._dead_letter(entry_id, raw_fields, attempt)
             return  # stays pending: claimed again after min_idle_ms
         self.processed += 1
         self.errors.pop(entry_id, None)
         self.unacked.append(entry_id)
 
     async def _dead_letter(self, entry_id: bytes, raw_fields: dict[bytes, bytes], attempt: int) -> None:
-        reason = self.errors.pop(entry_id, "failed on another worker")
+        reason = self.errors.pop(entry_id, None) or (
+            f"delivered {attempt} times without an outcome (the consumers that had it died or stalled)"
+        )
         record = {
             **raw_fields,
             b"_id": entry_id,
@@ -193,7 +207,9 @@ class StreamConsumer:
             await self.redis.xclaim(self.spec.stream, self.spec.group, self.consumer, 0, ids, justid=True)
             moved += len(ids)
         await self.redis.xgroup_delconsumer(self.spec.stream, self.spec.group, dead_consumer)
-        self.read_own = moved > 0 or self.read_own
+        if moved:
+            self._claims += 1
+            self.read_own = True
         return moved
 
     async def _maybe_trim(self) -> None:
