@@ -42,6 +42,7 @@ EVENT_FIELDS = {
     "game_removed": ("product_id", "game_id"),
     "player_disconnect": ("product_id", "game_id", "player_id"),
 }
+LIFECYCLE = ("created", "creator_joined", "all_players_joined", "in_progress", "ended")
 ENDED_TTL_S = 3600  # an ended game's record stays this long (for late events), then Redis drops it
 
 # KEYS: pending, lobby, active, game; ARGV: game id, target set ("" for none), state, now, product
@@ -237,6 +238,7 @@ class MatchmakerWorker(BaseWorker):
 
     async def stop(self) -> None:
         await self.curation.release()
+        await super().stop()
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -25,6 +26,10 @@ class SlotRow(TypedDict):
     failed: int
     restarts: int
     reason: str | None
+    app: dict[str, Any]  # what the worker's own stats() adds (an app's metrics)
+
+
+FRAMEWORK_STATS = frozenset({"processed", "failed", "queues", "streams"})
 
 
 COUNTERS = ("processed", "failed", "retried", "dead", "requeued")  # summed over children, past ones too
@@ -88,6 +93,7 @@ def slot_rows(pool: WorkerPool) -> list[SlotRow]:
                 failed=slot.failed_before + int(stats.get("failed", 0)),
                 restarts=slot.history.restarts,
                 reason=slot.fatal_reason or slot.recycle_reason,
+                app={k: v for k, v in stats.items() if k not in FRAMEWORK_STATS},
             )
         )
     return rows
@@ -150,6 +156,10 @@ def render(status: dict[str, Any]) -> str:
         if row.get("reason"):
             lines.append(f"      └ {row['reason']}")
     lines.extend(_render_work(status.get("work") or {}))
+    apps = [(row["slot"], row.get("app")) for row in status["slots"] if row.get("app")]
+    if apps:
+        lines.extend(["", "APP METRICS"])
+        lines.extend(f"{slot:>4}  {json.dumps(app, separators=(', ', ': '))}" for slot, app in apps)
     return "\n".join(lines)
 
 
