@@ -15,10 +15,8 @@ import secrets
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 
 from workers.keys import Keys
 from workers.membership import Membership
@@ -26,22 +24,24 @@ from workers.partitions import PartitionedStreamConsumer
 from workers.queues import QueueConsumer
 from workers.specs import RedisSpec, WorkSpec
 from workers.streams import StreamConsumer
+from workers.transient import REDIS_DOWN
 
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+TRANSIENT = (*REDIS_DOWN, ConnectionError, TimeoutError)  # for the consumers' own commands
 RECOVER_EVENT = "corral.recover"
 RECOVERY_LOCK_MS = 60_000
 
 
 def connect(spec: RedisSpec) -> aioredis.Redis:
-    """A client with timeouts, health checks and retries on by default (``url`` must be set)."""
+    """A client with timeouts and health checks, and no blind retries: a command whose reply was
+    lost (a take, a BLMOVE) must not silently run twice. The error reaches the round instead, which
+    puts its jobs back, and the manager retries with backoff until Redis is back."""
     assert spec.url is not None
     return aioredis.from_url(
         spec.url,
         socket_timeout=spec.socket_timeout_s,
         socket_connect_timeout=spec.connect_timeout_s,
         health_check_interval=spec.health_check_interval_s,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        retry=AsyncRetry(NoBackoff(), 0),
     )
 
 

@@ -23,6 +23,7 @@ from workers.messages import HandlerContext, Message, Reject, decode_fields
 from workers.producer import shard_name
 from workers.queues import error_summary
 from workers.specs import StreamSpec
+from workers.transient import REDIS_DOWN
 
 ASSIGN_EVENT = "corral.partitions.assign"
 REVOKE_EVENT = "corral.partitions.revoke"
@@ -126,8 +127,14 @@ class PartitionedStreamConsumer:
                     self.errors[entry_id] = f"rejected: {reject.reason}"
                     await self._dead_letter(stream, entry_id, raw_fields, attempt)
                     continue
+                except REDIS_DOWN:
+                    self.backlog.add(shard)  # once Redis is back: what we hold first, in order
+                    raise
                 except Exception as exc:
                     self._failed(shard, entry_id, attempt, exc)
+                    if attempt >= self.spec.max_deliveries:  # the last allowed one: its error at hand
+                        await self._dead_letter(stream, entry_id, raw_fields, attempt)
+                        continue
                     break
                 self.processed += 1
                 done.append(entry_id)

@@ -24,8 +24,9 @@ from redis.asyncio import Redis
 
 from workers.keys import Keys
 from workers.loader import call_handler, load_handler
-from workers.messages import HandlerContext, Job, Malformed, Requeue, decode_job, encode_job
+from workers.messages import HandlerContext, Job, Malformed, Reject, Requeue, decode_job, encode_job
 from workers.specs import QueueSpec
+from workers.transient import REDIS_DOWN
 
 TAKE = """
 local jobs = redis.call('RPOP', KEYS[1], ARGV[1])
@@ -188,6 +189,15 @@ class QueueConsumer:
             await self._settle(queue, raw, ("front" if requeue.front else "back", raw))
             stats.requeued += 1
             return
+        except Reject as reject:  # can never succeed: dead-lettered at once, no retries
+            self.log.bind(job=job.id).warning("queue {}: job {} rejected: {}", queue, job.id, reject.reason)
+            await self._settle(
+                queue, raw, ("dead", self._dead_record(raw, job, f"rejected: {reject.reason}", queue))
+            )
+            stats.dead += 1
+            return
+        except REDIS_DOWN:
+            raise  # Redis is away: the round is interrupted and its jobs go back, not a failure
         except Exception as exc:
             stats.failed += 1
             await self._fail(job, exc)

@@ -17,9 +17,10 @@ from redis.exceptions import ResponseError
 
 from workers.keys import Keys
 from workers.loader import call_handler, load_handler
-from workers.messages import HandlerContext, Message, decode_fields
+from workers.messages import HandlerContext, Message, Reject, decode_fields
 from workers.queues import error_summary
 from workers.specs import StreamSpec
+from workers.transient import REDIS_DOWN
 
 LAG_INTERVAL_S = 1.0
 
@@ -62,6 +63,9 @@ class StreamConsumer:
         try:
             for entry_id, raw_fields, attempt in entries:
                 await self._handle(entry_id, raw_fields, attempt)
+        except REDIS_DOWN:
+            self.read_own, self._own_cursor = True, b"0"  # what we hold is handled first once back
+            raise
         finally:
             self.in_flight = 0
         await self._ack()
@@ -146,6 +150,12 @@ class StreamConsumer:
         message = Message(entry_id.decode(), decode_fields(raw_fields), self.spec.stream, attempt, raw_fields)
         try:
             await call_handler(self.handler, self.takes_ctx, message, self.ctx)
+        except Reject as reject:  # can never succeed: dead-lettered at once, no retries
+            self.errors[entry_id] = f"rejected: {reject.reason}"
+            await self._dead_letter(entry_id, raw_fields, attempt)
+            return
+        except REDIS_DOWN:
+            raise  # Redis is away: the round is interrupted, the entry stays pending (ours)
         except Exception as exc:
             self.failed += 1
             self.errors[entry_id] = error_summary(exc, 1000)

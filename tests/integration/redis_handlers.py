@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any
 
-from workers.messages import HandlerContext, Job, Message, Requeue
+from workers.messages import HandlerContext, Job, Message, Reject, Requeue
 
 
 async def count_job(job: Job, ctx: HandlerContext) -> None:
@@ -131,3 +131,13 @@ CAPTURED: list[Message] = []  # in-process tests only
 
 def capture(message: Message) -> None:
     CAPTURED.append(message)
+
+
+def reject_odd(job: Job) -> None:
+    """Rejects (dead-letter at once, no retry) jobs whose data has an odd ``n``."""
+    if job.data["n"] % 2:
+        raise Reject(f"odd n={job.data['n']}")
+
+
+def reject_entry(message: Message) -> None:
+    raise Reject(f"cannot ever handle {message.fields.get('n')}")
