@@ -150,7 +150,8 @@ class ContestWorker(BaseWorker):
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contest-db")
 
     async def start(self) -> None:
-        store = store_from_options(self.context.options)  # ContestConfigError names the bad option
+        # ContestConfigError names the bad option; relative paths are the config file's
+        store = store_from_options(self.context.options, self.context.config_dir)
         await self.db(store.open)
         self.store = store
         self.log.info("contest: results in {}", store.describe())
@@ -294,7 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load(args.config)
         if args.command == "scoreboard":
-            return show_scoreboard(store_from_options(config.pool.options), args.contest, args.top)
+            options = config.pool.options
+            return show_scoreboard(
+                store_from_options(options, str(config.path.parent)), args.contest, args.top
+            )
     except (ConfigError, ContestConfigError) as exc:
         print(exc, file=sys.stderr)
         return 2

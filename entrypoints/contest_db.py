@@ -257,10 +257,10 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def store_from_options(options: Mapping[str, Any]) -> ContestStore:
+def store_from_options(options: Mapping[str, Any], base_dir: str = "") -> ContestStore:
     """``[options] database_url = "postgresql://..."``: PostgreSQL; otherwise SQLite at
-    ``contest_db`` (default ``contest.sqlite3``; a relative path is taken from the working
-    directory of ``corral run``, which children inherit). ``contest_busy_timeout_s``: SQLite's
+    ``contest_db`` (default ``contest.sqlite3``; a relative path is taken from ``base_dir``, the
+    config file's folder, or else the working directory). ``contest_busy_timeout_s``: SQLite's
     lock wait."""
     url = options.get("database_url")
     if url:
@@ -273,4 +273,4 @@ def store_from_options(options: Mapping[str, Any]) -> ContestStore:
     timeout_s = options.get("contest_busy_timeout_s", DEFAULT_BUSY_TIMEOUT_S)
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
         raise ContestConfigError(f"options.contest_busy_timeout_s: must be > 0, got {timeout_s!r}")
-    return SqliteStore(Path(path).expanduser().absolute(), float(timeout_s))
+    return SqliteStore((Path(base_dir or ".") / Path(path).expanduser()).absolute(), float(timeout_s))

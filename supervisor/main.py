@@ -81,7 +81,13 @@ class Supervisor:
         if not config.work.empty:
             redis = dataclasses.replace(config.work.redis, url=self.redis_url)
             work = dataclasses.replace(config.work, redis=redis).to_json()
-        return dataclasses.replace(config.pool, output=self.logs.output_sink, work=work)
+        return dataclasses.replace(
+            config.pool,
+            output=self.logs.output_sink,
+            work=work,
+            config_dir=str(config.path.parent),
+            state_dir=str(config.state_dir),
+        )
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""

@@ -372,6 +372,8 @@ class WorkerPool:
             "log_json": s.log_json,
             "stats_interval_s": s.stats_interval_s,
             "work": s.work,
+            "config_dir": s.config_dir,
+            "state_dir": s.state_dir,
         }
         env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}  # systemd talks to us only
         env.update(s.env)

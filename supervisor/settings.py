@@ -36,6 +36,8 @@ class PoolSettings:
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     options: dict[str, Any] = field(default_factory=dict)  # handed to every child (WorkerContext)
     work: dict[str, Any] = field(default_factory=dict)  # streams/queues/redis (a WorkSpec as JSON)
+    config_dir: str = ""  # handed to children (WorkerContext.config_dir, .state_dir)
+    state_dir: str = ""
     output: Callable[[int], OutputSink] = stderr_sink  # slot -> where its stdout/stderr goes
     log_level: str = "INFO"
     log_json: bool = False

@@ -33,6 +33,8 @@ class WorkerContext:
     host: str
     options: dict[str, Any] = field(default_factory=dict)
     worker_id: str = ""  # <identity>:<token>: this process (its consumer name, its processing lists)
+    config_dir: str = ""  # the folder of corral.toml: relative paths in [options] are taken from it
+    state_dir: str = ""  # the pool's state dir (an app may keep files there)
 
     @property
     def identity(self) -> str:

@@ -54,6 +54,8 @@ class ChildSpec:
     stats_interval_s: float = 1.0
     orphan_grace_s: float = 0.8
     work: dict[str, Any] = field(default_factory=dict)  # a WorkSpec as JSON: streams, queues, redis
+    config_dir: str = ""
+    state_dir: str = ""
 
 
 class BootError(Exception):
@@ -143,8 +145,15 @@ class ChildRuntime:
         sock = socket.socket(fileno=self.spec.fd)
         channel = await Channel.open(sock, name=f"worker-{self.spec.slot}")
         identity = f"{self.spec.host}:{self.spec.pool}:{self.spec.slot}"
+        spec = self.spec
         context = WorkerContext(
-            self.spec.slot, self.spec.pool, self.spec.host, self.spec.options, new_worker_id(identity)
+            spec.slot,
+            spec.pool,
+            spec.host,
+            spec.options,
+            new_worker_id(identity),
+            spec.config_dir,
+            spec.state_dir,
         )
         self.worker.bind(context, channel)
         try:

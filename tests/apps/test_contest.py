@@ -239,6 +239,8 @@ def test_store_options_and_their_errors(tmp_path: Path, monkeypatch: pytest.Monk
     assert isinstance(default, SqliteStore) and default.path == tmp_path / "contest.sqlite3"
     relative = store_from_options({"contest_db": "state/c.sqlite3", "contest_busy_timeout_s": 1})
     assert isinstance(relative, SqliteStore) and relative.path == tmp_path / "state" / "c.sqlite3"
+    beside = store_from_options({"contest_db": "c.sqlite3"}, base_dir="/etc/corral")  # the config's folder
+    assert isinstance(beside, SqliteStore) and beside.path == Path("/etc/corral/c.sqlite3")
     with pytest.raises(ContestConfigError, match=r"options\.database_url: must be a postgresql:// URL"):
         store_from_options({"database_url": "mysql://x"})
     with pytest.raises(ContestConfigError, match=r"options\.contest_busy_timeout_s"):
@@ -255,7 +257,7 @@ def test_the_shipped_config_is_valid_and_its_import_paths_resolve() -> None:
     (queues,) = config.work.queues
     assert queues.pattern == "contest:submissions:*"
     assert load_object(queues.handler) is score_submission
-    assert config.pool.options["contest_db"] == "run/contest/contest.sqlite3"
+    assert config.pool.options["contest_db"] == "../run/contest/contest.sqlite3"
 
 
 # -- the worker and its handler, in process ----------------------------------------------------------
