@@ -174,6 +174,7 @@ class ContestWorker(BaseWorker):
             self.duplicates,
             self.invalid,
         )
+        await super().stop()
 
     async def record(self, submission: Submission, score: Score) -> bool:
         """Record a scored submission (on the database thread); False if it was a duplicate."""
@@ -195,7 +196,7 @@ class ContestWorker(BaseWorker):
 
     @classmethod
     def of(cls, ctx: HandlerContext) -> ContestWorker:
-        worker = _WORKERS.get(ctx.worker_id)
+        worker = ctx.worker if isinstance(ctx.worker, ContestWorker) else _WORKERS.get(ctx.worker_id)
         if worker is None or worker.store is None:
             raise RuntimeError(
                 "score_submission needs the pool's worker to be a started "

@@ -1,20 +1,26 @@
 """The demo: every example app in one pool, driven by random but realistic traffic.
 
 ``corral run -c entrypoints/demo.toml`` starts the supervisor on the embedded Redis; slot 0 also
-runs ``DemoTraffic``, which plays game servers (matchmaker events) and, as the other example apps
-join the demo, their users. Watch it with ``corral status -c entrypoints/demo.toml`` and
+runs ``DemoTraffic``, which plays game servers (matchmaker events), contestants (submissions) and
+trivia hosts (a room now and then). Watch it with ``corral status -c entrypoints/demo.toml`` and
 ``corral logs 0 -f -c entrypoints/demo.toml``.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
+from entrypoints.contest import ContestWorker, asubmit, random_submission
 from entrypoints.matchmaker import LIFECYCLE, GameEvent, MatchmakerWorker, asend_event
+from entrypoints.trivia import TriviaWorker, astart_room
 from workers.base import BaseWorker
 
 PRODUCTS = ("chess", "go", "poker")
+CONTESTS = ("spring", "summer")
+USERS = tuple(f"user-{i}" for i in range(40))
+PROBLEMS = tuple(f"p{i}" for i in range(8))
 
 
 class GameServers:
@@ -58,22 +64,33 @@ class DemoTraffic:
 
     name = "demo-traffic"
 
-    def __init__(self, worker: BaseWorker, rate_per_s: float, partitions: int) -> None:
+    def __init__(self, worker: BaseWorker, rate_per_s: float, partitions: int, room_every_s: float) -> None:
         self.worker = worker
         self.rng = random.Random()
         self.idle_sleep_s = 1.0 / rate_per_s
         self.games = GameServers(self.rng, partitions)
+        self.room_every_s = room_every_s
+        self.next_room_at = time.monotonic()
+        self.rooms = 0
         self.sent = 0
 
     async def run(self) -> int:
-        await asend_event(self.worker.redis, self.games.next_event(), self.games.partitions)
+        redis = self.worker.redis
+        if self.rng.random() < 0.25:  # contestants submitting answers
+            await asubmit(redis, random_submission(self.rng, CONTESTS, USERS, PROBLEMS))
+        else:  # game servers reporting
+            await asend_event(redis, self.games.next_event(), self.games.partitions)
+        if time.monotonic() >= self.next_room_at:  # a trivia room starts now and then
+            self.rooms += 1
+            await astart_room(redis, f"room-{int(time.time())}-{self.rooms}", self.rng.randint(3, 6))
+            self.next_room_at = time.monotonic() + self.room_every_s
         self.sent += 1
         if self.sent % 500 == 0:
             self.worker.log.info("demo traffic: {} events sent", self.sent)
         return 0  # sleep idle_sleep_s: the pace of the traffic
 
 
-class DemoWorker(MatchmakerWorker):
+class DemoWorker(MatchmakerWorker, ContestWorker, TriviaWorker):
     """Every example app's worker in one (their start/stop/stats chain through super())."""
 
     async def start(self) -> None:
@@ -81,6 +98,9 @@ class DemoWorker(MatchmakerWorker):
         options: dict[str, Any] = self.context.options
         if self.slot == int(options.get("traffic_slot", 0)):
             self.traffic = DemoTraffic(
-                self, float(options.get("traffic_rate_per_s", 50)), int(options.get("game_partitions", 8))
+                self,
+                float(options.get("traffic_rate_per_s", 50)),
+                int(options.get("game_partitions", 8)),
+                float(options.get("room_every_s", 20)),
             )
             self.manager.register_worker(self.traffic)
