@@ -1,9 +1,9 @@
 """The demo: every example app in one pool, driven by random but realistic traffic.
 
 ``corral run -c entrypoints/demo.toml`` starts the supervisor on the embedded Redis; slot 0 also
-runs ``DemoTraffic``, which plays game servers (matchmaker events), contestants (submissions) and
-trivia hosts (a room now and then). Watch it with ``corral status -c entrypoints/demo.toml`` and
-``corral logs 0 -f -c entrypoints/demo.toml``.
+runs ``DemoTraffic``, which plays game servers (matchmaker events), contestants (submissions),
+players looking for a match (pairing) and trivia hosts (a room now and then). Watch it with
+``corral status -c entrypoints/demo.toml`` and ``corral logs 0 -f -c entrypoints/demo.toml``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from entrypoints.contest import ContestWorker, asubmit, random_submission
 from entrypoints.matchmaker import LIFECYCLE, GameEvent, MatchmakerWorker, asend_event
+from entrypoints.pairing import PairingWorker, aheartbeat, ajoin
 from entrypoints.trivia import TriviaWorker, astart_room
 from workers.base import BaseWorker
 
@@ -21,6 +22,7 @@ PRODUCTS = ("chess", "go", "poker")
 CONTESTS = ("spring", "summer")
 USERS = tuple(f"user-{i}" for i in range(40))
 PROBLEMS = tuple(f"p{i}" for i in range(8))
+CATEGORIES = ("ranked", "casual", "blitz")
 
 
 class GameServers:
@@ -72,12 +74,20 @@ class DemoTraffic:
         self.room_every_s = room_every_s
         self.next_room_at = time.monotonic()
         self.rooms = 0
+        self.players = 0
         self.sent = 0
 
     async def run(self) -> int:
         redis = self.worker.redis
-        if self.rng.random() < 0.25:  # contestants submitting answers
+        roll = self.rng.random()
+        if roll < 0.25:  # contestants submitting answers
             await asubmit(redis, random_submission(self.rng, CONTESTS, USERS, PROBLEMS))
+        elif roll < 0.35:  # a player looking for a match; one in ten is gone before being paired
+            self.players += 1
+            player = f"player-{self.players}"
+            if self.rng.random() > 0.1:
+                await aheartbeat(redis, player, ttl_s=30.0)
+            await ajoin(redis, self.rng.choice(CATEGORIES), player)
         else:  # game servers reporting
             await asend_event(redis, self.games.next_event(), self.games.partitions)
         if time.monotonic() >= self.next_room_at:  # a trivia room starts now and then
@@ -90,7 +100,7 @@ class DemoTraffic:
         return 0  # sleep idle_sleep_s: the pace of the traffic
 
 
-class DemoWorker(MatchmakerWorker, ContestWorker, TriviaWorker):
+class DemoWorker(MatchmakerWorker, ContestWorker, TriviaWorker, PairingWorker):
     """Every example app's worker in one (their start/stop/stats chain through super())."""
 
     async def start(self) -> None:

@@ -44,6 +44,7 @@ class Config:
     pool: PoolSettings
     work: WorkSpec = field(default_factory=WorkSpec)
     metrics_listen: str | None = None  # "host:port" of the Prometheus endpoint; None: off
+    uses_redis: bool = False  # a [redis] table, or streams/queues: the children get a Redis client
 
     @property
     def control_socket(self) -> Path:
@@ -213,4 +214,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     log_dir = base / r.take("paths", "log_dir", str, "logs")
     if r.errors:
         raise ConfigError(f"{path}: invalid configuration:\n" + "\n".join(f"  - {e}" for e in r.errors))
-    return Config(path.resolve(), name, workers, worker, state_dir, log_dir, logging, settings, work, listen)
+    uses_redis = "redis" in data or not work.empty
+    return Config(
+        path.resolve(), name, workers, worker, state_dir, log_dir, logging, settings, work, listen, uses_redis
+    )

@@ -64,7 +64,7 @@ class Supervisor:
         self.actions: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.pool = WorkerPool(config.pool_name, config.workers, config.worker, self._settings(config))
         self.control = ControlServer(config.control_socket, self._control_handlers())
-        self.recovery = Recovery(self.pool) if not config.work.empty else None
+        self.recovery = Recovery(self.pool) if config.uses_redis else None
         self.work_totals = WorkTotals()
         partitioned = {s.stream: s.partitions for s in config.work.streams if s.partitions}
         self.partitions = PartitionAssigner(self.pool, partitioned) if partitioned else None
@@ -78,7 +78,7 @@ class Supervisor:
 
     def _settings(self, config: Config) -> PoolSettings:
         work: dict[str, Any] = {}
-        if not config.work.empty:
+        if config.uses_redis:
             redis = dataclasses.replace(config.work.redis, url=self.redis_url)
             work = dataclasses.replace(config.work, redis=redis).to_json()
         return dataclasses.replace(
@@ -95,7 +95,7 @@ class Supervisor:
             self.logs.start()
             await self.control.start()
             self.config.pid_file.write_text(f"{os.getpid()}\n")
-            if self.redis_server is not None and not self.config.work.empty:
+            if self.redis_server is not None and self.config.uses_redis:
                 await self.redis_server.start(self.logs.output_sink("redis"))
             if self.metrics is not None:
                 await self.metrics.start()

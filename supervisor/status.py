@@ -27,6 +27,7 @@ class SlotRow(TypedDict):
     restarts: int
     reason: str | None
     app: dict[str, Any]  # what the worker's own stats() adds (an app's metrics)
+    worker_id: str | None  # the child's <host>:<pool>:<slot>:<token> (its consumer name)
 
 
 FRAMEWORK_STATS = frozenset({"processed", "failed", "queues", "streams"})
@@ -94,6 +95,7 @@ def slot_rows(pool: WorkerPool) -> list[SlotRow]:
                 restarts=slot.history.restarts,
                 reason=slot.fatal_reason or slot.recycle_reason,
                 app={k: v for k, v in stats.items() if k not in FRAMEWORK_STATS},
+                worker_id=(conn.info or {}).get("worker_id") if conn is not None else None,
             )
         )
     return rows

@@ -26,7 +26,11 @@ from workers.specs import RedisSpec, WorkSpec
 from workers.streams import StreamConsumer
 from workers.transient import REDIS_DOWN
 
-TRANSIENT = (*REDIS_DOWN, ConnectionError, TimeoutError)  # for the consumers' own commands
+TRANSIENT: tuple[type[BaseException], ...] = (
+    *REDIS_DOWN,
+    ConnectionError,
+    TimeoutError,
+)  # for the consumers' own commands
 RECOVER_EVENT = "corral.recover"
 RECOVERY_LOCK_MS = 60_000
 

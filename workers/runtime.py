@@ -182,10 +182,10 @@ class ChildRuntime:
 
     def _make_consumers(self, context: WorkerContext) -> Consumers | None:
         work = WorkSpec.from_json(self.spec.work)
-        if work.empty:
-            return None
         if work.redis.url is None:
-            raise LoadError("streams or queues are declared but no Redis URL was handed to the child")
+            if not work.empty:
+                raise LoadError("streams or queues are declared but no Redis URL was handed to the child")
+            return None  # a pool without Redis (no [redis], no streams, no queues)
         self.worker.redis = connect(work.redis)
         consumers = Consumers(
             work, redis=self.worker.redis, pool=self.spec.pool, worker_id=context.worker_id, log=self.log

@@ -64,3 +64,15 @@ class StartFails(BaseWorker):
 
 class NotAWorker:
     pass
+
+
+class RedisUser(BaseWorker):
+    """A custom worker with no streams or queues that still uses Redis (``self.redis``)."""
+
+    async def start(self) -> None:
+        assert self.redis is not None, "a pool with [redis] gives its children a client"
+        await self.redis.hset("test:redis_users", str(self.slot), self.context.worker_id)
+        await super().start()
+
+    async def run(self) -> None:
+        await self.stopping.wait()
