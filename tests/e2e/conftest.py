@@ -122,12 +122,13 @@ class Corral:
 
     # -- running ------------------------------------------------------------------------------
 
-    def start(self) -> Corral:
+    def start(self, env: dict[str, str] | None = None) -> Corral:
         assert self.proc is None
         self._output = (self.root / f"{self.name}.out").open("wb")
         self.proc = subprocess.Popen(
             [*CORRAL, "run", "-c", str(self.config)],
             cwd=REPO_ROOT,
+            env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=self._output,
             stderr=subprocess.STDOUT,
