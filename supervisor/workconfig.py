@@ -13,6 +13,7 @@ from workers.specs import QueueSpec, RedisSpec, StreamSpec, WorkSpec
 
 REDIS_URL_ENV = "CORRAL_REDIS_URL"
 POSITIVE = {
+    "concurrency",
     "batch_size",
     "max_attempts",
     "max_deliveries",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 from collections.abc import Awaitable, Callable
@@ -50,3 +51,27 @@ async def call_handler(handler: Handler, takes_ctx: bool, item: Any, ctx: Any) -
         awaited: Awaitable[Any] = result
         return await awaited
     return result
+
+
+async def run_all(items: list[Any], handle: Callable[..., Awaitable[None]], concurrency: int) -> None:
+    """``await handle(*item)`` for every item: one after another (in order) when ``concurrency`` is 1,
+    else up to ``concurrency`` at once. The first exception (a Redis outage, a cancellation) cancels
+    the others and propagates as itself."""
+    if concurrency <= 1:
+        for item in items:
+            await handle(*item)
+        return
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(item: Any) -> None:
+        async with gate:
+            await handle(*item)
+
+    tasks = [asyncio.ensure_future(one(item)) for item in items]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

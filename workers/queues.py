@@ -23,7 +23,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from workers.keys import Keys
-from workers.loader import call_handler, load_handler
+from workers.loader import call_handler, load_handler, run_all
 from workers.messages import HandlerContext, Job, Malformed, Reject, Requeue, decode_job, encode_job
 from workers.specs import QueueSpec
 from workers.transient import REDIS_DOWN
@@ -136,8 +136,7 @@ class QueueConsumer:
         if not batch:
             return 0
         try:
-            for queue, raw in batch:
-                await self._handle(queue, raw)
+            await run_all(batch, self._handle, self.spec.concurrency)
         finally:
             for queue, _ in batch:
                 self._stats(queue).in_flight = 0

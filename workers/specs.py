@@ -24,6 +24,7 @@ class StreamSpec:
     handler: str  # import path: f(message) or f(message, ctx), sync or async
     group: str = ""  # consumer group; default: the pool name
     batch_size: int = 100  # XREADGROUP COUNT
+    concurrency: int = 1  # handlers of a batch running at once (ignored when partitioned: order)
     block_ms: int = 1000  # XREADGROUP BLOCK
     max_deliveries: int = 5  # failed this often (or delivered more often): dead-lettered with the error
     min_idle_ms: int = 30_000  # a pending entry idle this long may be claimed by another consumer
@@ -42,6 +43,7 @@ class QueueSpec:
     registry: str | None = None  # or a set whose members are queue names
     refresh_s: float = 5.0  # how often discovery runs again
     batch_size: int = 50  # jobs taken per round trip
+    concurrency: int = 1  # handlers of a batch running at once (1: one after another, in order)
     block_s: float = 1.0  # BLMOVE timeout when every queue is empty
     max_attempts: int = 5  # failures up to this many are retried with backoff, then dead-lettered
     backoff_initial_s: float = 1.0

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from workers.keys import Keys
-from workers.loader import call_handler, load_handler
+from workers.loader import call_handler, load_handler, run_all
 from workers.messages import HandlerContext, Message, Reject, decode_fields
 from workers.queues import error_summary
 from workers.specs import StreamSpec
@@ -61,8 +61,7 @@ class StreamConsumer:
             return 0
         self.in_flight = len(entries)
         try:
-            for entry_id, raw_fields, attempt in entries:
-                await self._handle(entry_id, raw_fields, attempt)
+            await run_all(entries, self._handle, self.spec.concurrency)
         except REDIS_DOWN:
             self.read_own, self._own_cursor = True, b"0"  # what we hold is handled first once back
             raise

@@ -141,3 +141,14 @@ def reject_odd(job: Job) -> None:
 
 def reject_entry(message: Message) -> None:
     raise Reject(f"cannot ever handle {message.fields.get('n')}")
+
+
+async def sleepy_count(job: Job, ctx: HandlerContext) -> None:
+    """0.2 s of (asynchronous) work per job, then counted: shows handlers running side by side."""
+    await asyncio.sleep(0.2)
+    await ctx.redis.hincrby("test:handled", job.id, 1)
+
+
+async def sleepy_entry(message: Message, ctx: HandlerContext) -> None:
+    await asyncio.sleep(0.2)
+    await ctx.redis.hincrby("test:handled_entries", message.fields["n"], 1)

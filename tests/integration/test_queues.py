@@ -497,3 +497,25 @@ def test_a_rejected_job_is_dead_lettered_at_once_without_retries(
         await r.aclose()
 
     run(body())
+
+
+def test_concurrency_runs_a_batch_side_by_side(redis_clean: Any, local_worker: Any, run: Any) -> None:
+    async def body() -> None:
+        r = client(redis_clean.url)
+        await r.lpush("cq", *(json.dumps({"n": n}) for n in range(8)))
+        work = queue_work(
+            redis_clean.url, names=("cq",), handler=f"{H}:sleepy_count", batch_size=8, concurrency=4
+        )
+        started = time.monotonic()
+        worker = await local_worker(work)
+        try:
+            await wait_for(lambda: equals(r.hlen("test:handled"), 8), what="8 jobs handled")
+            elapsed = time.monotonic() - started
+        finally:
+            await worker.stop()
+        assert elapsed < 1.2  # 8 x 0.2 s one after another would be 1.6 s; 4 at once, about 0.4 s
+        assert set((await handled(r)).values()) == {1}
+        assert await corral_keys(r, "processing") == []
+        await r.aclose()
+
+    run(body())

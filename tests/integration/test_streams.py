@@ -358,3 +358,26 @@ def test_a_rejected_entry_is_dead_lettered_at_once(redis_clean: Any, local_worke
         await r.aclose()
 
     run(body())
+
+
+def test_concurrency_runs_a_batch_of_entries_side_by_side(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    async def body() -> None:
+        r = client(redis_clean.url)
+        for n in range(8):
+            await r.xadd("cs", {"n": str(n)})
+        started = time.monotonic()
+        worker = await local_worker(
+            stream_work(redis_clean.url, stream="cs", handler=f"{H}:sleepy_entry", concurrency=8)
+        )
+        try:
+            await wait_for(lambda: equals(r.hlen("test:handled_entries"), 8), what="8 entries handled")
+            elapsed = time.monotonic() - started
+            await wait_for(lambda: equals(pending_count(r, "cs"), 0), what="all acknowledged")
+        finally:
+            await worker.stop()
+        assert elapsed < 1.2  # 8 x 0.2 s one after another would be 1.6 s
+        await r.aclose()
+
+    run(body())
