@@ -55,23 +55,23 @@ async def call_handler(handler: Handler, takes_ctx: bool, item: Any, ctx: Any) -
 
 async def run_all(items: list[Any], handle: Callable[..., Awaitable[None]], concurrency: int) -> None:
     """``await handle(*item)`` for every item: one after another (in order) when ``concurrency`` is 1,
-    else up to ``concurrency`` at once. The first exception (a Redis outage, a cancellation) cancels
-    the others and propagates as itself."""
-    if concurrency <= 1:
+    else in ``concurrency`` lanes that each take the next item when free. The first exception (a
+    Redis outage, a cancellation) cancels the other lanes and propagates as itself."""
+    if concurrency <= 1 or len(items) <= 1:
         for item in items:
             await handle(*item)
         return
-    gate = asyncio.Semaphore(concurrency)
+    pending = iter(items)
 
-    async def one(item: Any) -> None:
-        async with gate:
+    async def lane() -> None:
+        for item in pending:
             await handle(*item)
 
-    tasks = [asyncio.ensure_future(one(item)) for item in items]
+    lanes = [asyncio.ensure_future(lane()) for _ in range(min(concurrency, len(items)))]
     try:
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*lanes)
     except BaseException:
-        for task in tasks:
+        for task in lanes:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*lanes, return_exceptions=True)
         raise

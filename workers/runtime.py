@@ -289,4 +289,14 @@ def run_child(raw_spec: str | None) -> int:
     except BootError as exc:
         logger.opt(exception=exc.__cause__).error("boot failed: {}", exc)
         return exc.code
-    return asyncio.run(ChildRuntime(spec, worker).main())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(ChildRuntime(spec, worker).main())
+
+
+def _loop_factory() -> Any:
+    """uvloop's event loop when it is installed (a faster loop for the consumers), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

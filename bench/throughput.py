@@ -1,0 +1,680 @@
+"""Throughput benchmark: how fast 2 workers drain trivial jobs from a queue and entries from a stream.
+
+    .venv/bin/python bench/throughput.py [--quick] [--json PATH] [--no-peers] [--peers-dir DIR] [--unix]
+
+Every system runs 2 worker processes against one private valkey-server (TCP on a free 127.0.0.1 port,
+no persistence) and does the same job: a+b, then one INCR of ``bench:count``. The bench polls that
+counter every 2 ms.
+
+- corral queue: a WorkerPool of ``workers.consumer:ConsumerWorker`` with one ``[[queues]]`` spec
+  (defaults: batch 50, reliable: processing list + acknowledgement) and ``bench.handlers:add``.
+- corral stream: the same with one ``[[streams]]`` spec (defaults: XREADGROUP COUNT 100) and
+  ``bench.handlers:add_entry``.
+- raw (``bench/baselines.py``, synchronous redis-py): the per-job reliable loop (BLMOVE, INCR, LREM)
+  and the batched loop (XREADGROUP COUNT 100, INCR each, one XACK); for reference, the batched loop
+  again on redis.asyncio, the client corral's handlers get.
+  corral and raw: the workers are started and ready (blocked on the empty queue or stream), then all
+  jobs are pushed in pipelines (LPUSH of 1000 jobs a command, or XADD) and the clock runs from the
+  first push to the counter reaching N: the push is inside the measured time.
+- peers (``bench/peers.py``; RQ, dramatiq, arq, Celery, each in a venv of its own under
+  ``--peers-dir``, created on the first run and reused): N jobs are enqueued with the peer's own client
+  before its workers start, and the clock runs from the first completed job to the N-th: neither the
+  enqueueing nor the workers' start-up is counted against them. A peer still short of N at its
+  deadline is DNF, with the rate of what it did.
+
+corral and raw run 3 times (--quick: once), alternating, and the median is reported; peers run once,
+but dramatiq, the fastest (the peer corral's 3x target is measured against), 3 times: the median.
+The CPU time of the worker processes (and of valkey-server) per job is reported too: unlike the rates
+it hardly moves when other work shares the machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+# This file's folder holds bench/ipc.py: drop it from sys.path so `import ipc` finds the package.
+_HERE = Path(__file__).resolve().parent
+ROOT = _HERE.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(ROOT))  # for `bench.*`
+
+import psutil  # noqa: E402
+import redis  # noqa: E402
+from loguru import logger  # noqa: E402
+
+from bench import peers  # noqa: E402
+from bench.handlers import COUNTER  # noqa: E402
+from supervisor.pool import WorkerPool  # noqa: E402
+from supervisor.redis_server import find_server  # noqa: E402
+from workers.messages import encode_job  # noqa: E402
+from workers.specs import QueueSpec, RedisSpec, StreamSpec, WorkSpec  # noqa: E402
+
+WORKERS = 2
+QUEUE = "bench:queue"
+STREAM = "bench:stream"
+GROUP = "bench"
+READY = "bench:ready"
+CHUNK = 1000  # jobs per LPUSH, commands per pipeline round trip
+POLL_S = 0.002
+BASELINES = _HERE / "baselines.py"
+TARGET_VS_PEER = 3.0
+TARGET_VS_RAW_QUEUE = 1.5
+TARGET_VS_RAW_STREAM = 0.9
+
+
+@dataclass
+class Result:
+    system: str
+    kind: str  # "queue" | "stream"
+    n: int
+    done: int = 0
+    seconds: float = 0.0  # the measured span (see `clock`)
+    clock: str = ""  # "push": from the first push; "first job": from the first completed job
+    startup_s: float | None = None  # peers: workers started -> first job done
+    enqueue_s: float | None = None  # peers: enqueueing N jobs with their own client
+    error: str | None = None
+    worker_cpu_us: float | None = None  # CPU of all worker processes per job (user+system)
+    server_cpu_us: float | None = None  # CPU of valkey-server per job
+
+    @property
+    def finished(self) -> bool:
+        return self.error is None
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+# -- the server --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Server:
+    """A private valkey-server on 127.0.0.1 (TCP) and a Unix socket; no persistence."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.socket_path = workdir / "redis.sock"
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def tcp_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def start(self) -> None:
+        binary = find_server()
+        self.port = free_port()
+        argv = [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--unixsocket",
+            str(self.socket_path),
+        ]
+        argv += ["--unixsocketperm", "700", "--dir", str(self.workdir), "--save", "", "--appendonly", "no"]
+        with (self.workdir / "valkey.log").open("wb") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                if self.client().ping():
+                    return
+            except redis.RedisError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{binary} did not start; see {self.workdir / 'valkey.log'}") from None
+                time.sleep(0.02)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@dataclass
+class Setup:
+    server: Server
+    url: str  # what corral and raw connect to (peers: always the TCP port)
+    n: int
+    deadline_s: float
+    workdir: Path  # logs, the peers' modules
+    peers_dir: Path  # the peers' venvs
+
+
+# -- measuring -----------------------------------------------------------------------------------------
+
+
+def payloads(kind: str, n: int) -> list[Any]:
+    """What producers push, built before the clock starts: corral job envelopes, or entry fields."""
+    if kind == "queue":
+        return [encode_job({"a": i, "b": 1}) for i in range(n)]
+    return [{"a": i, "b": 1} for i in range(n)]
+
+
+def push(client: redis.Redis, kind: str, items: list[Any]) -> None:
+    for start in range(0, len(items), CHUNK):
+        chunk = items[start : start + CHUNK]
+        with client.pipeline(transaction=False) as pipe:
+            if kind == "queue":
+                pipe.lpush(QUEUE, *chunk)
+            else:
+                for fields in chunk:
+                    pipe.xadd(STREAM, fields)
+            pipe.execute()
+
+
+@dataclass
+class Watch:
+    first_t: float | None = None  # perf_counter of the first non-zero reading
+    first_count: int = 0
+    end_t: float = 0.0
+    count: int = 0
+    cpu_first: tuple[float, float] = (0.0, 0.0)  # CPU seconds (workers, server) at the first reading
+    cpu_end: tuple[float, float] = (0.0, 0.0)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User+system CPU of these processes, their live descendants and their reaped children."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            top = psutil.Process(pid)
+            times = top.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+            for child in top.children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    total += sum(child.cpu_times()[:2])
+    return total
+
+
+def watch(
+    client: redis.Redis,
+    n: int,
+    *,
+    limits_s: tuple[float, float],
+    workers: list[int],
+    server: int,
+    check: Callable[[], None],
+) -> Watch:
+    """Poll the counter until it reaches ``n``; ``limits_s``: at most this long for the first job to
+    complete, then at most this long from there. ``check`` raises if a worker died. The CPU used by
+    the ``workers`` (pids) and the ``server`` is sampled at the first reading and the last."""
+    seen, started = Watch(), time.perf_counter()
+    startup_s, deadline_s = limits_s
+    while True:
+        seen.count, seen.end_t = int(client.get(COUNTER) or 0), time.perf_counter()
+        if seen.count and seen.first_t is None:
+            seen.first_t, seen.first_count = seen.end_t, seen.count
+            seen.cpu_first = (cpu_seconds(workers), cpu_seconds([server]))
+        done = seen.count >= n
+        if done or (seen.first_t is not None and seen.end_t - seen.first_t > deadline_s):
+            seen.cpu_end = (cpu_seconds(workers), cpu_seconds([server]))
+            return seen
+        if seen.first_t is None and seen.end_t - started > startup_s:
+            raise TimeoutError(f"no job done within {startup_s:g}s")
+        check()
+        time.sleep(POLL_S)
+
+
+def check_alive(procs: list[subprocess.Popen[bytes]], what: str) -> Callable[[], None]:
+    def check() -> None:
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"{what}: worker pid {dead[0].pid} exited with code {dead[0].returncode}")
+
+    return check
+
+
+def wait_until(done: Callable[[], bool], timeout_s: float, what: str, check: Callable[[], None]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        check()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout_s:g}s")
+        time.sleep(0.01)
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], group: bool = False) -> None:
+    """SIGTERM each process (its whole process group: it was started in a session of its own), then
+    SIGKILL whatever is left of it and its descendants after 10 s; by pid, checked by psutil."""
+    family: list[psutil.Process] = []
+    for proc in procs:
+        if proc.poll() is not None:
+            continue
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.terminate()
+    _, alive = psutil.wait_procs(family, timeout=10.0)
+    for leftover in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            leftover.kill()
+    psutil.wait_procs(alive, timeout=5.0)
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5.0)
+
+
+def measured(result: Result, seen: Watch, since: float | None = None) -> Result:
+    """The span and count: from ``since`` (the first push) or else from the first completed job."""
+    if since is not None:
+        result.clock, result.done, result.seconds = "push", seen.count, seen.end_t - since
+    else:
+        assert seen.first_t is not None
+        result.clock, result.done = "first job", seen.count - seen.first_count
+        result.seconds = seen.end_t - seen.first_t
+    if seen.count < result.n and result.error is None:
+        result.error = f"DNF: {seen.count:,} of {result.n:,} done at the deadline"
+    jobs = seen.count - seen.first_count  # CPU is sampled from the first reading on
+    if jobs > 0:
+        result.worker_cpu_us = (seen.cpu_end[0] - seen.cpu_first[0]) / jobs * 1e6
+        result.server_cpu_us = (seen.cpu_end[1] - seen.cpu_first[1]) / jobs * 1e6
+    return result
+
+
+# -- raw redis-py -----------------------------------------------------------------------------------
+
+
+RAW_SYSTEMS = {
+    "queue": "raw BLMOVE/INCR/LREM per job",
+    "stream": "raw XREADGROUP 100 + XACK",
+    "stream-async": "raw XREADGROUP 100 + XACK, redis.asyncio",
+}
+
+
+def run_raw(setup: Setup, mode: str) -> Result:
+    """``bench/baselines.py MODE`` in 2 processes; mode: queue, stream or stream-async."""
+    kind, n = ("queue" if mode == "queue" else "stream"), setup.n
+    client = setup.server.client()
+    client.flushall()
+    if kind == "stream":
+        client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    items = payloads(kind, n)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with (setup.workdir / f"raw-{mode}.log").open("ab") as log:
+            for i in range(WORKERS):
+                argv = [sys.executable, str(BASELINES), mode, setup.url, f"raw-{i}"]
+                procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+        check = check_alive(procs, f"raw {mode}")
+        wait_until(lambda: int(client.get(READY) or 0) >= WORKERS, 30.0, "raw workers ready", check)
+        started = time.perf_counter()
+        push(client, kind, items)
+        limits = (setup.deadline_s, setup.deadline_s)
+        pids = [p.pid for p in procs]
+        seen = watch(client, n, limits_s=limits, workers=pids, server=setup.server.pid, check=check)
+    finally:
+        stop_processes(procs)
+    return measured(Result(RAW_SYSTEMS[mode], kind, n), seen, since=started)
+
+
+# -- corral -----------------------------------------------------------------------------------------
+
+
+CONCURRENCY = [8]  # handlers of a batch in flight at once in each corral child (--concurrency)
+
+
+def work_spec(kind: str, url: str) -> WorkSpec:
+    concurrency = CONCURRENCY[0]
+    if kind == "queue":
+        queue = QueueSpec(handler="bench.handlers:add", names=(QUEUE,), concurrency=concurrency)
+        return WorkSpec(redis=RedisSpec(url=url), queues=(queue,))
+    stream = StreamSpec(
+        stream=STREAM, handler="bench.handlers:add_entry", group=GROUP, concurrency=concurrency
+    )
+    return WorkSpec(redis=RedisSpec(url=url), streams=(stream,))
+
+
+async def run_corral(setup: Setup, kind: str) -> Result:
+    n, client = setup.n, setup.server.client()
+    client.flushall()
+    items = payloads(kind, n)
+    output = bytearray()
+    pool = WorkerPool(
+        "bench",
+        WORKERS,
+        "workers.consumer:ConsumerWorker",
+        work=work_spec(kind, setup.url).to_json(),
+        output=lambda _slot: output.extend,
+        log_level="WARNING",
+        cwd=str(ROOT),
+    )
+    conns: list[Any] = []
+    pool.on("spawning", conns.append)
+
+    def check() -> None:
+        if any(not c.alive for c in conns):
+            raise RuntimeError(f"corral {kind}: a child died:\n{output.decode(errors='replace')[-3000:]}")
+
+    try:
+        if not await pool.spawn_all(60.0):
+            raise RuntimeError(
+                f"corral {kind}: children not ready:\n{output.decode(errors='replace')[-3000:]}"
+            )
+        started = time.perf_counter()
+        await asyncio.to_thread(push, client, kind, items)
+        limits, pids = (setup.deadline_s, setup.deadline_s), [c.pid for c in conns]
+        seen = await asyncio.to_thread(
+            watch, client, n, limits_s=limits, workers=pids, server=setup.server.pid, check=check
+        )
+    finally:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pool.stop(graceful_timeout_s=5.0), 30.0)
+        for conn in conns:  # anything the stop ladder missed: SIGKILL through its pidfd
+            if conn.alive:
+                conn.process.signal(signal.SIGKILL)
+                await conn.process.wait(5.0)
+    if output.strip():
+        print(f"corral {kind} children said:\n{output.decode(errors='replace')[-2000:]}", file=sys.stderr)
+    return measured(Result(f"corral {kind}", kind, n), seen, since=started)
+
+
+# -- peers ------------------------------------------------------------------------------------------
+
+
+def run_peer(setup: Setup, peer: peers.Peer, deadline_s: float) -> Result:
+    """Enqueue N jobs with the peer's client, start its workers, time first job -> N-th job."""
+    n, client, module_dir, tcp_url = setup.n, setup.server.client(), setup.workdir, setup.server.tcp_url
+    client.flushall()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(BENCH_REDIS_URL=tcp_url, PYTHONPATH=str(module_dir), PYTHONUNBUFFERED="1")
+    result = Result(peer.label, "queue", n)
+    started = time.perf_counter()
+    enqueue = peer.enqueue(setup.peers_dir, module_dir, n)
+    done = subprocess.run(enqueue, cwd=module_dir, env=env, capture_output=True, timeout=300, check=False)
+    if done.returncode != 0:
+        result.error = f"enqueue failed: {done.stderr.decode(errors='replace')[-500:]}"
+        return result
+    result.enqueue_s = time.perf_counter() - started
+    procs: list[subprocess.Popen[bytes]] = []
+    log_path = module_dir / f"{peer.label.split()[0]}.log"
+    try:
+        with log_path.open("ab") as log:
+            for argv in peer.workers(setup.peers_dir, tcp_url):
+                options: dict[str, Any] = {"cwd": module_dir, "env": env, "stdout": log, "stderr": log}
+                procs.append(subprocess.Popen(argv, **options, start_new_session=True))
+        started = time.perf_counter()
+        pids, check = [p.pid for p in procs], check_alive(procs, peer.label)
+        seen = watch(
+            client, n, limits_s=(60.0, deadline_s), workers=pids, server=setup.server.pid, check=check
+        )
+    except (TimeoutError, RuntimeError) as exc:
+        result.error = f"{exc}; log: {log_path.read_text(errors='replace')[-500:]}"
+        return result
+    finally:
+        stop_processes(procs, group=True)
+    assert seen.first_t is not None
+    result.startup_s = seen.first_t - started
+    return measured(result, seen)
+
+
+# -- the report ---------------------------------------------------------------------------------------
+
+
+def rate_text(result: Result | None) -> str:
+    if result is None:
+        return "-"
+    if not result.done:
+        return "error"
+    text = f"{result.rate:,.0f}"
+    return text if result.finished else f"DNF {text}"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def median_run(runs: list[Result]) -> Result:
+    return sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
+
+
+def report(runs: dict[str, list[Result]], peer_runs: list[Result], args: Any) -> dict[str, Any]:
+    cq, cs = median_run(runs["corral queue"]), median_run(runs["corral stream"])
+    rq, rs, ras = (median_run(runs[f"raw {mode}"]) for mode in RAW_SYSTEMS)
+    best = max((p for p in peer_runs if p.finished), key=lambda p: p.rate, default=None)
+    best_rate = best.rate if best else 0.0
+    header = ("system", "queue jobs/s", "stream entries/s", "vs best peer", "vs raw")
+    rows = [
+        (
+            f"corral (queue / stream), concurrency {CONCURRENCY[0]}",
+            rate_text(cq),
+            rate_text(cs),
+            ratio(cq.rate, best_rate),
+            f"{ratio(cq.rate, rq.rate)} / {ratio(cs.rate, rs.rate)}",
+        ),
+        (
+            "raw redis-py (per-job BLMOVE / batched XREADGROUP)",
+            rate_text(rq),
+            rate_text(rs),
+            ratio(rq.rate, best_rate),
+            "1.00x / 1.00x",
+        ),
+        (
+            "raw redis.asyncio (batched XREADGROUP)",
+            "-",
+            rate_text(ras),
+            "-",
+            f"- / {ratio(ras.rate, rs.rate)}",
+        ),
+    ]
+    rows += [
+        (p.system, rate_text(p), "-", ratio(p.rate, best_rate) if p.finished else "-", ratio(p.rate, rq.rate))
+        for p in peer_runs
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        rest = [f"{cell:>{width}}" for cell, width in zip(cells[1:], widths[1:], strict=True)]
+        return " | ".join([f"{cells[0]:<{widths[0]}}", *rest])
+
+    repeated = "".join(
+        f" ({p.label.split()[0]}: median of {p.reps})" for p in peers.PEERS if p.reps > 1 and not args.quick
+    )
+    print()
+    print(
+        f"corral throughput bench ({args.mode}: {args.n:,} jobs, {WORKERS} worker processes each, python "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs, load avg {args.load:.2f} at start, "
+        f"{os.getloadavg()[0]:.2f} at end, {args.transport})"
+    )
+    print(
+        f"corral and raw: median of {args.reps}, timed from the first push; peers: one run each{repeated}, "
+        "timed from their first completed job (their enqueueing and start-up are not counted)"
+    )
+    print(line(header))
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(line(row))
+    targets = [
+        (
+            f"corral queue >= {TARGET_VS_PEER:g}x best peer" + (f" ({best.system})" if best else ""),
+            cq.rate / best_rate if best_rate else None,
+            TARGET_VS_PEER,
+        ),
+        (
+            f"corral queue >= {TARGET_VS_RAW_QUEUE:g}x raw per-job BLMOVE loop",
+            cq.rate / rq.rate,
+            TARGET_VS_RAW_QUEUE,
+        ),
+        (
+            f"corral stream >= {TARGET_VS_RAW_STREAM:.0%} of raw batched XREADGROUP loop",
+            cs.rate / rs.rate,
+            TARGET_VS_RAW_STREAM,
+        ),
+    ]
+    print()
+    verdicts = []
+    width = max(len(text) for text, _, _ in targets)
+    for text, value, target in targets:
+        ok = value is not None and value >= target and cq.finished and cs.finished
+        verdict = "SKIP" if value is None else ("PASS" if ok else "FAIL")
+        verdicts.append({"target": text, "value": value, "result": verdict})
+        print(f"{text:<{width}}  {'-' if value is None else f'{value:.2f}x':>6}  {verdict}")
+    print()
+    print(
+        "CPU per job (user+system, from the first job on), in microseconds: worker processes | valkey-server"
+    )
+    for r in [cq, cs, rq, rs, ras, *peer_runs]:
+        if r.worker_cpu_us is not None and r.server_cpu_us is not None:
+            print(f"  {r.system:<{widths[0]}} {r.worker_cpu_us:7.0f} | {r.server_cpu_us:5.0f}")
+    for r in [cq, cs, rq, rs, ras, *peer_runs]:
+        if r.error:
+            print(f"note: {r.system}: {r.error}")
+    return {
+        "mode": args.mode,
+        "n": args.n,
+        "workers": WORKERS,
+        "reps": args.reps,
+        "transport": args.transport,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_avg_1m": args.load,
+        "load_avg_1m_end": os.getloadavg()[0],
+        "table": [dict(zip(header, row, strict=True)) for row in rows],
+        "targets": verdicts,
+        "runs": [
+            {**asdict(r), "rate": r.rate, "finished": r.finished}
+            for r in [*(r for group in runs.values() for r in group), *peer_runs]
+        ],
+    }
+
+
+# -- main ---------------------------------------------------------------------------------------------
+
+
+def progress(result: Result) -> None:
+    extra = f", {result.worker_cpu_us:.0f} us CPU/job" if result.worker_cpu_us else ""
+    extra += f", {result.error}" if result.error else ""
+    print(f"  {result.system:<44} {rate_text(result):>10}/s  ({result.seconds:.2f}s{extra})", flush=True)
+
+
+async def corral_and_raw(setup: Setup, reps: int) -> dict[str, list[Result]]:
+    """--reps rounds; in each, every corral run next to its raw baselines, the order alternating."""
+    runs: dict[str, list[Result]] = {}
+    for rep in range(reps):
+        for kind in ("queue", "stream"):
+            systems = [f"raw {mode}" for mode in RAW_SYSTEMS if mode.startswith(kind)] + [f"corral {kind}"]
+            for system in systems if rep % 2 == 0 else systems[::-1]:
+                if system.startswith("raw "):
+                    result = await asyncio.to_thread(run_raw, setup, system.removeprefix("raw "))
+                else:
+                    result = await run_corral(setup, kind)
+                runs.setdefault(system, []).append(result)
+                progress(result)
+    return runs
+
+
+def run_peers(setup: Setup, quick: bool) -> list[Result]:
+    errors = peers.ensure_venvs(setup.peers_dir, {p.venv for p in peers.PEERS}, timeout_s=300.0)
+    for name, error in errors.items():
+        print(f"peer venv {name}: {error}", file=sys.stderr)
+    peers.write_modules(setup.workdir)
+    results = []
+    for peer in peers.PEERS:
+        if peer.venv in errors:
+            results.append(Result(peer.label, "queue", setup.n, error=errors[peer.venv]))
+            continue
+        deadline_s = peer.deadline_s / 2 if peer.deadline_s and quick else peer.deadline_s or setup.deadline_s
+        runs = []
+        for _ in range(1 if quick else peer.reps):
+            runs.append(run_peer(setup, peer, deadline_s))
+            progress(runs[-1])
+        results.append(median_run(runs))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="5,000 jobs, one run each, shorter deadlines")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--no-peers", action="store_true", help="corral and raw redis-py only")
+    parser.add_argument("--peers-dir", type=Path, default=_HERE / ".peers", help="the peers' venvs (cached)")
+    parser.add_argument("--unix", action="store_true", help="corral and raw on the Unix socket (peers: TCP)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="corral: handlers of a batch in flight at once (1: one after another)",
+    )
+    args = parser.parse_args()
+    CONCURRENCY[0] = args.concurrency
+    args.mode = "quick" if args.quick else "full"
+    args.n, args.reps, args.deadline = (5_000, 1, 30.0) if args.quick else (20_000, 3, 60.0)
+    args.transport = "corral and raw over a Unix socket" if args.unix else "TCP"
+    args.load = os.getloadavg()[0]  # other work on the machine skews every figure below
+    logger.remove()
+    logger.add(sys.stderr, level="ERROR")
+    began = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="corral-tput-"))
+    server = Server(workdir)
+    ok = False
+    try:
+        server.start()
+        url = server.unix_url if args.unix else server.tcp_url
+        setup = Setup(server, url, args.n, args.deadline, workdir, args.peers_dir)
+        print(f"valkey-server on {server.tcp_url} and {server.unix_url}", flush=True)
+        runs = asyncio.run(corral_and_raw(setup, args.reps))
+        peer_runs = [] if args.no_peers else run_peers(setup, args.quick)
+        ok = True
+    finally:
+        server.stop()
+        leftovers = psutil.Process().children(recursive=True)
+        for child in leftovers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        if leftovers:
+            print(f"WARNING: killed {len(leftovers)} leftover child process(es)", file=sys.stderr)
+        if ok:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"logs kept in {workdir}", file=sys.stderr)
+    result = report(runs, peer_runs, args)
+    print(f"(whole run {time.monotonic() - began:.0f}s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
