@@ -157,24 +157,12 @@ class RedisServer:
     def start(self) -> None:
         import time
 
+        from supervisor.redis_server import EmbeddedRedis
+
+        server = EmbeddedRedis(self.workdir)  # the same server corral embeds, its data in workdir/redis
+        server.dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                "0",
-                "--unixsocket",
-                str(self.socket_path),
-                "--unixsocketperm",
-                "700",
-                "--dir",
-                str(self.workdir),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-            ],
+            server.argv(self.binary),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

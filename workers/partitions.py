@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from workers.keys import Keys
 from workers.loader import call_handler, load_handler
@@ -23,6 +22,7 @@ from workers.messages import HandlerContext, Message, Reject, decode_fields
 from workers.producer import shard_name
 from workers.queues import error_summary
 from workers.specs import StreamSpec
+from workers.streams import create_group
 from workers.transient import REDIS_DOWN
 
 ASSIGN_EVENT = "corral.partitions.assign"
@@ -53,7 +53,9 @@ class PartitionedStreamConsumer:
     async def assign(self, shards: list[int]) -> list[int]:
         async with self.lock:
             for shard in shards:
-                await self._create_group(shard_name(self.spec.stream, shard))
+                await create_group(
+                    self.redis, shard_name(self.spec.stream, shard), self.spec.group, self.spec.start_id
+                )
             self.owned.update(shards)
             self.backlog.update(shards)
         self.log.info("stream {}: now owns shards {}", self.spec.stream, sorted(self.owned))
@@ -179,13 +181,6 @@ class PartitionedStreamConsumer:
         self.log.error(
             "stream {}: entry {} delivered {} times, dead-lettered", stream, entry_id.decode(), attempt
         )
-
-    async def _create_group(self, stream: str) -> None:
-        try:
-            await self.redis.xgroup_create(stream, self.spec.group, id=self.spec.start_id, mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     def stats(self) -> dict[str, int]:
         return {

@@ -194,13 +194,7 @@ class StreamConsumer:
             self.unacked.clear()
 
     async def _create_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(
-                self.spec.stream, self.spec.group, id=self.spec.start_id, mkstream=True
-            )
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await create_group(self.redis, self.spec.stream, self.spec.group, self.spec.start_id)
         self._group_ready = True
 
     async def recover(self, dead_consumer: str) -> int:
@@ -276,3 +270,12 @@ def _id_key(entry_id: bytes) -> tuple[int, int]:
 def _next_id(entry_id: bytes) -> bytes:
     ms, seq = _id_key(entry_id)
     return f"{ms}-{seq + 1}".encode()
+
+
+async def create_group(redis: Any, stream: str, group: str, start_id: str) -> None:
+    """The consumer group (and the stream: MKSTREAM), unless it exists already."""
+    try:
+        await redis.xgroup_create(stream, group, id=start_id, mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
