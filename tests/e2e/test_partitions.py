@@ -78,10 +78,12 @@ def test_events_of_one_key_stay_in_order_across_reload_and_kill(corral: Callable
     wait_until(lambda: len(client.lrange("test:order:game-3", 0, -1)) > EVENTS_PER_KEY, timeout_s=10)
     assert client.xlen(shard_name("games", shard_of("game-3", 8))) > EVENTS_PER_KEY
 
-    # the figures are as last reported (every second): a SIGKILLed child's last second is lost
+    # the figures are as last reported (every second): what the SIGKILLed child did since its last
+    # report is not counted, and the whole run takes about a second, so only their presence is
+    # checked here (exact counts: tests/e2e/test_metrics.py, with no kills)
     def reported() -> Any:
         work: Any = sup.status()["work"]["streams"].get("games", {})
-        return work if work.get("processed", 0) >= EVENTS_PER_KEY * len(KEYS) // 2 else None
+        return work if work.get("processed", 0) > 0 else None
 
     assert wait_until(reported, timeout_s=10, what="the stream's figures in status")["dead"] == 0
     sup.send(signal.SIGTERM)
