@@ -29,6 +29,9 @@ class WorkerConnection:
         self.rss_bytes = 0
         self.cpu_percent = 0.0
         self.stop_requested = False  # an exit after this is expected, not a failure
+        self.killing_emitted = False  # `killing` goes out once per child
+        self.psutil_process: Any = None  # sampled by supervisor.monitor
+        self.jobs_limit: int | None = None  # this child's max_jobs + jitter, drawn once
         self.fail_reason: str | None = None  # why the supervisor killed it (ready timeout, hang)
         self.log = logger.bind(slot=slot, pid=process.pid)
         self.log.info("slot {} pid {}: {}", slot, process.pid, self.state.value)

@@ -19,8 +19,8 @@ STOP_EVENT = "corral.stop"
 
 def announce_killing(pool: WorkerPool, conn: WorkerConnection) -> None:
     """Emit ``killing`` once per child: when we start stopping it, or when it died by itself."""
-    if not getattr(conn, "_killing_emitted", False):
-        conn._killing_emitted = True  # type: ignore[attr-defined]
+    if not conn.killing_emitted:
+        conn.killing_emitted = True
         pool.emit("killing", conn)
 
 

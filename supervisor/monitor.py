@@ -19,11 +19,11 @@ MIB = 1024 * 1024
 
 def sample(conn: WorkerConnection) -> None:
     """Refresh ``conn.rss_bytes`` and ``conn.cpu_percent`` (CPU since the previous sample)."""
-    proc: psutil.Process | None = getattr(conn, "_psutil", None)
+    proc: psutil.Process | None = conn.psutil_process
     try:
         if proc is None:
             proc = psutil.Process(conn.pid)
-            conn._psutil = proc  # type: ignore[attr-defined]
+            conn.psutil_process = proc
             proc.cpu_percent(None)
         with proc.oneshot():
             conn.rss_bytes = proc.memory_info().rss
@@ -37,10 +37,10 @@ def jobs_limit(pool: WorkerPool, conn: WorkerConnection) -> int | None:
     max_jobs = pool.settings.max_jobs
     if max_jobs is None:
         return None
-    limit: int | None = getattr(conn, "_jobs_limit", None)
+    limit = conn.jobs_limit
     if limit is None:
         limit = max_jobs + random.randint(0, max(0, pool.settings.max_jobs_jitter))
-        conn._jobs_limit = limit  # type: ignore[attr-defined]
+        conn.jobs_limit = limit
     return limit
 
 

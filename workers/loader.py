@@ -8,6 +8,9 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from workers.keys import Keys
+from workers.messages import HandlerContext
+
 
 class LoadError(Exception):
     """An import path that does not resolve to what it should."""
@@ -75,3 +78,17 @@ async def run_all(items: list[Any], handle: Callable[..., Awaitable[None]], conc
             task.cancel()
         await asyncio.gather(*lanes, return_exceptions=True)
         raise
+
+
+class HandlerUnit:
+    """What every consumer has: its spec, client, keys and logger, and its handler (loaded once,
+    with the ``HandlerContext`` it is called with)."""
+
+    def __init__(self, spec: Any, *, redis: Any, keys: Keys, worker_id: str, log: Any) -> None:
+        self.spec = spec
+        self.redis: Any = redis  # redis-py's annotations do not match its RESP2 replies
+        self.keys = keys
+        self.worker_id = worker_id
+        self.log = log
+        self.handler, self.takes_ctx = load_handler(spec.handler)
+        self.ctx = HandlerContext(redis=redis, worker_id=worker_id, log=log)

@@ -17,8 +17,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from workers.keys import Keys
-from workers.loader import call_handler, load_handler
-from workers.messages import HandlerContext, Message, Reject, decode_fields
+from workers.loader import HandlerUnit, call_handler
+from workers.messages import Message, Reject, decode_fields
 from workers.producer import shard_name
 from workers.queues import error_summary
 from workers.specs import StreamSpec
@@ -30,17 +30,13 @@ REVOKE_EVENT = "corral.partitions.revoke"
 MAX_RETRY_DELAY_S = 5.0
 
 
-class PartitionedStreamConsumer:
+class PartitionedStreamConsumer(HandlerUnit):
     def __init__(self, spec: StreamSpec, *, redis: Redis, keys: Keys, worker_id: str, log: Any) -> None:
-        self.spec = spec
+        super().__init__(spec, redis=redis, keys=keys, worker_id=worker_id, log=log)
+        self.spec: StreamSpec = spec
         self.name = f"partitioned:{spec.stream}"
         self.idle_sleep_s = 0.05  # no shard assigned (yet): look again soon
-        self.redis: Any = redis  # redis-py's annotations do not match its RESP2 replies
-        self.keys = keys
         self.consumer = worker_id
-        self.log = log
-        self.handler, self.takes_ctx = load_handler(spec.handler)
-        self.ctx = HandlerContext(redis=redis, worker_id=worker_id, log=log)
         self.owned: set[int] = set()
         self.backlog: set[int] = set()  # shards whose pending entries must be handled first
         self.not_before: dict[int, float] = {}  # shard -> retry time after a failed entry

@@ -23,8 +23,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from workers.keys import Keys
-from workers.loader import call_handler, load_handler, run_all
-from workers.messages import HandlerContext, Job, Malformed, Reject, Requeue, decode_job, encode_job
+from workers.loader import HandlerUnit, call_handler, run_all
+from workers.messages import Job, Malformed, Reject, Requeue, decode_job, encode_job
 from workers.specs import QueueSpec
 from workers.transient import REDIS_DOWN
 
@@ -70,22 +70,17 @@ def error_summary(exc: BaseException, limit_chars: int = 2000) -> str:
     return text[-limit_chars:]
 
 
-class QueueConsumer:
+class QueueConsumer(HandlerUnit):
     """A unit of work for the WorkerManager: one round takes, handles and acknowledges a batch."""
 
     def __init__(
         self, spec: QueueSpec, *, redis: Redis, keys: Keys, pool: str, worker_id: str, log: Any
     ) -> None:
-        self.spec = spec
+        super().__init__(spec, redis=redis, keys=keys, worker_id=worker_id, log=log)
+        self.spec: QueueSpec = spec
         self.name = f"queue:{spec.label}"
         self.idle_sleep_s = 0.0  # an empty round already blocked in BLMOVE
-        self.redis: Any = redis  # redis-py's annotations do not match its RESP2 replies
-        self.keys = keys
         self.pool = pool
-        self.worker_id = worker_id
-        self.log = log
-        self.handler, self.takes_ctx = load_handler(spec.handler)
-        self.ctx = HandlerContext(redis=redis, worker_id=worker_id, log=log)
         self.stats: dict[str, QueueStats] = {}
         self.held: set[str] = set()
         self.unacked: list[tuple[str, bytes]] = []  # handled, acknowledgement not yet confirmed

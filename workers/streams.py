@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from workers.keys import Keys
-from workers.loader import call_handler, load_handler, run_all
-from workers.messages import HandlerContext, Message, Reject, decode_fields
+from workers.loader import HandlerUnit, call_handler, run_all
+from workers.messages import Message, Reject, decode_fields
 from workers.queues import error_summary
 from workers.specs import StreamSpec
 from workers.transient import REDIS_DOWN
@@ -25,17 +25,13 @@ from workers.transient import REDIS_DOWN
 LAG_INTERVAL_S = 1.0
 
 
-class StreamConsumer:
+class StreamConsumer(HandlerUnit):
     def __init__(self, spec: StreamSpec, *, redis: Redis, keys: Keys, worker_id: str, log: Any) -> None:
-        self.spec = spec
+        super().__init__(spec, redis=redis, keys=keys, worker_id=worker_id, log=log)
+        self.spec: StreamSpec = spec
         self.name = f"stream:{spec.stream}"
         self.idle_sleep_s = 0.0  # an empty round already blocked in XREADGROUP
-        self.redis: Any = redis  # redis-py's annotations do not match its RESP2 replies
-        self.keys = keys
         self.consumer = worker_id
-        self.log = log
-        self.handler, self.takes_ctx = load_handler(spec.handler)
-        self.ctx = HandlerContext(redis=redis, worker_id=worker_id, log=log)
         self.processed = self.failed = self.dead = self.in_flight = 0
         self.unacked: list[bytes] = []
         self.errors: dict[bytes, str] = {}  # entry id -> the last error seen here
