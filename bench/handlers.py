@@ -4,7 +4,7 @@ bench — compute a+b, then one INCR of the shared counter."""
 
 from __future__ import annotations
 
-from workers.messages import HandlerContext, Job, Message
+from corral.workers.messages import HandlerContext, Job, Message
 
 COUNTER = "bench:count"
 

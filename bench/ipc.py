@@ -36,7 +36,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 import msgpack  # noqa: E402
 from loguru import logger  # noqa: E402
 
-import ipc  # noqa: E402
+from corral import ipc  # noqa: E402
 
 HEADER = struct.Struct(">I")
 SMALL: dict[str, Any] = {"job": "mail:4242", "queue": "default", "attempt": 1, "ok": True}

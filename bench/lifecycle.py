@@ -40,11 +40,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 import psutil  # noqa: E402
 from loguru import logger  # noqa: E402
 
-from supervisor.connection import WorkerConnection  # noqa: E402
-from supervisor.pool import WorkerPool  # noqa: E402
-from supervisor.states import RestartPolicy  # noqa: E402
+from corral.supervisor.connection import WorkerConnection  # noqa: E402
+from corral.supervisor.pool import WorkerPool  # noqa: E402
+from corral.supervisor.states import RestartPolicy  # noqa: E402
 
-WORKER = "entrypoints.ticker:TickerWorker"
+WORKER = "corral.entrypoints.ticker:TickerWorker"
 SIZE = 8
 STABLE_AFTER_S = 0.5
 READY_MEDIAN_TARGET_MS = 300.0
@@ -197,7 +197,9 @@ tick_interval_s = 1.0
 
 def corral(*args: str) -> list[str]:
     script = Path(sys.executable).parent / "corral"
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "entrypoints.cli", *args]
+    return (
+        [str(script), *args] if script.exists() else [sys.executable, "-m", "corral.entrypoints.cli", *args]
+    )
 
 
 def ready_count(config: Path) -> int:

@@ -6,7 +6,7 @@ Every system runs 2 worker processes against one private valkey-server (TCP on a
 no persistence) and does the same job: a+b, then one INCR of ``bench:count``. The bench polls that
 counter every 2 ms.
 
-- corral queue: a WorkerPool of ``workers.consumer:ConsumerWorker`` with one ``[[queues]]`` spec
+- corral queue: a WorkerPool of ``corral.workers.base:BaseWorker`` with one ``[[queues]]`` spec
   (defaults: batch 50, reliable: processing list + acknowledgement) and ``bench.handlers:add``.
 - corral stream: the same with one ``[[streams]]`` spec (defaults: XREADGROUP COUNT 100) and
   ``bench.handlers:add_entry``.
@@ -60,10 +60,10 @@ from loguru import logger  # noqa: E402
 
 from bench import peers  # noqa: E402
 from bench.handlers import COUNTER  # noqa: E402
-from supervisor.pool import WorkerPool  # noqa: E402
-from supervisor.redis_server import find_server  # noqa: E402
-from workers.messages import encode_job  # noqa: E402
-from workers.specs import QueueSpec, RedisSpec, StreamSpec, WorkSpec  # noqa: E402
+from corral.contract import QueueSpec, RedisSpec, StreamSpec, WorkSpec  # noqa: E402
+from corral.supervisor.pool import WorkerPool  # noqa: E402
+from corral.supervisor.redis_server import find_server  # noqa: E402
+from corral.workers.messages import encode_job  # noqa: E402
 
 WORKERS = 2
 QUEUE = "bench:queue"
@@ -376,7 +376,7 @@ async def run_corral(setup: Setup, kind: str) -> Result:
     pool = WorkerPool(
         "bench",
         WORKERS,
-        "workers.consumer:ConsumerWorker",
+        "corral.workers.base:BaseWorker",
         work=work_spec(kind, setup.url).to_json(),
         output=lambda _slot: output.extend,
         log_level="WARNING",

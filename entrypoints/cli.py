@@ -19,12 +19,13 @@ from typing import Any
 
 from loguru import logger
 
-from ipc import IPCError
-from supervisor import config as config_module
-from supervisor.config import Config, ConfigError
-from supervisor.control import NotRunning, call
-from supervisor.main import Supervisor, SupervisorExit
-from supervisor.status import render
+from corral.ipc import IPCError
+from corral.supervisor import config as config_module
+from corral.supervisor.actions import SupervisorExit
+from corral.supervisor.config import Config, ConfigError
+from corral.supervisor.control import NotRunning, call
+from corral.supervisor.main import Supervisor
+from corral.supervisor.status import render
 
 
 def _version() -> str:
@@ -131,7 +132,7 @@ async def _wait_gone(pid: int, timeout_s: float) -> bool:
 def produce(config: Config, args: argparse.Namespace) -> int:
     import redis as redis_py
 
-    from workers.producer import enqueue, publish
+    from corral.workers.producer import enqueue, publish
 
     try:
         data = json.loads(args.data)

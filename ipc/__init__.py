@@ -3,8 +3,8 @@
 Knows nothing of pools, workers or Redis; imported by both the supervisor and its children.
 """
 
-from ipc.channel import DEFAULT_TIMEOUT_S, Channel, Handler, socketpair
-from ipc.errors import (
+from corral.ipc.channel import DEFAULT_TIMEOUT_S, Channel, socketpair
+from corral.ipc.errors import (
     ChannelClosed,
     EncodeError,
     EndOfStream,
@@ -19,7 +19,8 @@ from ipc.errors import (
     SendBufferFull,
     TruncatedFrame,
 )
-from ipc.frames import FrameDecoder, FrameEncoder
+from corral.ipc.frames import FrameDecoder, FrameEncoder
+from corral.ipc.handlers import Handler
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple, NoReturn
 
 import msgpack
 
-from ipc.errors import (
+from corral.ipc.errors import (
     EncodeError,
     EndOfStream,
     FrameTooLarge,

@@ -1,8 +1,17 @@
 """The parent process: the worker pool, its restart policy, signals, control socket and systemd."""
 
-from supervisor.connection import WorkerConnection
-from supervisor.pool import PoolEvents, WorkerPool
-from supervisor.settings import PoolSettings
-from supervisor.states import RestartPolicy, WorkerState
+from corral.supervisor.connection import WorkerConnection
+from corral.supervisor.events import PoolEvent, PoolEvents
+from corral.supervisor.pool import WorkerPool
+from corral.supervisor.settings import PoolSettings
+from corral.supervisor.states import RestartPolicy, WorkerState
 
-__all__ = ["PoolEvents", "PoolSettings", "RestartPolicy", "WorkerConnection", "WorkerPool", "WorkerState"]
+__all__ = [
+    "PoolEvent",
+    "PoolEvents",
+    "PoolSettings",
+    "RestartPolicy",
+    "WorkerConnection",
+    "WorkerPool",
+    "WorkerState",
+]

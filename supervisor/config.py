@@ -1,22 +1,29 @@
 """``corral.toml``: load, validate (every error names its key), and turn into pool settings.
 
-Relative paths are taken from the config file's folder. Unknown sections and keys are errors (a
-typo must not be silently ignored); all problems are reported at once.
+Every table is read by ``supervisor.schema`` from the fields of its dataclass, where each default
+is written once: ``[pool]`` from ``PoolTable`` and ``PoolSettings`` (its ``table="pool"`` fields),
+``[health]`` from ``PoolSettings``, ``[restart]`` from ``RestartPolicy``, ``[paths]``, ``[logging]``
+and ``[metrics]`` from the tables below, ``[redis]``, ``[[streams]]`` and ``[[queues]]`` from the
+contract's specs. Relative paths are taken from the config file's folder. Unknown sections and keys
+are errors (a typo must not be silently ignored); all problems are reported at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.settings import PoolSettings
-from supervisor.states import RestartPolicy
-from supervisor.workconfig import parse_work
-from workers.specs import WorkSpec
+from corral.contract import Check, QueueSpec, RedisSpec, StreamSpec, WorkSpec, setting
+from corral.supervisor import schema
+from corral.supervisor.settings import PoolSettings
+from corral.supervisor.states import RestartPolicy
 
-LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+REDIS_URL_ENV = "CORRAL_REDIS_URL"  # overrides [redis] url: secrets stay out of the file
+DEFAULT_WORKER = "corral.workers.base:BaseWorker"  # runs just the declared streams and queues
 
 
 class ConfigError(Exception):
@@ -24,12 +31,43 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class PoolTable:
+    name: str = setting("corral", Check.NAME)  # consumer names, key prefix, logs
+    workers: int = 2  # number of slots
+    worker: str | None = setting(None, Check.IMPORT_PATH)  # a BaseWorker subclass or factory
+
+
+@dataclass(frozen=True)
+class PathsTable:
+    state_dir: str = "run"  # control socket, pid file, embedded Redis
+    log_dir: str = "logs"
+
+
+@dataclass(frozen=True)
 class LogSettings:
-    level: str = "INFO"
+    level: str = setting("INFO", Check.LOG_LEVEL)
     json: bool = False
-    rotation: str = "50 MB"  # loguru rotation: a size ("50 MB") or a time ("daily", "1 week")
+    rotation: str | int = "50 MB"  # loguru rotation: a size ("50 MB", bytes) or a time ("daily")
     retention: int | str = 10  # rotated files kept: a count, or an age ("7 days")
     stderr: bool = True  # echo the supervisor's own log on stderr
+
+
+@dataclass(frozen=True)
+class MetricsTable:
+    listen: str | None = setting(None, Check.LISTEN)  # "host:port" of the Prometheus endpoint
+
+
+# section -> the dataclasses its keys come from, with the table tag of their fields ("": all)
+SECTIONS: dict[str, list[tuple[type[Any], str]]] = {
+    "pool": [(PoolTable, ""), (PoolSettings, "pool")],
+    "health": [(PoolSettings, "health")],
+    "restart": [(RestartPolicy, "")],
+    "paths": [(PathsTable, "")],
+    "logging": [(LogSettings, "")],
+    "metrics": [(MetricsTable, "")],
+}
+FREE_FORM = ("options",)  # handed to every child as WorkerContext.options
+WORK = ("redis", "streams", "queues")
 
 
 @dataclass(frozen=True)
@@ -60,98 +98,6 @@ class Config:
         return self.state_dir / "corral.pid"
 
 
-class _Reader:
-    """Takes typed values out of the parsed TOML, collecting errors instead of stopping at the first."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-        self.errors: list[str] = []
-
-    def section(self, name: str) -> dict[str, Any]:
-        value = self.data.get(name, {})
-        if not isinstance(value, dict):
-            self.errors.append(f"[{name}]: must be a table")
-            return {}
-        return value
-
-    def take(
-        self, section: str, key: str, kind: type | tuple[type, ...], default: Any, check: str = ""
-    ) -> Any:
-        table = self.section(section)
-        if key not in table:
-            return default
-        value = table[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if float in kinds and type(value) is int:
-            value = float(value)
-        if type(value) not in kinds:
-            names = " or ".join(k.__name__ for k in kinds)
-            self.errors.append(f"{section}.{key}: must be {_article(names)} {names}, got {value!r}")
-            return default
-        problem = _check(value, check)
-        if problem:
-            self.errors.append(f"{section}.{key}: {problem}, got {value!r}")
-            return default
-        return value
-
-    def unknown_keys(self, allowed: dict[str, set[str] | None]) -> None:
-        for name, value in self.data.items():
-            if name not in allowed:
-                self.errors.append(f"[{name}]: unknown section (known: {', '.join(sorted(allowed))})")
-            elif allowed[name] is not None and isinstance(value, dict):
-                for key in value:
-                    if key not in (allowed[name] or ()):
-                        self.errors.append(f"{name}.{key}: unknown key")
-
-
-def parse_listen(value: Any) -> str | None:
-    """``host:port`` with a port in 1..65535, or None if it is not that."""
-    if not isinstance(value, str) or ":" not in value:
-        return None
-    _host, _, port = value.rpartition(":")
-    return value if port.isdigit() and 0 < int(port) < 65536 else None
-
-
-def _article(names: str) -> str:
-    return "an" if names[0] in "aeiou" else "a"
-
-
-def _check(value: Any, check: str) -> str | None:
-    if check == ">0" and value <= 0:
-        return "must be > 0"
-    if check == ">=0" and value < 0:
-        return "must be >= 0"
-    if check == "import" and (":" not in value or value.startswith(":") or value.endswith(":")):
-        return "must be an import path 'package.module:attr'"
-    if check == "level" and value.upper() not in LEVELS:
-        return f"must be one of {', '.join(LEVELS)}"
-    if check == "name" and (not value or not all(c.isalnum() or c in "-_." for c in value)):
-        return "must be letters, digits, '-', '_' or '.'"
-    return None
-
-
-SCHEMA: dict[str, set[str] | None] = {
-    "pool": {"name", "workers", "worker", "ready_timeout_s", "graceful_timeout_s", "kill_timeout_s"},
-    "restart": {"backoff_initial_s", "backoff_max_s", "stable_after_s", "max_restarts", "restart_window_s"},
-    "health": {
-        "heartbeat_interval_s",
-        "heartbeat_timeout_s",
-        "monitor_interval_s",
-        "max_memory_mb",
-        "max_jobs",
-        "max_jobs_jitter",
-    },
-    "paths": {"state_dir", "log_dir"},
-    "logging": {"level", "json", "rotation", "retention", "stderr"},
-    "options": None,  # free-form: handed to every child as WorkerContext.options
-    "metrics": {"listen"},
-    "redis": None,  # these three are checked by supervisor.workconfig
-    "streams": None,
-    "queues": None,
-}
-DEFAULT_WORKER = "workers.consumer:ConsumerWorker"  # runs the declared streams and queues
-
-
 def load(path: str | Path) -> Config:
     """Read and validate a config file; raises ``ConfigError`` naming every bad key."""
     path = Path(path)
@@ -167,54 +113,87 @@ def load(path: str | Path) -> Config:
 
 
 def parse(data: dict[str, Any], path: Path) -> Config:
-    r = _Reader(data)
-    r.unknown_keys(SCHEMA)
-    name = r.take("pool", "name", str, "corral", "name")
-    workers = r.take("pool", "workers", int, 2, ">=0")
-    worker = r.take("pool", "worker", str, None, "import")
-    work = parse_work(data, name, r.errors)
-    if worker is None and "worker" not in r.section("pool"):
+    errors: list[str] = []
+    known = (*SECTIONS, *FREE_FORM, *WORK)
+    errors.extend(
+        f"[{name}]: unknown section (known: {', '.join(sorted(known))})" for name in data if name not in known
+    )
+    tables = {name: _table(data, name, errors) for name in (*SECTIONS, *FREE_FORM)}
+    values = {
+        (name, cls): schema.read(cls, tables[name], name, errors, tag)
+        for name, parts in SECTIONS.items()
+        for cls, tag in parts
+    }
+    for name, parts in SECTIONS.items():
+        keys = {key for cls, tag in parts for key in schema.keys_of(cls, tag)}
+        schema.unknown_keys(tables[name], keys, name, errors)
+    pool = PoolTable(**values["pool", PoolTable])
+    work = parse_work(data, pool.name, errors)
+    worker = pool.worker
+    if worker is None:
         if work.empty:
-            r.errors.append("pool.worker: required when no [[streams]] or [[queues]] are declared")
+            errors.append("pool.worker: required when no [[streams]] or [[queues]] are declared")
         worker = DEFAULT_WORKER
-    policy = RestartPolicy(
-        backoff_initial_s=r.take("restart", "backoff_initial_s", float, 0.5, ">=0"),
-        backoff_max_s=r.take("restart", "backoff_max_s", float, 30.0, ">=0"),
-        stable_after_s=r.take("restart", "stable_after_s", float, 30.0, ">=0"),
-        max_restarts=r.take("restart", "max_restarts", int, 5, ">=0"),
-        restart_window_s=r.take("restart", "restart_window_s", float, 60.0, ">0"),
-    )
-    logging = LogSettings(
-        level=r.take("logging", "level", str, "INFO", "level").upper(),
-        json=r.take("logging", "json", bool, False),
-        rotation=str(r.take("logging", "rotation", (str, int), "50 MB")),
-        retention=r.take("logging", "retention", (int, str), 10),
-        stderr=r.take("logging", "stderr", bool, True),
-    )
+    logging = LogSettings(**values["logging", LogSettings])
+    logging = dataclasses.replace(logging, level=logging.level.upper())
     settings = PoolSettings(
-        ready_timeout_s=r.take("pool", "ready_timeout_s", float, 60.0, ">0"),
-        graceful_timeout_s=r.take("pool", "graceful_timeout_s", float, 30.0, ">=0"),
-        kill_timeout_s=r.take("pool", "kill_timeout_s", float, 5.0, ">0"),
-        heartbeat_interval_s=r.take("health", "heartbeat_interval_s", float, 5.0, ">0"),
-        heartbeat_timeout_s=r.take("health", "heartbeat_timeout_s", float, 10.0, ">0"),
-        monitor_interval_s=r.take("health", "monitor_interval_s", float, 1.0, ">0"),
-        max_memory_mb=r.take("health", "max_memory_mb", float, None, ">0"),
-        max_jobs=r.take("health", "max_jobs", int, None, ">0"),
-        max_jobs_jitter=r.take("health", "max_jobs_jitter", int, 0, ">=0"),
-        policy=policy,
-        options=r.section("options"),
+        **values["pool", PoolSettings],
+        **values["health", PoolSettings],
+        policy=RestartPolicy(**values["restart", RestartPolicy]),
+        options=tables["options"],
         log_level=logging.level,
         log_json=logging.json,
     )
-    listen = r.take("metrics", "listen", str, None)
-    if listen is not None and parse_listen(listen) is None:
-        r.errors.append(f"metrics.listen: must be 'host:port' with a port 1-65535, got {listen!r}")
+    paths = PathsTable(**values["paths", PathsTable])
+    if errors:
+        raise ConfigError(f"{path}: invalid configuration:\n" + "\n".join(f"  - {e}" for e in errors))
     base = path.resolve().parent
-    state_dir = base / r.take("paths", "state_dir", str, "run")
-    log_dir = base / r.take("paths", "log_dir", str, "logs")
-    if r.errors:
-        raise ConfigError(f"{path}: invalid configuration:\n" + "\n".join(f"  - {e}" for e in r.errors))
-    uses_redis = "redis" in data or not work.empty
     return Config(
-        path.resolve(), name, workers, worker, state_dir, log_dir, logging, settings, work, listen, uses_redis
+        path=path.resolve(),
+        pool_name=pool.name,
+        workers=pool.workers,
+        worker=worker,
+        state_dir=base / paths.state_dir,
+        log_dir=base / paths.log_dir,
+        logging=logging,
+        pool=settings,
+        work=work,
+        metrics_listen=MetricsTable(**values["metrics", MetricsTable]).listen,
+        uses_redis="redis" in data or not work.empty,
     )
+
+
+def parse_work(data: dict[str, Any], pool_name: str, errors: list[str]) -> WorkSpec:
+    """``[redis]``, ``[[streams]]`` and ``[[queues]]``, checked against the contract's specs."""
+    redis_table = data.get("redis", {})
+    if isinstance(redis_table, dict) and os.environ.get(REDIS_URL_ENV):
+        redis_table = {**redis_table, "url": os.environ[REDIS_URL_ENV]}
+    redis = schema.build(RedisSpec, redis_table, "redis", errors) or RedisSpec()
+    streams, queues = [], []
+    for index, table in enumerate(_array(data, "streams", errors)):
+        stream = schema.build(StreamSpec, table, f"streams[{index}]", errors)
+        if stream is not None:
+            streams.append(dataclasses.replace(stream, group=stream.group or pool_name))
+    for index, table in enumerate(_array(data, "queues", errors)):
+        queue = schema.build(QueueSpec, table, f"queues[{index}]", errors)
+        if queue is not None and not (queue.names or queue.pattern or queue.registry):
+            errors.append(f"queues[{index}]: needs names, pattern or registry")
+        elif queue is not None:
+            queues.append(queue)
+    return WorkSpec(redis=redis, streams=tuple(streams), queues=tuple(queues))
+
+
+def _table(data: dict[str, Any], name: str, errors: list[str]) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        errors.append(f"[{name}]: must be a table")
+        return {}
+    return value
+
+
+def _array(data: dict[str, Any], name: str, errors: list[str]) -> list[Any]:
+    value = data.get(name, [])
+    if not isinstance(value, list):
+        errors.append(f"{name}: must be an array of tables ([[{name}]])")
+        return []
+    return value

@@ -7,10 +7,10 @@ from typing import Any
 
 from loguru import logger
 
-from ipc import DEFAULT_TIMEOUT_S, Channel, Handler
-from supervisor.process import ChildProcess
-from supervisor.states import WorkerState
-from workers.exitcodes import ExitCode
+from corral.contract import ExitCode, ReadyInfo
+from corral.ipc import DEFAULT_TIMEOUT_S, Channel, Handler
+from corral.supervisor.process import ChildProcess
+from corral.supervisor.states import WorkerState
 
 
 class WorkerConnection:
@@ -23,9 +23,8 @@ class WorkerConnection:
         self.channel = channel
         self.state = WorkerState.STARTING
         self.started_at = time.monotonic()
-        self.ready_at: float | None = None
         self.stats: dict[str, Any] = {}
-        self.info: dict[str, Any] | None = None  # what the child said with `ready` (pid, worker_id)
+        self.info: ReadyInfo | None = None  # what the child said with `ready` (pid, worker id)
         self.rss_bytes = 0
         self.cpu_percent = 0.0
         self.stop_requested = False  # an exit after this is expected, not a failure
@@ -61,14 +60,10 @@ class WorkerConnection:
             f" ({reason})" if reason else "",
         )
         self.state = state
-        if state is WorkerState.READY:
-            self.ready_at = time.monotonic()
 
     def exit_description(self) -> str:
         text = ExitCode.describe(self.process.returncode)
         return f"{text}, {self.fail_reason}" if self.fail_reason else text
-
-    # -- IPC ----------------------------------------------------------------------------------
 
     def send(self, event: str, data: Any = None) -> None:
         self.channel.send(event, data)

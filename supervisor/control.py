@@ -1,6 +1,6 @@
 """The control socket: ``corral status|reload|scale|stop`` talk to a running supervisor through it.
 
-A Unix stream socket (mode 0600) in the state dir; each connection is an ``ipc.Channel``, so the CLI
+A Unix stream socket (mode 0600) in the state dir; each connection is an ``corral.ipc.Channel``, so the CLI
 simply sends requests (``status``, ``reload``, ``scale``, ``stop``) and gets replies or typed errors.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ipc import Channel
+from corral.ipc import Channel
 
 
 class AlreadyRunning(Exception):

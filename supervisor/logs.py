@@ -16,8 +16,8 @@ from typing import Any
 
 from loguru import logger
 
-from supervisor.config import ConfigError, LogSettings
-from supervisor.process import OutputSink
+from corral.supervisor.config import ConfigError, LogSettings
+from corral.supervisor.process import OutputSink
 
 SUPERVISOR_FORMAT = (
     "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | supervisor | {name}:{function}:{line} - {message}"

@@ -1,8 +1,8 @@
 """The supervisor process: a WorkerPool plus signals, control socket, log files and systemd.
 
-Signal handlers and control requests only enqueue an action; ``_loop`` takes actions one at a
-time, and the pool's ``reconcile()`` does the rest. A second TERM (or QUIT) during a stop skips
-the current rung of every stop ladder.
+Signal handlers and control requests only enqueue an ``Action``; ``_loop`` takes actions one at a
+time, each with its one handler, and the pool's ``reconcile()`` does the rest. A second TERM (or
+QUIT) during a stop skips the current rung of every stop ladder.
 """
 
 from __future__ import annotations
@@ -11,46 +11,30 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import signal
 import sys
 import time
-from enum import IntEnum
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+import psutil
 from loguru import logger
 
-from supervisor import config as config_module
-from supervisor.config import Config, ConfigError
-from supervisor.control import AlreadyRunning, ControlServer
-from supervisor.logs import LogManager
-from supervisor.metrics import MetricsServer
-from supervisor.partitions import PartitionAssigner
-from supervisor.pool import WorkerPool
-from supervisor.recovery import Recovery
-from supervisor.redis_server import EmbeddedRedis, EmbeddedRedisError
-from supervisor.settings import PoolSettings
-from supervisor.status import WorkTotals, snapshot, summary
-from supervisor.systemd import Notifier
+from corral.supervisor import config as config_module
+from corral.supervisor.actions import SIGNAL_ACTIONS, Action, SupervisorExit, SupervisorState
+from corral.supervisor.config import Config, ConfigError
+from corral.supervisor.control import AlreadyRunning, ControlServer
+from corral.supervisor.events import PoolEvent
+from corral.supervisor.logs import LogManager
+from corral.supervisor.metrics import MetricsServer
+from corral.supervisor.partitions import PartitionAssigner
+from corral.supervisor.pool import WorkerPool
+from corral.supervisor.recovery import Recovery
+from corral.supervisor.redis_server import EmbeddedRedis, EmbeddedRedisError
+from corral.supervisor.settings import PoolSettings
+from corral.supervisor.states import WorkerState
+from corral.supervisor.status import Status, WorkTotals, slot_rows, summary
+from corral.supervisor.systemd import Notifier
 
-
-class SupervisorExit(IntEnum):
-    OK = 0
-    CONFIG = 2  # the configuration (or the command line) is invalid: nothing was started
-    ALL_FATAL = 3  # every slot went fatal: systemd's Restart=on-failure may try again
-    ALREADY_RUNNING = 4  # another supervisor owns this state dir
-    NOT_RUNNING = 5  # (CLI) no supervisor answers on the control socket
-
-
-SIGNAL_ACTIONS = {
-    signal.SIGTERM: "stop",
-    signal.SIGINT: "stop",
-    signal.SIGQUIT: "quit",
-    signal.SIGHUP: "reload",
-    signal.SIGTTIN: "scale_up",
-    signal.SIGTTOU: "scale_down",
-    signal.SIGUSR1: "reopen",
-}
 TICK_S = 1.0
 
 
@@ -61,16 +45,16 @@ class Supervisor:
         self.logs = LogManager(config.log_dir, config.logging)
         self.redis_server = EmbeddedRedis(config.state_dir) if config.work.redis.url is None else None
         self.redis_url = self.redis_server.url if self.redis_server else config.work.redis.url
-        self.actions: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.actions: asyncio.Queue[tuple[Action, Any]] = asyncio.Queue()
         self.pool = WorkerPool(config.pool_name, config.workers, config.worker, self._settings(config))
         self.control = ControlServer(config.control_socket, self._control_handlers())
         self.recovery = Recovery(self.pool) if config.uses_redis else None
         self.work_totals = WorkTotals()
         partitioned = {s.stream: s.partitions for s in config.work.streams if s.partitions}
         self.partitions = PartitionAssigner(self.pool, partitioned) if partitioned else None
-        self.metrics = MetricsServer(self, config.metrics_listen) if config.metrics_listen else None
+        self.metrics = MetricsServer(self.status, config.metrics_listen) if config.metrics_listen else None
         self.started_at = time.monotonic()
-        self.state = "starting"
+        self.state = SupervisorState.STARTING
         self.exit_code = SupervisorExit.OK
         self._stop_task: asyncio.Task[None] | None = None
         self._reload_task: asyncio.Task[None] | None = None
@@ -118,7 +102,7 @@ class Supervisor:
             self.config.workers,
             self.config.worker,
         )
-        self.pool.on("exit", self._on_exit)
+        self.pool.on(PoolEvent.EXIT, self._on_exit)
         spawning = asyncio.create_task(self.pool.spawn_all())
         try:
             await self._loop()
@@ -138,7 +122,7 @@ class Supervisor:
         return self.exit_code
 
     async def _loop(self) -> None:
-        getting: asyncio.Task[tuple[str, Any]] = asyncio.create_task(self.actions.get())
+        getting: asyncio.Task[tuple[Action, Any]] = asyncio.create_task(self.actions.get())
         try:
             while self._stop_task is None or not self._stop_task.done():
                 waiting: list[asyncio.Future[Any]] = [getting]
@@ -155,25 +139,36 @@ class Supervisor:
         finally:
             getting.cancel()
 
-    def _act(self, action: str, arg: Any) -> None:
-        if action in ("stop", "quit"):
-            if self._stop_task is not None:
-                logger.warning("{} again: skipping ahead on the stop ladder", action)
-                self.pool.skip_ahead()
-            else:
-                self._stop_task = asyncio.create_task(self._stop(fast=action == "quit"))
-        elif action == "reload" and self._stop_task is None:
-            if self._reload_task is not None and not self._reload_task.done():
-                logger.warning("reload already in progress; ignored")
-            else:
-                self._reload_task = asyncio.create_task(self._reload())
-        elif action in ("scale_up", "scale_down", "scale") and self._stop_task is None:
-            size = arg if action == "scale" else self.pool.size + (1 if action == "scale_up" else -1)
-            self.pool.size = max(0, size)
-            logger.info("scaling to {} slots", self.pool.size)
-            self.pool.wake()
-        elif action == "reopen":
-            self.logs.reopen()
+    def _act(self, action: Action, arg: Any) -> None:
+        handlers: dict[Action, Callable[[Any], None]] = {
+            Action.STOP: lambda _arg: self._on_stop(fast=False),
+            Action.QUIT: lambda _arg: self._on_stop(fast=True),
+            Action.RELOAD: lambda _arg: self._on_reload(),
+            Action.SCALE_UP: lambda _arg: self._on_scale(self.pool.size + 1),
+            Action.SCALE_DOWN: lambda _arg: self._on_scale(self.pool.size - 1),
+            Action.SCALE: self._on_scale,
+            Action.REOPEN: lambda _arg: self.logs.reopen(),
+        }
+        handlers[action](arg)
+
+    def _on_stop(self, fast: bool) -> None:
+        if self._stop_task is not None:
+            logger.warning("{} again: skipping ahead on the stop ladder", "quit" if fast else "stop")
+            self.pool.skip_ahead()
+        else:
+            self._stop_task = asyncio.create_task(self._stop(fast))
+
+    def _on_reload(self) -> None:
+        if self._stop_task is not None:
+            return
+        if self._reload_task is not None and not self._reload_task.done():
+            logger.warning("reload already in progress; ignored")
+        else:
+            self._reload_task = asyncio.create_task(self._reload())
+
+    def _on_scale(self, size: int) -> None:
+        if self._stop_task is None:
+            self.pool.scale(max(0, size))
 
     def _tick_s(self) -> float:
         interval = self.notifier.watchdog_interval_s
@@ -183,24 +178,24 @@ class Supervisor:
         if self.pool.all_fatal.is_set() and self._stop_task is None:
             logger.error("every slot is fatal: stopping (exit code {})", int(SupervisorExit.ALL_FATAL))
             self.exit_code = SupervisorExit.ALL_FATAL
-            self._act("stop", None)
+            self._act(Action.STOP, None)
             return
-        if self.state == "starting" and self._all_ready():
-            self.state = "running"
-        if not self._announced_ready and self.state == "running":
+        if self.state is SupervisorState.STARTING and self._all_ready():
+            self.state = SupervisorState.RUNNING
+        if not self._announced_ready and self.state is SupervisorState.RUNNING:
             self._announced_ready = True
             self.notifier.ready(summary(self.pool))
             logger.info("every slot is ready")
         self.notifier.status(summary(self.pool))
-        if not self.pool.all_fatal.is_set() and self.state != "stopping":
+        if not self.pool.all_fatal.is_set() and self.state is not SupervisorState.STOPPING:
             self.notifier.watchdog()
 
     def _all_ready(self) -> bool:
         slots = [self.pool.slots.get(i) for i in range(self.pool.size)]
-        return all(s is not None and s.state.value == "ready" for s in slots)
+        return all(s is not None and s.state is WorkerState.READY for s in slots)
 
     async def _stop(self, fast: bool) -> None:
-        self.state = "stopping"
+        self.state = SupervisorState.STOPPING
         self.notifier.stopping()
         if self._reload_task is not None:
             self._reload_task.cancel()
@@ -208,7 +203,7 @@ class Supervisor:
 
     async def _reload(self) -> None:
         self.notifier.reloading()
-        self.state = "reloading"
+        self.state = SupervisorState.RELOADING
         logger.info("reload: re-reading {}", self.config.path)
         try:
             new = config_module.load(self.config.path)
@@ -218,7 +213,7 @@ class Supervisor:
             self._apply(new)
             ok = await self.pool.reload(new.worker, self._settings(new))
             logger.info("reload {}", "finished" if ok else "stopped early: old children kept")
-        self.state = "running"
+        self.state = SupervisorState.RUNNING
         self.notifier.ready(summary(self.pool))
 
     def _apply(self, new: Config) -> None:
@@ -227,7 +222,7 @@ class Supervisor:
                 logger.warning("reload: {} changed; it takes effect only after a restart", field)
         kept = {name: getattr(self.config, name) for name in ("pool_name", "state_dir", "log_dir", "logging")}
         self.config = dataclasses.replace(new, **kept)
-        self.pool.size = new.workers
+        self.pool.scale(new.workers)
 
     def _on_exit(self, conn: Any) -> None:
         slot = self.pool.slots.get(conn.slot)
@@ -236,30 +231,39 @@ class Supervisor:
             slot.failed_before += int(conn.stats.get("failed", 0))
         self.work_totals.add_exited(conn.stats)
 
-    def _control_handlers(self) -> dict[str, Any]:
-        def enqueue(action: str) -> Any:
-            def handler(data: Any) -> str:
-                self.actions.put_nowait((action, data))
-                return action
+    def status(self) -> Status:
+        """What ``corral status`` (and the metrics endpoint) shows."""
+        return Status(
+            pid=os.getpid(),
+            pool=self.pool.name,
+            state=self.state.value,
+            size=self.pool.size,
+            uptime_s=round(time.monotonic() - self.started_at, 3),
+            rss_bytes=psutil.Process().memory_info().rss,
+            redis_url=self.redis_url,
+            slots=slot_rows(self.pool),
+            work=self.work_totals.rows(self.pool),
+        )
+
+    def _control_handlers(self) -> dict[str, Callable[[Any], Any]]:
+        def enqueue(action: Action) -> Callable[[Any], str]:
+            def handler(_data: Any) -> str:
+                self.actions.put_nowait((action, None))
+                return action.value
 
             return handler
 
         def scale(data: Any) -> str:
             if type(data) is not int or data < 0:
                 raise ValueError(f"scale needs a whole number >= 0, got {data!r}")
-            self.actions.put_nowait(("scale", data))
+            self.actions.put_nowait((Action.SCALE, data))
             return f"scaling to {data}"
 
         return {
-            "status": lambda _data: snapshot(self),
-            "reload": enqueue("reload"),
-            "stop": enqueue("stop"),
-            "quit": enqueue("quit"),
-            "reopen": enqueue("reopen"),
+            "status": lambda _data: self.status(),
+            "reload": enqueue(Action.RELOAD),
+            "stop": enqueue(Action.STOP),
+            "quit": enqueue(Action.QUIT),
+            "reopen": enqueue(Action.REOPEN),
             "scale": scale,
         }
-
-
-async def run_supervisor(config_path: str | Path) -> int:
-    config = config_module.load(config_path)
-    return await Supervisor(config).run()

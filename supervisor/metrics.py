@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from supervisor.status import slot_rows
-
-if TYPE_CHECKING:
-    from supervisor.main import Supervisor
+from corral.supervisor.status import Status
 
 SLOT_COUNTERS = {"processed": "events processed", "failed": "events failed", "restarts": "restarts"}
 WORK_COUNTERS = ("processed", "failed", "retried", "dead", "requeued")
@@ -28,12 +24,12 @@ WORK_GAUGES = ("in_flight", "lag")
 
 
 class PoolCollector(Collector):
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
+    def __init__(self, status: Callable[[], Status]) -> None:
+        self.status = status
 
     def collect(self) -> Iterator[Metric]:
-        pool = self.supervisor.pool.name
-        rows = slot_rows(self.supervisor.pool)
+        status = self.status()
+        pool, rows = status["pool"], status["slots"]
         for name, text in SLOT_COUNTERS.items():
             family = CounterMetricFamily(f"corral_slot_{name}", f"Per slot: {text}", labels=["pool", "slot"])
             for row in rows:
@@ -52,34 +48,31 @@ class PoolCollector(Collector):
             rss.add_metric(labels, float(row["rss_bytes"]))
             cpu.add_metric(labels, float(row["cpu_percent"]))
         yield from (up, rss, cpu)
-        yield from self._work(pool)
+        yield from self._work(pool, status["work"])
 
-    def _work(self, pool: str) -> Iterator[Metric]:
-        work = self.supervisor.work_totals.rows(self.supervisor.pool)
+    def _work(self, pool: str, work: dict[str, dict[str, dict[str, int]]]) -> Iterator[Metric]:
+        kinds: tuple[tuple[tuple[str, ...], type[CounterMetricFamily | GaugeMetricFamily]], ...] = (
+            (WORK_COUNTERS, CounterMetricFamily),
+            (WORK_GAUGES, GaugeMetricFamily),
+        )
         for kind in ("queue", "stream"):
             rows = work.get(f"{kind}s", {})
-            for counter in WORK_COUNTERS:
-                family = CounterMetricFamily(
-                    f"corral_{kind}_{counter}", f"Per {kind}: {counter}", labels=["pool", kind]
-                )
-                for name, figures in sorted(rows.items()):
-                    family.add_metric([pool, name], float(figures.get(counter, 0)))
-                yield family
-            for gauge in WORK_GAUGES:
-                gauges = GaugeMetricFamily(
-                    f"corral_{kind}_{gauge}", f"Per {kind}: {gauge}", labels=["pool", kind]
-                )
-                for name, figures in sorted(rows.items()):
-                    gauges.add_metric([pool, name], float(figures.get(gauge, 0)))
-                yield gauges
+            for names, family_type in kinds:
+                for figure in names:
+                    family = family_type(
+                        f"corral_{kind}_{figure}", f"Per {kind}: {figure}", labels=["pool", kind]
+                    )
+                    for name, figures in sorted(rows.items()):
+                        family.add_metric([pool, name], float(figures.get(figure, 0)))
+                    yield family
 
 
 class MetricsServer:
-    def __init__(self, supervisor: Supervisor, listen: str) -> None:
+    def __init__(self, status: Callable[[], Status], listen: str) -> None:
         host, _, port = listen.rpartition(":")
         self.host, self.port = host or "127.0.0.1", int(port)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(PoolCollector(supervisor))
+        self.registry.register(PoolCollector(status))
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:

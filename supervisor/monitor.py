@@ -1,18 +1,13 @@
-"""Resource sampling with psutil: RSS and CPU per child, and recycling past the configured limits."""
+"""Resource sampling with psutil: RSS and CPU per child, and whether a child is past its limits."""
 
 from __future__ import annotations
 
-import asyncio
 import random
-from typing import TYPE_CHECKING
 
 import psutil
 
-from supervisor.connection import WorkerConnection
-from supervisor.states import WorkerState
-
-if TYPE_CHECKING:
-    from supervisor.pool import WorkerPool
+from corral.supervisor.connection import WorkerConnection
+from corral.supervisor.settings import PoolSettings
 
 MIB = 1024 * 1024
 
@@ -32,39 +27,22 @@ def sample(conn: WorkerConnection) -> None:
         pass
 
 
-def jobs_limit(pool: WorkerPool, conn: WorkerConnection) -> int | None:
+def jobs_limit(settings: PoolSettings, conn: WorkerConnection) -> int | None:
     """This child's own ``max_jobs`` (+ jitter, drawn once) so that children don't recycle together."""
-    max_jobs = pool.settings.max_jobs
-    if max_jobs is None:
+    if settings.max_jobs is None:
         return None
-    limit = conn.jobs_limit
-    if limit is None:
-        limit = max_jobs + random.randint(0, max(0, pool.settings.max_jobs_jitter))
-        conn.jobs_limit = limit
-    return limit
+    if conn.jobs_limit is None:
+        conn.jobs_limit = settings.max_jobs + random.randint(0, max(0, settings.max_jobs_jitter))
+    return conn.jobs_limit
 
 
-def recycle_reason(pool: WorkerPool, conn: WorkerConnection) -> str | None:
-    max_mb = pool.settings.max_memory_mb
+def recycle_reason(settings: PoolSettings, conn: WorkerConnection) -> str | None:
+    """Why this child should be replaced now (memory or jobs over the limit), or None."""
+    max_mb = settings.max_memory_mb
     if max_mb is not None and conn.rss_bytes > max_mb * MIB:
         return f"RSS {conn.rss_bytes / MIB:.0f} MB over max_memory_mb={max_mb:g}"
-    limit = jobs_limit(pool, conn)
+    limit = jobs_limit(settings, conn)
     processed = int(conn.stats.get("processed", 0))
     if limit is not None and processed >= limit:
         return f"{processed} jobs processed, max_jobs={limit}"
     return None
-
-
-async def run(pool: WorkerPool) -> None:
-    while not pool.stopping:
-        for slot in list(pool.slots.values()):
-            for conn in (slot.current, slot.next):
-                if conn is not None and conn.alive:
-                    sample(conn)
-            conn = slot.current
-            if conn is not None and conn.state is WorkerState.READY and not slot.recycle_reason:
-                reason = recycle_reason(pool, conn)
-                if reason:
-                    conn.log.info("slot {} pid {}: recycling: {}", conn.slot, conn.pid, reason)
-                    pool.request_recycle(slot.index, reason)
-        await asyncio.sleep(pool.settings.monitor_interval_s)

@@ -10,17 +10,18 @@ only then assigned to the new one, so no two children ever consume the same shar
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections import defaultdict
 
 from loguru import logger
 
-from ipc import IPCError
-from supervisor.connection import WorkerConnection
-from supervisor.pool import WorkerPool
-from supervisor.states import WorkerState
+from corral.contract import Event, ShardsRequest
+from corral.ipc import IPCError
+from corral.supervisor.connection import WorkerConnection
+from corral.supervisor.events import PoolEvent
+from corral.supervisor.pool import WorkerPool
+from corral.supervisor.states import WorkerState
 
-ASSIGN_EVENT = "corral.partitions.assign"
-REVOKE_EVENT = "corral.partitions.revoke"
 Shard = tuple[str, int]  # (stream, shard index)
 
 
@@ -31,7 +32,7 @@ class PartitionAssigner:
         self.owners: dict[Shard, WorkerConnection] = {}
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        for event in ("ready", "killing", "exit"):
+        for event in (PoolEvent.READY, PoolEvent.KILLING, PoolEvent.EXIT):
             pool.on(event, self._changed)
 
     def _changed(self, conn: WorkerConnection) -> None:
@@ -66,7 +67,7 @@ class PartitionAssigner:
         revokes: dict[WorkerConnection, list[Shard]] = defaultdict(list)
         for shard in moving:
             revokes[self.owners[shard]].append(shard)
-        await asyncio.gather(*(self._send(conn, REVOKE_EVENT, shards) for conn, shards in revokes.items()))
+        await asyncio.gather(*(self._send(conn, Event.REVOKE, shards) for conn, shards in revokes.items()))
         for shard in moving:
             self.owners.pop(shard, None)
         assigns: dict[WorkerConnection, list[Shard]] = defaultdict(list)
@@ -74,7 +75,7 @@ class PartitionAssigner:
             if shard not in self.owners:
                 assigns[conn].append(shard)
         results = await asyncio.gather(
-            *(self._send(conn, ASSIGN_EVENT, shards) for conn, shards in assigns.items())
+            *(self._send(conn, Event.ASSIGN, shards) for conn, shards in assigns.items())
         )
         for (conn, shards), ok in zip(assigns.items(), results, strict=True):
             if ok and conn.alive:
@@ -84,25 +85,25 @@ class PartitionAssigner:
         if moving or assigns:
             logger.info("partitions: {}", self.describe())
 
-    async def _send(self, conn: WorkerConnection, event: str, shards: list[Shard]) -> bool:
+    async def _send(self, conn: WorkerConnection, event: Event, shards: list[Shard]) -> bool:
         by_stream: dict[str, list[int]] = defaultdict(list)
         for stream, index in shards:
             by_stream[stream].append(index)
         timeout_s = self.pool.settings.graceful_timeout_s + 5.0
         try:
             for stream, indexes in by_stream.items():
-                await conn.request(event, {"stream": stream, "shards": sorted(indexes)}, timeout_s)
+                await conn.request(event, ShardsRequest(stream=stream, shards=sorted(indexes)), timeout_s)
         except IPCError as exc:
             # A shard moves on only once its owner let go or is dead: an owner that cannot answer
             # (exiting, or hung) gets kill_timeout_s to be gone, then SIGKILL.
-            if event == REVOKE_EVENT and await conn.process.wait(self.pool.settings.kill_timeout_s) is None:
+            if event is Event.REVOKE and await conn.process.wait(self.pool.settings.kill_timeout_s) is None:
                 logger.warning(
                     "slot {} pid {}: revoke failed ({}); killing it to free its shards",
                     conn.slot,
                     conn.pid,
                     exc,
                 )
-                conn.process.signal(9)
+                conn.process.signal(signal.SIGKILL)
                 await conn.process.wait(self.pool.settings.kill_timeout_s)
             return False
         return True

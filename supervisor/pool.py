@@ -11,87 +11,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
-import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
-from ipc import Channel, ChannelClosed, RequestTimeout, socketpair
-from supervisor import lifecycle, monitor
-from supervisor.connection import WorkerConnection
-from supervisor.process import spawn
-from supervisor.settings import PoolSettings
-from supervisor.states import SlotHistory, WorkerState
-from workers.exitcodes import ExitCode
+from corral.contract import SPEC_ENV, ChildSpec, Event, ExitCode, ReadyInfo, StopMode
+from corral.ipc import Channel, ChannelClosed, RequestTimeout, socketpair
+from corral.supervisor import monitor
+from corral.supervisor.connection import WorkerConnection
+from corral.supervisor.events import EventBus, Listener, PoolEvent
+from corral.supervisor.lifecycle import Escalation, HeartbeatSettings, StopDeadlines, heartbeat, stop_child
+from corral.supervisor.process import spawn
+from corral.supervisor.settings import PoolSettings
+from corral.supervisor.slot import Slot
+from corral.supervisor.states import SlotHistory, WorkerState
 
-Listener = Callable[[WorkerConnection], Any]
-EVENTS = ("spawning", "ready", "killing", "exit")
-STATS_EVENT = "corral.stats"
-SPEC_ENV = "CORRAL_CHILD"
 SYSTEMD_ENV = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"})
-
-
-@dataclass
-class Slot:
-    index: int
-    history: SlotHistory
-    current: WorkerConnection | None = None
-    next: WorkerConnection | None = None  # a replacement being started (reload, recycling)
-    task: asyncio.Task[Any] | None = None  # the one launch/replace running for this slot
-    backoff_until: float = 0.0
-    fatal_reason: str | None = None
-    recycle_reason: str | None = None
-    generation: int = 0
-    processed_before: int = 0  # processed/failed by this slot's earlier children
-    failed_before: int = 0
-
-    @property
-    def busy(self) -> bool:
-        return self.task is not None and not self.task.done()
-
-    @property
-    def state(self) -> WorkerState:
-        if self.fatal_reason:
-            return WorkerState.FATAL
-        if self.current is not None:
-            return self.current.state
-        return WorkerState.BACKOFF if self.backoff_until else WorkerState.STOPPED
-
-
-@dataclass
-class PoolEvents:
-    """Attach IPC handlers to every present and future child of a pool; detached when it is killed."""
-
-    pool: WorkerPool
-    handlers: list[tuple[str, Callable[[Any], Any]]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.pool.on("spawning", self._attach)
-        self.pool.on("killing", self._detach)
-
-    def on(self, event: str, handler: Callable[[Any], Any]) -> None:
-        self.handlers.append((event, handler))
-        for conn in self.pool.connections():
-            conn.on(event, handler)
-
-    def off(self, event: str, handler: Callable[[Any], Any]) -> None:
-        self.handlers.remove((event, handler))
-        for conn in self.pool.connections():
-            conn.off(event, handler)
-
-    def _attach(self, conn: WorkerConnection) -> None:
-        for event, handler in self.handlers:
-            conn.on(event, handler)
-
-    def _detach(self, conn: WorkerConnection) -> None:
-        for event, handler in self.handlers:
-            conn.off(event, handler)
 
 
 class WorkerPool:
@@ -115,36 +55,21 @@ class WorkerPool:
         self.slots: dict[int, Slot] = {}
         self.clock = clock
         self.log = logger.bind(pool=name)
-        self._listeners: dict[str, list[Listener]] = {event: [] for event in EVENTS}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._events = EventBus(self.spawn_task)
         self._wake = asyncio.Event()
-        self._escalate = asyncio.Event()
+        self._escalation = Escalation()
         self._reload_lock = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
         self.stopping = False
         self.all_fatal = asyncio.Event()
 
-    # -- events -------------------------------------------------------------------------------
-
     def on(self, event: str, listener: Listener) -> None:
-        if event not in self._listeners:
-            raise ValueError(f"unknown pool event {event!r}; known: {', '.join(EVENTS)}")
-        self._listeners[event].append(listener)
+        """``spawning``, ``ready``, ``killing`` or ``exit`` (``PoolEvent``): ``listener(conn)``."""
+        self._events.on(event, listener)
 
     def off(self, event: str, listener: Listener) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners[event].remove(listener)
-
-    def emit(self, event: str, conn: WorkerConnection) -> None:
-        for listener in list(self._listeners[event]):
-            try:
-                result = listener(conn)
-                if inspect.isawaitable(result):
-                    self.spawn_task(result)
-            except Exception:
-                self.log.exception("pool {!r} listener {!r} raised", event, listener)
-
-    # -- public API ---------------------------------------------------------------------------
+        self._events.off(event, listener)
 
     def get(self, slot: int) -> WorkerConnection | None:
         """The current child of ``slot`` (None while it has none)."""
@@ -153,14 +78,13 @@ class WorkerPool:
 
     def connections(self) -> list[WorkerConnection]:
         """Every live child, including replacements still starting."""
-        conns = [c for s in self.slots.values() for c in (s.current, s.next) if c is not None]
-        return [c for c in conns if c.alive]
+        return [conn for slot in self.slots.values() for conn in slot.children()]
 
     async def spawn_all(self, timeout_s: float | None = None) -> bool:
         """Start supervising; True once every slot is ready (False: a slot is fatal, or the deadline)."""
         if self._supervisor is None:
             self._supervisor = asyncio.create_task(self._supervise(), name=f"pool:{self.name}")
-            self.spawn_task(monitor.run(self))
+            self.spawn_task(self._monitor())
         return await self.wait_ready(timeout_s or self.settings.ready_timeout_s * 2)
 
     async def wait_ready(self, timeout_s: float) -> bool:
@@ -175,10 +99,12 @@ class WorkerPool:
             await asyncio.sleep(0.02)
         return False
 
-    async def scale(self, size: int) -> None:
+    def scale(self, size: int) -> None:
         """Grow or shrink to ``size`` slots (the highest slots are stopped gracefully)."""
         if size < 0:
             raise ValueError(f"pool size must be >= 0, got {size}")
+        if size == self.size:
+            return
         self.log.info("scaling pool {} from {} to {} slots", self.name, self.size, size)
         self.size = size
         self.wake()
@@ -221,7 +147,8 @@ class WorkerPool:
         self.log.info(
             "stopping pool {} ({} children, {})", self.name, len(conns), "fast" if fast else "graceful"
         )
-        await asyncio.gather(*(lifecycle.stop(self, c, "pool stop", timeout_s, fast) for c in conns))
+        mode = StopMode.FAST if fast else StopMode.GRACEFUL
+        await asyncio.gather(*(self._stop_child(c, "pool stop", mode, timeout_s) for c in conns))
         if self._supervisor is not None:
             self._supervisor.cancel()
         for task in list(self._tasks):
@@ -230,16 +157,13 @@ class WorkerPool:
 
     def skip_ahead(self) -> None:
         """Every stop ladder in progress moves to its next rung now (a second TERM)."""
-        event, self._escalate = self._escalate, asyncio.Event()
-        event.set()
+        self._escalation.skip_ahead()
 
     def request_recycle(self, slot: int, reason: str) -> None:
         found = self.slots.get(slot)
         if found is not None and found.current is not None and not found.recycle_reason:
             found.recycle_reason = reason
             self.wake()
-
-    # -- reconcile ----------------------------------------------------------------------------
 
     def wake(self) -> None:
         self._wake.set()
@@ -279,12 +203,12 @@ class WorkerPool:
     def _retire(self, slot: Slot) -> None:
         if slot.task is not None and not slot.task.done():
             slot.task.cancel()
-        conns = [c for c in (slot.current, slot.next) if c is not None and c.alive]
+        conns = slot.children()
         if not conns and not slot.busy:
             del self.slots[slot.index]
         for conn in conns:
             if not conn.stop_requested:
-                self.spawn_task(lifecycle.stop(self, conn, "scaled down", self.settings.graceful_timeout_s))
+                self.spawn_task(self._stop_child(conn, "scaled down"))
 
     def _start_slot_task(self, slot: Slot, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         slot.task = self.spawn_task(coro)
@@ -300,8 +224,6 @@ class WorkerPool:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    # -- one child's life ---------------------------------------------------------------------
-
     async def _launch(self, slot: Slot, replacing: bool) -> bool:
         slot.backoff_until = 0.0
         conn = await self._spawn(slot)
@@ -311,19 +233,19 @@ class WorkerPool:
             slot.current = conn
         try:
             info = await conn.channel.wait_ready(self.settings.ready_timeout_s)
-            conn.info = info if isinstance(info, dict) else {}
+            conn.info = ReadyInfo.from_wire(info)
         except RequestTimeout:
             conn.fail_reason = f"not ready within {self.settings.ready_timeout_s:g}s"
             conn.log.error("slot {} pid {}: {}; killing it", slot.index, conn.pid, conn.fail_reason)
-            conn.process.signal(9)
+            conn.process.signal(signal.SIGKILL)
             await conn.process.wait()
             return False
         except ChannelClosed:
             await conn.process.wait(self.settings.kill_timeout_s)
             return False
         conn.set_state(WorkerState.READY)
-        self.emit("ready", conn)
-        self.spawn_task(lifecycle.heartbeat(self, conn))
+        self._events.emit(PoolEvent.READY, conn)
+        self.spawn_task(heartbeat(conn, self._heartbeat_settings()))
         self.wake()
         return True
 
@@ -335,7 +257,7 @@ class WorkerPool:
             return False
         slot.current, slot.recycle_reason = new, None
         if old is not None and old.alive:
-            self.spawn_task(lifecycle.stop(self, old, reason, self.settings.graceful_timeout_s))
+            self.spawn_task(self._stop_child(old, reason))
         return True
 
     async def _spawn(self, slot: Slot) -> WorkerConnection:
@@ -353,31 +275,31 @@ class WorkerPool:
             child_sock.close()
         conn = WorkerConnection(slot.index, slot.generation, process, channel)
         slot.generation += 1
-        conn.on(STATS_EVENT, conn.stats.update)
-        self.emit("spawning", conn)
+        conn.on(Event.STATS, conn.stats.update)
+        self._events.emit(PoolEvent.SPAWNING, conn)
         self.spawn_task(self._watch(slot, conn))
         return conn
 
     def _child_env(self, slot: int, fd: int) -> dict[str, str]:
         s = self.settings
-        spec = {
-            "fd": fd,
-            "slot": slot,
-            "pool": self.name,
-            "target": self.target,
-            "host": self.host,
-            "parent_pid": os.getpid(),
-            "options": s.options,
-            "log_level": s.log_level,
-            "log_json": s.log_json,
-            "stats_interval_s": s.stats_interval_s,
-            "work": s.work,
-            "config_dir": s.config_dir,
-            "state_dir": s.state_dir,
-        }
+        spec = ChildSpec(
+            fd=fd,
+            slot=slot,
+            pool=self.name,
+            target=self.target,
+            host=self.host,
+            parent_pid=os.getpid(),
+            options=s.options,
+            log_level=s.log_level,
+            log_json=s.log_json,
+            stats_interval_s=s.stats_interval_s,
+            work=s.work,
+            config_dir=s.config_dir,
+            state_dir=s.state_dir,
+        )
         env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}  # systemd talks to us only
         env.update(s.env)
-        env[SPEC_ENV] = json.dumps(spec)
+        env[SPEC_ENV] = spec.to_env()
         env.update(PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
         return env
 
@@ -387,8 +309,8 @@ class WorkerPool:
             await asyncio.wait_for(asyncio.shield(conn.process.output_done), 1.0)
         conn.channel.close("child exited")
         conn.set_state(WorkerState.STOPPED, conn.exit_description())
-        lifecycle.announce_killing(self, conn)
-        self.emit("exit", conn)
+        self._announce_killing(conn)
+        self._events.emit(PoolEvent.EXIT, conn)
         if slot.next is conn:
             slot.next = None
         elif slot.current is conn:
@@ -408,3 +330,41 @@ class WorkerPool:
             conn.log.warning(
                 "slot {} pid {} died: {}; {}", slot.index, conn.pid, conn.exit_description(), decision.reason
             )
+
+    def _announce_killing(self, conn: WorkerConnection) -> None:
+        """``killing`` goes out once per child: when we start stopping it, or when it died by itself."""
+        if not conn.killing_emitted:
+            conn.killing_emitted = True
+            self._events.emit(PoolEvent.KILLING, conn)
+
+    async def _stop_child(
+        self,
+        conn: WorkerConnection,
+        reason: str,
+        mode: StopMode = StopMode.GRACEFUL,
+        graceful_timeout_s: float | None = None,
+    ) -> None:
+        if not conn.alive:
+            return
+        self._announce_killing(conn)
+        s = self.settings
+        graceful_s = s.graceful_timeout_s if graceful_timeout_s is None else graceful_timeout_s
+        await stop_child(conn, reason, StopDeadlines(graceful_s, s.kill_timeout_s), self._escalation, mode)
+
+    def _heartbeat_settings(self) -> HeartbeatSettings:
+        s = self.settings
+        return HeartbeatSettings(s.heartbeat_interval_s, s.heartbeat_timeout_s, s.abort_timeout_s)
+
+    async def _monitor(self) -> None:
+        """Sample every child's RSS and CPU; recycle a ready child past its limits."""
+        while not self.stopping:
+            for slot in list(self.slots.values()):
+                for child in slot.children():
+                    monitor.sample(child)
+                current = slot.current
+                if current is not None and current.state is WorkerState.READY and not slot.recycle_reason:
+                    reason = monitor.recycle_reason(self.settings, current)
+                    if reason:
+                        current.log.info("slot {} pid {}: recycling: {}", current.slot, current.pid, reason)
+                        self.request_recycle(slot.index, reason)
+            await asyncio.sleep(self.settings.monitor_interval_s)

@@ -13,12 +13,13 @@ from typing import Any
 
 from loguru import logger
 
-from ipc import IPCError
-from supervisor.connection import WorkerConnection
-from supervisor.pool import WorkerPool
-from supervisor.states import WorkerState
+from corral.contract import Event, RecoverRequest
+from corral.ipc import IPCError
+from corral.supervisor.connection import WorkerConnection
+from corral.supervisor.events import PoolEvent
+from corral.supervisor.pool import WorkerPool
+from corral.supervisor.states import WorkerState
 
-RECOVER_EVENT = "corral.recover"
 RECOVER_TIMEOUT_S = 30.0
 
 
@@ -28,13 +29,12 @@ class Recovery:
         self.pending: dict[str, float] = {}  # worker id -> when its death was seen (monotonic)
         self.last_latency_s: float | None = None
         self._running: asyncio.Task[None] | None = None
-        pool.on("exit", self._on_exit)
-        pool.on("ready", lambda _conn: self._kick())
+        pool.on(PoolEvent.EXIT, self._on_exit)
+        pool.on(PoolEvent.READY, lambda _conn: self._kick())
 
     def _on_exit(self, conn: WorkerConnection) -> None:
-        worker_id = (conn.info or {}).get("worker_id")
-        if worker_id:
-            self.pending[str(worker_id)] = time.monotonic()
+        if conn.info is not None:
+            self.pending[conn.info.worker_id] = time.monotonic()
             self._kick()
 
     def _kick(self) -> None:
@@ -48,7 +48,8 @@ class Recovery:
                 return  # the next `ready` kicks us again
             worker_id, died_at = next(iter(self.pending.items()))
             try:
-                moved: Any = await helper.request(RECOVER_EVENT, {"worker_id": worker_id}, RECOVER_TIMEOUT_S)
+                request = RecoverRequest(worker_id=worker_id)
+                moved: Any = await helper.request(Event.RECOVER, request, RECOVER_TIMEOUT_S)
             except IPCError as exc:
                 logger.warning(
                     "recovery of {} via slot {} failed: {}; will retry", worker_id, helper.slot, exc

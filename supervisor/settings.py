@@ -7,8 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisor.process import OutputSink
-from supervisor.states import RestartPolicy
+from corral.contract import CHILD_MODULE, Check, setting
+from corral.supervisor.process import OutputSink
+from corral.supervisor.states import RestartPolicy
 
 
 def stderr_sink(_slot: int) -> OutputSink:
@@ -23,16 +24,18 @@ def stderr_sink(_slot: int) -> OutputSink:
 
 @dataclass(frozen=True)
 class PoolSettings:
-    ready_timeout_s: float = 60.0  # spawn -> ready, else killed and counted as a failure
-    graceful_timeout_s: float = 30.0  # stop asked -> SIGTERM
-    kill_timeout_s: float = 5.0  # SIGTERM -> SIGKILL (and SIGKILL -> give up waiting)
+    """A pool's tunables; those with a table are keys of ``corral.toml`` (``[pool]``, ``[health]``)."""
+
+    ready_timeout_s: float = setting(60.0, Check.POSITIVE, table="pool")  # spawn -> ready, else failed
+    graceful_timeout_s: float = setting(30.0, table="pool")  # stop asked -> SIGTERM
+    kill_timeout_s: float = setting(5.0, Check.POSITIVE, table="pool")  # SIGTERM -> SIGKILL -> give up
     abort_timeout_s: float = 2.0  # SIGABRT of a hung child (traceback) -> SIGKILL
-    heartbeat_interval_s: float = 5.0
-    heartbeat_timeout_s: float = 10.0  # a loop that does not answer a ping this long is hung
-    monitor_interval_s: float = 1.0  # psutil sampling of RSS and CPU
-    max_memory_mb: float | None = None  # RSS above this: recycled (new child ready first)
-    max_jobs: int | None = None  # processed events above this (+ jitter): recycled
-    max_jobs_jitter: int = 0
+    heartbeat_interval_s: float = setting(5.0, Check.POSITIVE, table="health")
+    heartbeat_timeout_s: float = setting(10.0, Check.POSITIVE, table="health")  # no answer: hung
+    monitor_interval_s: float = setting(1.0, Check.POSITIVE, table="health")  # psutil RSS and CPU
+    max_memory_mb: float | None = setting(None, Check.POSITIVE, table="health")  # RSS above: recycled
+    max_jobs: int | None = setting(None, Check.POSITIVE, table="health")  # processed above (+ jitter)
+    max_jobs_jitter: int = setting(0, table="health")
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     options: dict[str, Any] = field(default_factory=dict)  # handed to every child (WorkerContext)
     work: dict[str, Any] = field(default_factory=dict)  # streams/queues/redis (a WorkSpec as JSON)
@@ -44,6 +47,6 @@ class PoolSettings:
     stats_interval_s: float = 1.0
     host: str | None = None  # identity prefix; default: this machine's host name
     python: str = sys.executable
-    bootstrap: tuple[str, ...] = ("-m", "entrypoints.child")
+    bootstrap: tuple[str, ...] = ("-m", CHILD_MODULE)
     cwd: str | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the children

@@ -6,6 +6,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from corral.contract import Check, setting
+
 
 class WorkerState(StrEnum):
     STARTING = "starting"  # process spawned, no `ready` yet
@@ -18,12 +20,14 @@ class WorkerState(StrEnum):
 
 @dataclass(frozen=True)
 class RestartPolicy:
+    """``[restart]`` of ``corral.toml``."""
+
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
-    backoff_factor: float = 2.0
+    backoff_factor: float = setting(2.0, Check.POSITIVE)
     stable_after_s: float = 30.0  # an uptime this long resets the failure streak
     max_restarts: int = 5  # more failures than this within restart_window_s: the slot is fatal
-    restart_window_s: float = 60.0
+    restart_window_s: float = setting(60.0, Check.POSITIVE)
 
 
 @dataclass(frozen=True)

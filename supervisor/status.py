@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import time
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, TypedDict
 
-import psutil
-
-from supervisor.pool import WorkerPool
-
-if TYPE_CHECKING:
-    from supervisor.main import Supervisor
+from corral.supervisor.pool import WorkerPool
 
 
 class SlotRow(TypedDict):
@@ -95,24 +88,10 @@ def slot_rows(pool: WorkerPool) -> list[SlotRow]:
                 restarts=slot.history.restarts,
                 reason=slot.fatal_reason or slot.recycle_reason,
                 app={k: v for k, v in stats.items() if k not in FRAMEWORK_STATS},
-                worker_id=(conn.info or {}).get("worker_id") if conn is not None else None,
+                worker_id=conn.info.worker_id if conn is not None and conn.info is not None else None,
             )
         )
     return rows
-
-
-def snapshot(supervisor: Supervisor) -> Status:
-    return Status(
-        pid=os.getpid(),
-        pool=supervisor.pool.name,
-        state=supervisor.state,
-        size=supervisor.pool.size,
-        uptime_s=round(time.monotonic() - supervisor.started_at, 3),
-        rss_bytes=psutil.Process().memory_info().rss,
-        redis_url=supervisor.redis_url,
-        slots=slot_rows(supervisor.pool),
-        work=supervisor.work_totals.rows(supervisor.pool),
-    )
 
 
 def summary(pool: WorkerPool) -> str:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pytest
 from loguru import logger
 
-import ipc
+from corral import ipc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -42,7 +42,7 @@ def run() -> Callable[..., Any]:
 
 @dataclass
 class Peer:
-    """A child ``tests.ipc_peer`` process and the parent's end of its socketpair."""
+    """A child ``tests.integration.ipc.peer`` process and the parent's end of its socketpair."""
 
     proc: subprocess.Popen[bytes]
     sock: socket.socket
@@ -67,7 +67,7 @@ class Peer:
 @pytest.fixture
 def spawn_peer() -> Iterator[Callable[..., Peer]]:
     """Factory: ``spawn_peer(mode="normal", **channel_options)`` starts a child running
-    ``python -m tests.ipc_peer FD MODE OPTIONS`` on one end of ``ipc.socketpair()``.
+    ``python -m tests.integration.ipc.peer FD MODE OPTIONS`` on one end of ``ipc.socketpair()``.
 
     Every child is SIGKILLed (by pid, if still alive) and reaped when the test ends, pass or fail.
     """
@@ -78,7 +78,14 @@ def spawn_peer() -> Iterator[Callable[..., Peer]]:
         try:
             fd = child_sock.fileno()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.ipc_peer", str(fd), mode, json.dumps(child_options)],
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.integration.ipc.peer",
+                    str(fd),
+                    mode,
+                    json.dumps(child_options),
+                ],
                 pass_fds=[fd],
                 cwd=REPO_ROOT,
             )
@@ -138,7 +145,7 @@ class RedisServer:
     """A private ``valkey-server`` on a Unix socket, append-only persistence on (restartable)."""
 
     def __init__(self, workdir: Path) -> None:
-        from supervisor.redis_server import find_server
+        from corral.supervisor.redis_server import find_server
 
         self.binary = find_server()
         self.workdir = workdir
@@ -157,7 +164,7 @@ class RedisServer:
     def start(self) -> None:
         import time
 
-        from supervisor.redis_server import EmbeddedRedis
+        from corral.supervisor.redis_server import EmbeddedRedis
 
         server = EmbeddedRedis(self.workdir)  # the same server corral embeds, its data in workdir/redis
         server.dir.mkdir(parents=True, exist_ok=True)

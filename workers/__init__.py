@@ -1,7 +1,22 @@
-"""The child runtime: BaseWorker, WorkerManager and (later) the Redis consumers."""
+"""The child runtime: ``BaseWorker``, ``WorkerManager``, what handlers receive, and the consumers.
 
-from workers.base import BaseWorker, WorkerContext
-from workers.exitcodes import ExitCode
-from workers.manager import Runnable, WorkerManager
+from corral.workers import BaseWorker, WorkerManager, Job, Message, Reject, Requeue
+"""
 
-__all__ = ["BaseWorker", "ExitCode", "Runnable", "WorkerContext", "WorkerManager"]
+from corral.contract import ExitCode
+from corral.workers.base import BaseWorker, WorkerContext
+from corral.workers.manager import Runnable, WorkerManager
+from corral.workers.messages import HandlerContext, Job, Message, Reject, Requeue
+
+__all__ = [
+    "BaseWorker",
+    "ExitCode",
+    "HandlerContext",
+    "Job",
+    "Message",
+    "Reject",
+    "Requeue",
+    "Runnable",
+    "WorkerContext",
+    "WorkerManager",
+]

@@ -20,8 +20,9 @@ from typing import Any
 
 from loguru import logger
 
-from ipc import DEFAULT_TIMEOUT_S, Channel, Handler
-from workers.manager import WorkerManager
+from corral.contract import ReadyInfo
+from corral.ipc import DEFAULT_TIMEOUT_S, Channel, Handler
+from corral.workers.manager import WorkerManager
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,8 @@ class BaseWorker:
         """Set up, then ``await super().start()``: that announces ready to the supervisor."""
         if not self.ready_announced:
             self.ready_announced = True
-            info = {"pid": os.getpid(), "slot": self.slot, "worker_id": self.context.worker_id}
-            self.channel.announce_ready(info)
+            info = ReadyInfo(pid=os.getpid(), slot=self.slot, worker_id=self.context.worker_id)
+            self.channel.announce_ready(info.to_wire())
 
     async def run(self) -> None:
         """The work loop: by default the registered units of work, until ``stopping`` is set."""
@@ -97,8 +98,6 @@ class BaseWorker:
             stats["failed"] += detail.pop("consumer_failed")
             stats.update(detail)
         return stats
-
-    # -- IPC with the supervisor --------------------------------------------------------------
 
     def on(self, event: str, handler: Handler) -> None:
         self.channel.on(event, handler)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-from workers.messages import encode_job
+from corral.workers.messages import encode_job
 
 
 def shard_of(key: str, partitions: int) -> int:

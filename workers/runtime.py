@@ -1,116 +1,27 @@
-"""The child side of a pool: boot, announce ready, work, stop, exit with a meaningful code.
+"""The life of a child after boot: start the worker, announce ready, run, stop, report, exit.
 
-The supervisor starts ``python -m entrypoints.child`` with the spec below as JSON in the
-``CORRAL_CHILD`` environment variable and one end of a socketpair as file descriptor ``spec.fd``.
-Stdout and stderr are a pipe into the slot's log file, so everything the child prints (a
-traceback before logging is set up, a faulthandler dump) lands there.
+``ChildRuntime`` drives one ``BaseWorker`` through ``start()`` -> ``run()`` -> ``stop()``, answers
+the supervisor's events (``corral.contract.Event``) and pushes the worker's stats every
+``stats_interval_s``. Its ``main()`` returns the child's exit code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import socket
-import sys
-import threading
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
-from ipc import Channel, IPCError
-from workers.base import BaseWorker, WorkerContext
-from workers.consumers import RECOVER_EVENT, Consumers, connect, new_worker_id
-from workers.exitcodes import ExitCode
-from workers.loader import LoadError, load_object
-from workers.partitions import ASSIGN_EVENT, REVOKE_EVENT
-from workers.specs import WorkSpec
-
-SPEC_ENV = "CORRAL_CHILD"
-PR_SET_PDEATHSIG = 1
-STOP_EVENT = "corral.stop"
-STATS_EVENT = "corral.stats"
-TEXT_FORMAT = (
-    "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | worker-{extra[slot]} | "
-    "{name}:{function}:{line} - {message}"
-)
-
-
-@dataclass(frozen=True)
-class ChildSpec:
-    fd: int
-    slot: int
-    pool: str
-    target: str
-    host: str
-    parent_pid: int
-    options: dict[str, Any] = field(default_factory=dict)
-    log_level: str = "INFO"
-    log_json: bool = False
-    stats_interval_s: float = 1.0
-    orphan_grace_s: float = 0.8
-    work: dict[str, Any] = field(default_factory=dict)  # a WorkSpec as JSON: streams, queues, redis
-    config_dir: str = ""
-    state_dir: str = ""
-
-
-class BootError(Exception):
-    def __init__(self, code: ExitCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def load_target(path: str) -> type[BaseWorker] | Any:
-    """Resolve ``package.module:attr`` to a BaseWorker subclass or a factory returning one."""
-    try:
-        obj = load_object(path)
-    except LoadError as exc:
-        raise BootError(ExitCode.BOOT_IMPORT, f"worker: {exc}") from exc.__cause__
-    if not callable(obj):
-        raise BootError(ExitCode.BOOT_IMPORT, f"worker {path!r} is not a class or factory")
-    return obj
-
-
-def make_worker(path: str) -> BaseWorker:
-    factory = load_target(path)
-    try:
-        worker = factory()
-    except Exception as exc:
-        raise BootError(ExitCode.BOOT_START, f"constructing worker {path!r} failed: {exc!r}") from exc
-    if not isinstance(worker, BaseWorker):
-        made = type(worker).__name__
-        raise BootError(ExitCode.BOOT_IMPORT, f"worker {path!r} made a {made}, not a BaseWorker")
-    return worker
-
-
-def guard_against_orphaning(parent_pid: int, grace_s: float) -> None:
-    """Exit soon after the supervisor dies, even by SIGKILL, even if our event loop is blocked."""
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent_pid:
-        os._exit(ExitCode.ORPHANED)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.1)
-        time.sleep(grace_s)  # the loop gets this long to hand work back, then we go
-        os._exit(ExitCode.ORPHANED)
-
-    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
-
-
-def setup_logging(spec: ChildSpec) -> None:
-    logger.remove()
-    logger.configure(extra={"slot": spec.slot})
-    if spec.log_json:
-        logger.add(sys.stderr, level=spec.log_level, serialize=True, backtrace=False)
-    else:
-        logger.add(sys.stderr, level=spec.log_level, format=TEXT_FORMAT, backtrace=False, colorize=False)
+from corral.contract import ChildSpec, Event, ExitCode, StopMode, WorkSpec
+from corral.ipc import Channel, IPCError
+from corral.workers.base import BaseWorker, WorkerContext
+from corral.workers.consumers.client import connect
+from corral.workers.consumers.consumer_set import Consumers, new_worker_id
+from corral.workers.loader import LoadError
 
 
 class ChildRuntime:
@@ -119,12 +30,12 @@ class ChildRuntime:
     def __init__(self, spec: ChildSpec, worker: BaseWorker) -> None:
         self.spec = spec
         self.worker = worker
-        self.stop_mode: asyncio.Future[str] | None = None
+        self.stop_mode: asyncio.Future[StopMode] | None = None
         self.run_task: asyncio.Task[None] | None = None
         self.consumers: Consumers | None = None
         self.log = logger.bind(worker=spec.slot)
 
-    def request_stop(self, mode: str) -> str:
+    def request_stop(self, mode: StopMode) -> str:
         """Graceful: stop taking work and finish what is in flight. Fast (or a second request):
         cancel the work loop, so consumers hand their in-flight work back."""
         assert self.stop_mode is not None
@@ -132,26 +43,29 @@ class ChildRuntime:
             self.log.info("stopping ({})", mode)
             self.stop_mode.set_result(mode)
             self.worker.stopping.set()
-            if mode != "fast":
+            if mode is not StopMode.FAST:
                 return "stopping"
         if self.run_task is not None and not self.run_task.done():
             self.log.warning("stopping fast: in-flight work is cancelled")
             self.run_task.cancel()
         return "stopping"
 
+    def _on_stop(self, data: Any) -> str:
+        mode = (data or {}).get("mode") if isinstance(data, dict) else None
+        return self.request_stop(StopMode.FAST if mode == StopMode.FAST else StopMode.GRACEFUL)
+
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
         self.stop_mode = loop.create_future()
         sock = socket.socket(fileno=self.spec.fd)
         channel = await Channel.open(sock, name=f"worker-{self.spec.slot}")
-        identity = f"{self.spec.host}:{self.spec.pool}:{self.spec.slot}"
         spec = self.spec
         context = WorkerContext(
             spec.slot,
             spec.pool,
             spec.host,
             spec.options,
-            new_worker_id(identity),
+            new_worker_id(spec.identity),
             spec.config_dir,
             spec.state_dir,
         )
@@ -161,9 +75,9 @@ class ChildRuntime:
         except LoadError as exc:
             self.log.error("boot failed: {}", exc)
             return ExitCode.BOOT_IMPORT
-        channel.on(STOP_EVENT, lambda data: self.request_stop(str((data or {}).get("mode", "graceful"))))
-        channel.on(STATS_EVENT, lambda _data: self.worker.stats())
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "graceful")
+        channel.on(Event.STOP, self._on_stop)
+        channel.on(Event.STATS, lambda _data: self.worker.stats())
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, StopMode.GRACEFUL)
         try:
             await self.worker.start()
         except Exception:
@@ -173,9 +87,9 @@ class ChildRuntime:
             for unit in self.consumers.units():
                 self.worker.manager.register_worker(unit)
             consumers = self.consumers
-            channel.on(RECOVER_EVENT, lambda data: consumers.recover(str(data["worker_id"]), force=True))
-            channel.on(ASSIGN_EVENT, consumers.assign)
-            channel.on(REVOKE_EVENT, consumers.revoke)
+            channel.on(Event.RECOVER, lambda data: consumers.recover(str(data["worker_id"]), force=True))
+            channel.on(Event.ASSIGN, consumers.assign)
+            channel.on(Event.REVOKE, consumers.revoke)
         if not self.worker.ready_announced:  # a start() that forgot super().start()
             await BaseWorker.start(self.worker)
         return await self._work(channel)
@@ -205,7 +119,7 @@ class ChildRuntime:
         code: int = ExitCode.OK
         if closed in done and not self.stop_mode.done():
             self.log.warning("supervisor channel closed ({}); stopping fast", closed.result())
-            self.request_stop("fast")
+            self.request_stop(StopMode.FAST)
             code = ExitCode.ORPHANED
         try:
             await self.run_task
@@ -240,63 +154,4 @@ class ChildRuntime:
 
     def _push_stats(self, channel: Channel) -> None:
         with contextlib.suppress(IPCError):
-            channel.send(STATS_EVENT, self.worker.stats())
-
-
-def parse_spec(raw: str | None) -> ChildSpec:
-    import json
-
-    if not raw:
-        raise BootError(ExitCode.BOOT_USAGE, f"{SPEC_ENV} is not set: this program is started by corral")
-    try:
-        return ChildSpec(**json.loads(raw))
-    except (ValueError, TypeError) as exc:
-        raise BootError(ExitCode.BOOT_USAGE, f"bad {SPEC_ENV}: {exc}") from exc
-
-
-def cancellable_wait_for() -> None:
-    """Python 3.11's ``asyncio.wait_for`` swallows a cancellation that arrives as the awaited
-    future completes (CPython gh-86296, fixed in 3.12). redis-py sends every command through it
-    when a socket timeout is set, so a handler busy with Redis was all but impossible to cancel:
-    a fast stop waited for it, then SIGKILL. The child is a process of ours: use 3.12's version."""
-    if sys.version_info >= (3, 12):
-        return
-    original = asyncio.wait_for
-
-    async def wait_for(fut: Any, timeout: float | None) -> Any:  # noqa: ASYNC109 - its signature
-        if timeout is not None and timeout <= 0:
-            return await original(fut, timeout)
-        async with asyncio.timeout(timeout):
-            return await fut
-
-    asyncio.wait_for = asyncio.tasks.wait_for = wait_for
-
-
-def run_child(raw_spec: str | None) -> int:
-    """The whole life of a child process; returns its exit code."""
-    cancellable_wait_for()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group:
-    signal.signal(signal.SIGQUIT, signal.SIG_IGN)  # the supervisor decides what we do
-    try:
-        spec = parse_spec(raw_spec)
-    except BootError as exc:
-        print(f"corral child: {exc}", file=sys.stderr)
-        return exc.code
-    guard_against_orphaning(spec.parent_pid, spec.orphan_grace_s)
-    setup_logging(spec)
-    try:
-        worker = make_worker(spec.target)
-    except BootError as exc:
-        logger.opt(exception=exc.__cause__).error("boot failed: {}", exc)
-        return exc.code
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(ChildRuntime(spec, worker).main())
-
-
-def _loop_factory() -> Any:
-    """uvloop's event loop when it is installed (a faster loop for the consumers), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
+            channel.send(Event.STATS, self.worker.stats())

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loguru import logger
 
-from entrypoints.contest import (
+from corral.entrypoints.contest import (
     ContestWorker,
     InvalidSubmission,
     Score,
@@ -28,7 +28,7 @@ from entrypoints.contest import (
     score_submission,
     submit,
 )
-from entrypoints.contest_db import (
+from corral.entrypoints.contest.db import (
     ContestConfigError,
     ContestStore,
     SqliteStore,
@@ -36,11 +36,11 @@ from entrypoints.contest_db import (
     redact,
     store_from_options,
 )
-from supervisor import config as config_module
+from corral.supervisor import config as config_module
+from corral.workers.base import WorkerContext
+from corral.workers.loader import load_object
+from corral.workers.messages import HandlerContext, Reject, decode_job
 from tests.conftest import RedisServer
-from workers.base import WorkerContext
-from workers.loader import load_object
-from workers.messages import HandlerContext, Reject, decode_job
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 USERS = [f"user-{n}" for n in range(8)]
@@ -252,12 +252,12 @@ def test_store_options_and_their_errors(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_the_shipped_config_is_valid_and_its_import_paths_resolve() -> None:
-    config = config_module.load(REPO_ROOT / "entrypoints" / "contest.toml")
+    config = config_module.load(REPO_ROOT / "entrypoints" / "contest" / "corral.toml")
     assert load_object(config.worker) is ContestWorker
     (queues,) = config.work.queues
     assert queues.pattern == "contest:submissions:*"
     assert load_object(queues.handler) is score_submission
-    assert config.pool.options["contest_db"] == "../run/contest/contest.sqlite3"
+    assert config.pool.options["contest_db"] == "run/contest.sqlite3"
 
 
 # -- the worker and its handler, in process ----------------------------------------------------------

@@ -19,13 +19,19 @@ from typing import Any
 
 import pytest
 
-from entrypoints.contest import Submission, encode_submission, queue_name, random_submission, score_answer
-from entrypoints.contest_db import Standing
+from corral.entrypoints.contest import (
+    Submission,
+    encode_submission,
+    queue_name,
+    random_submission,
+    score_answer,
+)
+from corral.entrypoints.contest.db import Standing
+from corral.workers.keys import Keys
 from tests.apps.postgres import connect
 from tests.apps.test_contest import expected_scoreboard
 from tests.conftest import RedisServer
 from tests.e2e.conftest import Corral, wait_until
-from workers.keys import Keys
 
 CONTESTS = ["spring", "summer", "autumn", "winter"]
 USERS = [f"user-{n}" for n in range(40)]
@@ -39,7 +45,7 @@ CONFIG = """
 [pool]
 name = "contest-e2e"
 workers = 3
-worker = "entrypoints.contest:ContestWorker"
+worker = "corral.entrypoints.contest:ContestWorker"
 ready_timeout_s = 20
 graceful_timeout_s = 5
 kill_timeout_s = 2
@@ -57,7 +63,7 @@ log_dir = "logs"
 url = "{redis_url}"
 [[queues]]
 pattern = "contest:submissions:*"
-handler = "entrypoints.contest:score_submission"
+handler = "corral.entrypoints.contest:score_submission"
 refresh_s = 0.5
 batch_size = 50
 max_attempts = 3

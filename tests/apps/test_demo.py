@@ -12,12 +12,12 @@ import pytest
 
 from tests.e2e.conftest import Corral, wait_until
 
-DEMO = Path(__file__).resolve().parents[2] / "entrypoints" / "demo.toml"
+DEMO = Path(__file__).resolve().parents[2] / "entrypoints" / "demo" / "corral.toml"
 
 
 @pytest.mark.e2e
 def test_the_demo_runs_and_work_flows(corral: Callable[..., Corral]) -> None:
-    sup = corral(worker="entrypoints.demo:DemoWorker", workers=3)
+    sup = corral(worker="corral.entrypoints.demo:DemoWorker", workers=3)
     text = DEMO.read_text()
     text = re.sub(r'state_dir = ".*"', 'state_dir = "run"', text)  # the test's own dirs
     text = re.sub(r'log_dir = ".*"', 'log_dir = "logs"', text)

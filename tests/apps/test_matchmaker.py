@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from entrypoints.matchmaker import (
+from corral.entrypoints.matchmaker.app import (
     SETS,
     Expiry,
     GameCurationWorker,
@@ -22,9 +22,9 @@ from entrypoints.matchmaker import (
     game_keys,
     send_event,
 )
+from corral.workers.messages import Reject
 from tests.conftest import RedisServer
 from tests.e2e.conftest import Corral, wait_until
-from workers.messages import Reject
 
 
 def where(client: Any, product: str, game: str) -> list[str]:
@@ -116,7 +116,7 @@ CONFIG = """
 [pool]
 name = "mm"
 workers = 3
-worker = "entrypoints.matchmaker:MatchmakerWorker"
+worker = "corral.entrypoints.matchmaker:MatchmakerWorker"
 graceful_timeout_s = 5
 [paths]
 state_dir = "run"
@@ -126,7 +126,7 @@ url = "{url}"
 [[streams]]
 stream = "mm:game-events"
 partitions = 8
-handler = "entrypoints.matchmaker:handle_event"
+handler = "corral.entrypoints.matchmaker:handle_event"
 block_ms = 100
 [options]
 expiry_pending_s = 3600
@@ -139,7 +139,7 @@ LIFECYCLE = ["created", "creator_joined", "all_players_joined", "in_progress", "
 def test_no_game_in_two_sets_under_kills_and_reload(
     redis_clean: RedisServer, corral: Callable[..., Corral]
 ) -> None:
-    sup = corral(worker="entrypoints.matchmaker:MatchmakerWorker", workers=3)
+    sup = corral(worker="corral.entrypoints.matchmaker:MatchmakerWorker", workers=3)
     sup.config.write_text(CONFIG.format(url=redis_clean.url))
     sup.start()
     sup.wait_all_ready(3, timeout_s=20)

@@ -23,7 +23,7 @@ import psutil
 import pytest
 import redis.asyncio as aioredis
 
-from entrypoints.pairing import (
+from corral.entrypoints.pairing import (
     Outcome,
     Pairer,
     PairingOptions,
@@ -33,7 +33,7 @@ from entrypoints.pairing import (
     heartbeat,
     join,
 )
-from entrypoints.pairing_lua import (
+from corral.entrypoints.pairing.lua import (
     LEASES,
     LOBBIES,
     LOBBY_PREFIX,
@@ -675,7 +675,7 @@ def test_pairing_invariants_under_kills_reload_leavers_and_failed_notifications(
     everyone = cast.regulars + cast.leavers + cast.ghosts
     rng.shuffle(everyone)
     sup = corral(
-        worker="entrypoints.pairing:PairingWorker",
+        worker="corral.entrypoints.pairing:PairingWorker",
         workers=3,
         pool={"name": "pairing"},
         restart={"backoff_initial_s": 0.1, "max_restarts": 10},

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from entrypoints.trivia import (
+from corral.entrypoints.trivia.app import (
     QUEUE,
     Outcome,
     Room,
@@ -28,10 +28,10 @@ from entrypoints.trivia import (
     run_room,
     start_room,
 )
+from corral.workers.keys import Keys
+from corral.workers.messages import HandlerContext, Reject, Requeue, decode_job
 from tests.conftest import RedisServer
 from tests.e2e.conftest import Corral, wait_until
-from workers.keys import Keys
-from workers.messages import HandlerContext, Reject, Requeue, decode_job
 
 FAST = Timings(countdown_s=0.05, question_s=0.2, lease_s=0.6)
 LONG_LEASE = Timings(countdown_s=0.05, question_s=0.2, lease_s=3.0)
@@ -221,7 +221,7 @@ CONFIG = """
 [pool]
 name = "trivia"
 workers = 3
-worker = "entrypoints.trivia:TriviaWorker"
+worker = "corral.entrypoints.trivia:TriviaWorker"
 ready_timeout_s = 20
 graceful_timeout_s = 5
 kill_timeout_s = 2
@@ -239,7 +239,7 @@ url = "{url}"
 member_ttl_s = 1.5
 [[queues]]
 names = ["trivia:rooms"]
-handler = "entrypoints.trivia:run_room"
+handler = "corral.entrypoints.trivia:run_room"
 batch_size = 1
 block_s = 0.2
 [options]

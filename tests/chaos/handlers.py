@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from workers.messages import HandlerContext, Job, Message
+from corral.workers.messages import HandlerContext, Job, Message
 
 JOBS_SEEN = "chaos:seen:jobs"
 ENTRIES_SEEN = "chaos:seen:entries"

@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from workers import BaseWorker
+from corral.workers import BaseWorker
 
 
 class Tick:

@@ -28,13 +28,13 @@ import psutil
 import pytest
 from loguru import logger
 
-from ipc import IPCError
-from supervisor.control import NotRunning, call
+from corral.ipc import IPCError
+from corral.supervisor.control import NotRunning, call
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _SCRIPT = Path(sys.executable).with_name("corral")
-CORRAL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "entrypoints.cli"]
-CHILD_MARK = "entrypoints.child"
+CORRAL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "corral.entrypoints.cli"]
+CHILD_MARK = "corral.entrypoints.child"
 T = TypeVar("T")
 
 TRANSITION = re.compile(r"slot (\d+) pid (\d+): (\w+) -> (\w+)")

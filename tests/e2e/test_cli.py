@@ -164,7 +164,7 @@ def test_sigusr1_reopens_the_log_files(corral: Factory) -> None:
 
     moved = c.log_dir / "worker-0.log.1"
     worker_log.rename(moved)
-    (c.log_dir / "supervisor.log").rename(c.log_dir / "supervisor.log.1")
+    (c.log_dir / "supervisor.log").rename(c.log_dir / "corral.supervisor.log.1")
     c.send(signal.SIGUSR1)
 
     wait_until(lambda: f"pid {pid} tick" in c.log("0"), 10, what="new tick lines in a new worker-0.log")

@@ -21,7 +21,7 @@ def free_port() -> int:
 @pytest.mark.e2e
 def test_metrics_endpoint_and_status_show_queue_figures(corral: Callable[..., Corral]) -> None:
     port = free_port()
-    sup = corral(worker="workers.consumer:ConsumerWorker", workers=2)
+    sup = corral(worker="corral.workers.base:BaseWorker", workers=2)
     sup.config.write_text(f"""
 [pool]
 name = "e2e"
@@ -33,10 +33,10 @@ log_dir = "logs"
 listen = "127.0.0.1:{port}"
 [[queues]]
 names = ["jobs"]
-handler = "tests.integration.redis_handlers:noop"
+handler = "tests.integration.workers.redis_handlers:noop"
 [[queues]]
 names = ["doomed"]
-handler = "tests.integration.redis_handlers:fail_always"
+handler = "tests.integration.workers.redis_handlers:fail_always"
 max_attempts = 1
 """)
     sup.start()

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import redis
 
+from corral.workers.producer import publish, shard_name, shard_of
 from tests.e2e.conftest import Corral, wait_until
-from workers.producer import publish, shard_name, shard_of
 
 CONFIG = """
 [pool]
@@ -26,7 +26,7 @@ log_dir = "logs"
 [[streams]]
 stream = "games"
 partitions = 8
-handler = "tests.integration.ordering_handlers:record_order"
+handler = "tests.integration.workers.ordering_handlers:record_order"
 block_ms = 100
 """
 KEYS = [f"game-{i}" for i in range(20)]
@@ -35,7 +35,7 @@ EVENTS_PER_KEY = 60
 
 @pytest.mark.e2e
 def test_events_of_one_key_stay_in_order_across_reload_and_kill(corral: Callable[..., Corral]) -> None:
-    sup = corral(worker="workers.consumer:ConsumerWorker", workers=3)
+    sup = corral(worker="corral.workers.base:BaseWorker", workers=3)
     sup.config.write_text(CONFIG)
     sup.start()
     status = sup.wait_all_ready(3, timeout_s=20)

@@ -14,7 +14,7 @@ from tests.e2e.conftest import Corral
 
 @pytest.mark.e2e
 def test_a_custom_worker_gets_the_embedded_redis(corral: Callable[..., Corral]) -> None:
-    sup = corral(worker="tests.integration.pool_apps:RedisUser", workers=2)
+    sup = corral(worker="tests.integration.supervisor.pool_apps:RedisUser", workers=2)
     sup.config.write_text(sup.config.read_text() + "\n[redis]\n")  # no url: the embedded server
     sup.start()
     status = sup.wait_all_ready(2, timeout_s=20)

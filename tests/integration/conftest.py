@@ -1,4 +1,4 @@
-"""Fixtures of the Redis consumer tests: pools of real ``ConsumerWorker`` children, in-process
+"""Fixtures of the Redis consumer tests: pools of real ``BaseWorker`` children, in-process
 consumers on ``redis.asyncio`` clients, and polling with deadlines."""
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import pytest
 import redis.asyncio as aioredis
 from loguru import logger
 
-from supervisor import WorkerPool
-from supervisor.recovery import Recovery
-from workers.consumers import Consumers
-from workers.keys import Keys
-from workers.manager import WorkerManager
-from workers.specs import RedisSpec, WorkSpec
+from corral.contract import RedisSpec, WorkSpec
+from corral.supervisor import WorkerPool
+from corral.supervisor.recovery import Recovery
+from corral.workers.consumers.consumer_set import Consumers
+from corral.workers.keys import Keys
+from corral.workers.manager import WorkerManager
 
-CONSUMER_WORKER = "workers.consumer:ConsumerWorker"
-H = "tests.integration.redis_handlers"
+CONSUMER_WORKER = "corral.workers.base:BaseWorker"
+H = "tests.integration.workers.redis_handlers"
 POOL = "test"
 KEYS = Keys()
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -70,7 +70,7 @@ def redis_spec(url: str, **overrides: Any) -> RedisSpec:
 
 @dataclass
 class ConsumerPool:
-    """A WorkerPool of ``ConsumerWorker`` children with exit-triggered recovery and captured output."""
+    """A WorkerPool of ``BaseWorker`` children with exit-triggered recovery and captured output."""
 
     pool: WorkerPool
     recovery: Recovery
@@ -83,7 +83,7 @@ class ConsumerPool:
     def worker_id(self, slot: int) -> str:
         conn = self.pool.get(slot)
         assert conn is not None and conn.info, f"slot {slot} has no ready child"
-        return str(conn.info["worker_id"])
+        return conn.info.worker_id
 
     def pid(self, slot: int) -> int:
         conn = self.pool.get(slot)

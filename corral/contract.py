@@ -1,0 +1,237 @@
+"""The contract between the supervisor and its children: everything that crosses the process boundary.
+
+Both sides import this module and nothing else of each other; it imports nothing of corral.
+
+- **How a child is started**: the supervisor runs ``python -m corral.entrypoints.child`` with a
+  ``ChildSpec`` as JSON in the ``CORRAL_CHILD`` environment variable (``SPEC_ENV``) and one end of a
+  socketpair as file descriptor ``ChildSpec.fd``.
+- **What it says when ready**: a ``ReadyInfo`` (pid, slot, worker id) with the channel's ``ready``.
+- **What they tell each other**: the ``Event`` names below, with the payloads their docs give.
+- **How a child ends**: an ``ExitCode``, which the supervisor decodes (``ExitCode.describe``).
+- **What a child consumes**: a ``WorkSpec`` (``RedisSpec``, ``StreamSpec``, ``QueueSpec``), validated by
+  the supervisor against these dataclasses' fields and handed to each child as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from enum import IntEnum, StrEnum
+from typing import Any, TypedDict
+
+SPEC_ENV = "CORRAL_CHILD"  # the environment variable that carries a child's ChildSpec as JSON
+CHILD_MODULE = "corral.entrypoints.child"  # what the supervisor runs with ``python -m``
+
+
+class Event(StrEnum):
+    """IPC events of corral itself (an app's own events are any other names)."""
+
+    STOP = "corral.stop"  # supervisor -> child, send: {"mode": StopMode}
+    STATS = "corral.stats"  # child -> supervisor, send: the worker's stats() dict, every stats_interval_s
+    RECOVER = "corral.recover"  # supervisor -> child, request: {"worker_id": dead worker} -> counts moved
+    ASSIGN = "corral.partitions.assign"  # supervisor -> child, request: {"stream", "shards"} -> shards owned
+    REVOKE = "corral.partitions.revoke"  # same; answered once the round in progress is acknowledged
+
+
+class StopMode(StrEnum):
+    GRACEFUL = "graceful"  # stop taking work, finish what is in flight
+    FAST = "fast"  # hand in-flight work back at once
+
+
+class ShardsRequest(TypedDict):
+    """The payload of ``Event.ASSIGN`` and ``Event.REVOKE``."""
+
+    stream: str
+    shards: list[int]
+
+
+class RecoverRequest(TypedDict):
+    """The payload of ``Event.RECOVER``: give back what this dead worker process held."""
+
+    worker_id: str
+
+
+class ExitCode(IntEnum):
+    """Exit codes of a child process. A boot failure before ``ready`` counts toward the crash-loop
+    limit; ``BOOT_IMPORT`` cannot heal by itself, so the slot goes ``fatal`` at once (a reload with
+    fixed config or code clears it)."""
+
+    OK = 0  # stopped when asked to
+    CRASHED = 1  # an unhandled exception in the worker's run loop
+    BOOT_IMPORT = 4  # the target import path could not be imported or is not a worker
+    BOOT_START = 5  # the worker's start() raised
+    BOOT_USAGE = 6  # the child was started with a bad spec (a supervisor bug, not the user's)
+    ORPHANED = 7  # the supervisor went away; the child stopped on its own
+
+    @classmethod
+    def describe(cls, returncode: int | None) -> str:
+        """Human text for a ``Popen.returncode``: exit codes by name, signals by name."""
+        if returncode is None:
+            return "running"
+        if returncode < 0:
+            try:
+                return f"killed by {signal.Signals(-returncode).name}"
+            except ValueError:
+                return f"killed by signal {-returncode}"
+        try:
+            return f"exit {returncode} ({cls(returncode).name.lower()})"
+        except ValueError:
+            return f"exit {returncode}"
+
+
+@dataclass(frozen=True)
+class ReadyInfo:
+    """What a child announces with ``ready``: who it is."""
+
+    pid: int
+    slot: int
+    worker_id: str  # <host>:<pool>:<slot>:<token>: its consumer name and processing lists
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: Any) -> ReadyInfo | None:
+        """None for what is not a ReadyInfo (a custom child that announced something else)."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(pid=int(data["pid"]), slot=int(data["slot"]), worker_id=str(data["worker_id"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+class BadChildSpec(ValueError):
+    """The spec variable is missing or does not describe a child (a corral bug, not the user's)."""
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """Everything a child needs to know, built by the supervisor for each child it starts."""
+
+    fd: int  # its end of the socketpair
+    slot: int
+    pool: str
+    target: str  # import path of the BaseWorker subclass or factory
+    host: str
+    parent_pid: int
+    options: dict[str, Any] = field(default_factory=dict)  # the config's [options] table
+    log_level: str = "INFO"
+    log_json: bool = False
+    stats_interval_s: float = 1.0
+    orphan_grace_s: float = 0.8  # after the supervisor died: time to hand work back, then exit
+    work: dict[str, Any] = field(default_factory=dict)  # a WorkSpec as JSON (WorkSpec.to_json)
+    config_dir: str = ""  # the folder of corral.toml
+    state_dir: str = ""
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls, raw: str | None) -> ChildSpec:
+        if not raw:
+            raise BadChildSpec(f"{SPEC_ENV} is not set: this program is started by corral")
+        try:
+            data = json.loads(raw)
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise BadChildSpec(f"bad {SPEC_ENV}: {exc}") from exc
+
+    @property
+    def identity(self) -> str:
+        """``<host>:<pool>:<slot>``: stable across restarts of the slot."""
+        return f"{self.host}:{self.pool}:{self.slot}"
+
+
+class Check(StrEnum):
+    """What a setting's value must be beyond its type, checked by the supervisor's config reader
+    (every number must be >= 0 unless its field says more)."""
+
+    POSITIVE = "> 0"
+    IMPORT_PATH = "an import path 'package.module:attr'"
+    NAME = "letters, digits, '-', '_' or '.'"
+    LISTEN = "'host:port' with a port 1-65535"
+    REDIS_URL = "a redis://, rediss:// or unix:// URL"
+    LOG_LEVEL = "a log level"
+
+
+def setting(default: Any = MISSING, check: Check | None = None, *, table: str = "") -> Any:
+    """A dataclass field that is a configuration key: its default, its ``Check``, and (for a class
+    whose fields come from several tables, like ``PoolSettings``) the table it is read from."""
+    return field(default=default, metadata={"check": check, "table": table})
+
+
+@dataclass(frozen=True)
+class RedisSpec:
+    url: str | None = setting(None, Check.REDIS_URL)  # None: the supervisor's embedded server
+    key_prefix: str = "corral"  # corral's own keys: <prefix>:{<hash tag>}:...
+    socket_timeout_s: float = setting(5.0, Check.POSITIVE)
+    connect_timeout_s: float = setting(5.0, Check.POSITIVE)
+    health_check_interval_s: float = 15.0
+    member_ttl_s: float = setting(10.0, Check.POSITIVE)  # silent this long: dead, its work recovered
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    stream: str  # the literal stream key producers XADD to
+    handler: str = setting(check=Check.IMPORT_PATH)  # f(message) or f(message, ctx), sync or async
+    group: str = ""  # consumer group; default: the pool name
+    batch_size: int = setting(100, Check.POSITIVE)  # XREADGROUP COUNT
+    concurrency: int = setting(1, Check.POSITIVE)  # handlers of a batch at once (partitioned: 1, order)
+    block_ms: int = 1000  # XREADGROUP BLOCK
+    max_deliveries: int = setting(5, Check.POSITIVE)  # failed (or delivered) this often: dead-lettered
+    min_idle_ms: int = 30_000  # a pending entry idle this long may be claimed by another consumer
+    claim_interval_s: float = setting(5.0, Check.POSITIVE)
+    start_id: str = "0"  # where a new group starts: "0" everything, "$" only new entries
+    trim_maxlen: int | None = setting(None, Check.POSITIVE)  # keep about this many, never unacknowledged
+    trim_interval_s: float = setting(30.0, Check.POSITIVE)
+    partitions: int = 0  # > 0: shards <stream>:0..P-1, each owned by one slot at a time (ordering)
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    handler: str = setting(check=Check.IMPORT_PATH)  # f(job) or f(job, ctx), sync or async
+    names: tuple[str, ...] = ()  # literal list keys producers LPUSH to
+    pattern: str | None = None  # discover queues with SCAN MATCH (e.g. "contest:submissions:*")
+    registry: str | None = None  # or a set whose members are queue names
+    refresh_s: float = setting(5.0, Check.POSITIVE)  # how often discovery runs again
+    batch_size: int = setting(50, Check.POSITIVE)  # jobs taken per round trip
+    concurrency: int = setting(1, Check.POSITIVE)  # handlers of a batch at once (1: in order)
+    block_s: float = setting(1.0, Check.POSITIVE)  # BLMOVE timeout when every queue is empty
+    max_attempts: int = setting(5, Check.POSITIVE)  # failures retried with backoff, then dead-lettered
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 300.0
+    at_most_once: bool = False  # plain RPOP: no processing list, a crash loses the job in hand
+
+    @property
+    def label(self) -> str:
+        return ",".join(self.names) or self.pattern or self.registry or "?"
+
+
+@dataclass(frozen=True)
+class WorkSpec:
+    """Everything a child consumes; empty when the pool runs only a custom worker."""
+
+    redis: RedisSpec = field(default_factory=RedisSpec)
+    streams: tuple[StreamSpec, ...] = ()
+    queues: tuple[QueueSpec, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.streams and not self.queues
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> WorkSpec:
+        if not data:
+            return cls()
+        queues = tuple(QueueSpec(**{**q, "names": tuple(q.get("names", ()))}) for q in data.get("queues", ()))
+        return cls(
+            redis=RedisSpec(**data.get("redis", {})),
+            streams=tuple(StreamSpec(**s) for s in data.get("streams", ())),
+            queues=queues,
+        )

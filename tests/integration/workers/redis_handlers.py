@@ -1,0 +1,154 @@
+"""Handlers used by the Redis consumer tests (imported by the children, by import path)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+from corral.workers.messages import HandlerContext, Job, Message, Reject, Requeue
+
+
+async def count_job(job: Job, ctx: HandlerContext) -> None:
+    """Record every handled job id in a Redis hash (id -> times handled): duplicates are visible."""
+    await ctx.redis.hincrby("test:handled", job.id, 1)
+
+
+async def count_entry(message: Message, ctx: HandlerContext) -> None:
+    await ctx.redis.hincrby("test:handled_entries", message.fields.get("n", message.id), 1)
+
+
+def fail_always(job: Job) -> None:
+    raise ValueError(f"cannot handle {job.data!r}")
+
+
+def fail_entry(message: Message) -> None:
+    raise RuntimeError(f"cannot handle entry {message.id}")
+
+
+def noop(_item: Any) -> None:
+    return None
+
+
+# -- queues -----------------------------------------------------------------------------------------
+
+
+async def record_job(job: Job, ctx: HandlerContext) -> None:
+    """``count_job`` plus what the handler saw: the attempt and the data, by job id."""
+    await ctx.redis.hset("test:attempt", job.id, job.attempt)
+    await ctx.redis.hset("test:data", job.id, json.dumps(job.data))
+    await ctx.redis.hincrby("test:handled", job.id, 1)
+
+
+async def fail_recording(job: Job, ctx: HandlerContext) -> None:
+    """Always fails, after recording ``{id, attempt, t}`` in the list ``test:attempts``."""
+    await ctx.redis.rpush(
+        "test:attempts", json.dumps({"id": job.id, "attempt": job.attempt, "t": time.time()})
+    )
+    raise ValueError(f"cannot handle {job.data!r}")
+
+
+async def fail_first(job: Job, ctx: HandlerContext) -> None:
+    """Fails on the first attempt, then counts the job as handled."""
+    if job.attempt == 1:
+        raise ValueError("first attempt fails")
+    await ctx.redis.hincrby("test:handled", job.id, 1)
+
+
+async def requeue_once(job: Job, ctx: HandlerContext) -> None:
+    """A job whose data says ``requeue: "front"|"back"`` is requeued the first time it is seen;
+    every handled job appends its ``n`` to ``test:order``."""
+    where = job.data.get("requeue")
+    if where and await ctx.redis.hincrby("test:requeues", job.id, 1) == 1:
+        raise Requeue(front=where == "front")
+    await ctx.redis.rpush("test:order", job.data["n"])
+
+
+async def _wait_released(ctx: HandlerContext, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await ctx.redis.exists("test:release") and time.monotonic() < deadline:  # noqa: ASYNC110 - a Redis key
+        await asyncio.sleep(0.02)
+
+
+async def block_first(job: Job, ctx: HandlerContext) -> None:
+    """The first attempt of a job announces itself in ``test:blocked:<id>`` (pid, worker id) and
+    blocks until ``test:release`` exists; later attempts are counted in ``test:handled``."""
+    if await ctx.redis.hincrby("test:attempts", job.id, 1) == 1:
+        info = {"pid": os.getpid(), "worker": ctx.worker_id}
+        await ctx.redis.set(f"test:blocked:{job.id}", json.dumps(info))
+        await _wait_released(ctx)
+    await ctx.redis.hincrby("test:handled", job.id, 1)
+
+
+async def block_all(job: Job, ctx: HandlerContext) -> None:
+    """Announces every job in ``test:started`` and blocks until ``test:release`` exists."""
+    await ctx.redis.rpush("test:started", job.id)
+    await _wait_released(ctx)
+    await ctx.redis.hincrby("test:handled", job.id, 1)
+
+
+async def spin_all(job: Job, ctx: HandlerContext) -> None:
+    """Like ``block_all``, but polls Redis back to back: a cancellation most likely arrives while
+    redis-py is inside a command (on Python 3.11 it may be swallowed there, CPython gh-86296)."""
+    await ctx.redis.rpush("test:started", job.id)
+    deadline = time.monotonic() + 30.0
+    while not await ctx.redis.exists("test:release") and time.monotonic() < deadline:
+        pass
+    await ctx.redis.hincrby("test:handled", job.id, 1)
+
+
+async def slow_count(job: Job, ctx: HandlerContext) -> None:
+    """``count_job`` after a short pause (``data["sleep"]`` seconds, default 2 ms)."""
+    pause = job.data.get("sleep", 0.002) if isinstance(job.data, dict) else 0.002
+    await asyncio.sleep(pause)
+    await ctx.redis.hincrby("test:handled", job.id, 1)
+
+
+# -- streams ----------------------------------------------------------------------------------------
+
+
+async def fail_entry_recording(message: Message, ctx: HandlerContext) -> None:
+    """Always fails, after recording ``{id, attempt, t, worker}`` in ``test:entry_attempts``."""
+    record = {"id": message.id, "attempt": message.attempt, "t": time.time(), "worker": ctx.worker_id}
+    await ctx.redis.rpush("test:entry_attempts", json.dumps(record))
+    raise RuntimeError(f"cannot handle entry {message.id}")
+
+
+async def block_first_entry(message: Message, ctx: HandlerContext) -> None:
+    """Like ``block_first`` for stream entries (keyed by the field ``n``)."""
+    n = message.fields["n"]
+    if await ctx.redis.hincrby("test:entry_attempts", n, 1) == 1:
+        info = {"pid": os.getpid(), "worker": ctx.worker_id}
+        await ctx.redis.set(f"test:blocked:{n}", json.dumps(info))
+        await _wait_released(ctx)
+    await ctx.redis.hincrby("test:handled_entries", n, 1)
+
+
+CAPTURED: list[Message] = []  # in-process tests only
+
+
+def capture(message: Message) -> None:
+    CAPTURED.append(message)
+
+
+def reject_odd(job: Job) -> None:
+    """Rejects (dead-letter at once, no retry) jobs whose data has an odd ``n``."""
+    if job.data["n"] % 2:
+        raise Reject(f"odd n={job.data['n']}")
+
+
+def reject_entry(message: Message) -> None:
+    raise Reject(f"cannot ever handle {message.fields.get('n')}")
+
+
+async def sleepy_count(job: Job, ctx: HandlerContext) -> None:
+    """0.2 s of (asynchronous) work per job, then counted: shows handlers running side by side."""
+    await asyncio.sleep(0.2)
+    await ctx.redis.hincrby("test:handled", job.id, 1)
+
+
+async def sleepy_entry(message: Message, ctx: HandlerContext) -> None:
+    await asyncio.sleep(0.2)
+    await ctx.redis.hincrby("test:handled_entries", message.fields["n"], 1)

@@ -1,0 +1,169 @@
+"""corral.toml validation: good files load, every bad key is named, nothing half-loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corral.supervisor.config import ConfigError, load
+
+GOOD = """
+[pool]
+name = "matchmaker"
+workers = 4
+worker = "corral.entrypoints.ticker:TickerWorker"
+ready_timeout_s = 20
+graceful_timeout_s = 5.5
+
+[restart]
+max_restarts = 3
+
+[health]
+max_memory_mb = 512
+max_jobs = 1000
+max_jobs_jitter = 100
+
+[paths]
+state_dir = "state"
+log_dir = "/var/log/corral"
+
+[logging]
+level = "debug"
+json = true
+retention = "7 days"
+
+[options]
+tick_interval_s = 0.5
+nested = { a = 1 }
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "corral.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_file_loads_with_units_and_paths_resolved(tmp_path: Path) -> None:
+    config = load(write(tmp_path, GOOD))
+    assert (config.pool_name, config.workers, config.worker) == (
+        "matchmaker",
+        4,
+        "corral.entrypoints.ticker:TickerWorker",
+    )
+    assert config.pool.ready_timeout_s == 20.0 and isinstance(config.pool.ready_timeout_s, float)
+    assert config.pool.graceful_timeout_s == 5.5
+    assert config.pool.policy.max_restarts == 3
+    assert (config.pool.max_memory_mb, config.pool.max_jobs, config.pool.max_jobs_jitter) == (512, 1000, 100)
+    assert config.state_dir == tmp_path.resolve() / "state"
+    assert config.log_dir == Path("/var/log/corral")
+    assert config.control_socket == config.state_dir / "corral.sock"
+    assert config.logging.level == "DEBUG" and config.logging.json and config.logging.retention == "7 days"
+    assert config.pool.options == {"tick_interval_s": 0.5, "nested": {"a": 1}}
+
+
+def test_defaults(tmp_path: Path) -> None:
+    config = load(write(tmp_path, '[pool]\nworker = "a.b:C"\n'))
+    assert config.workers == 2 and config.pool_name == "corral"
+    assert config.pool.max_memory_mb is None and config.pool.max_jobs is None
+    assert config.log_dir == tmp_path.resolve() / "logs"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[pool]\nworker = "a:b"\nworkers = "four"\n', "pool.workers: must be an int, got 'four'"),
+        ('[pool]\nworker = "a:b"\nworkers = -1\n', "pool.workers: must be >= 0, got -1"),
+        ('[pool]\nworker = "a:b"\nworkers = true\n', "pool.workers: must be an int, got True"),
+        ('[pool]\nworker = "nocolon"\n', "pool.worker: must be an import path"),
+        ("[pool]\nworkers = 2\n", "pool.worker: required"),
+        ('[pool]\nworker = "a:b"\nwokers = 2\n', "pool.wokers: unknown key"),
+        ('[pool]\nworker = "a:b"\n[pol]\nx = 1\n', "[pol]: unknown section"),
+        ('[pool]\nworker = "a:b"\nready_timeout_s = 0\n', "pool.ready_timeout_s: must be > 0, got 0"),
+        ('[pool]\nworker = "a:b"\nname = "has space"\n', "pool.name: must be letters"),
+        ('[pool]\nworker = "a:b"\n[logging]\nlevel = "LOUD"\n', "logging.level: must be one of"),
+        ('[pool]\nworker = "a:b"\n[health]\nmax_memory_mb = -5\n', "health.max_memory_mb: must be > 0"),
+        ("pool = 3\n", "[pool]: must be a table"),
+    ],
+)
+def test_bad_values_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text))
+    assert expected in str(caught.value)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = '[pool]\nworker = "a:b"\nworkers = "x"\nready_timeout_s = -1\n[health]\nmax_jobs = 0\n'
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text))
+    message = str(caught.value)
+    for key in ("pool.workers", "pool.ready_timeout_s", "health.max_jobs"):
+        assert key in message
+
+
+def test_missing_and_unparsable_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(write(tmp_path, "[pool\nworkers = 2\n"))
+
+
+def test_metrics_listen_is_validated(tmp_path: Path) -> None:
+    ok = load(write(tmp_path, '[pool]\nworker = "a:b"\n[metrics]\nlisten = "127.0.0.1:9464"\n'))
+    assert ok.metrics_listen == "127.0.0.1:9464"
+    with pytest.raises(ConfigError, match=r"metrics\.listen: must be 'host:port'"):
+        load(write(tmp_path, '[pool]\nworker = "a:b"\n[metrics]\nlisten = "9464"\n'))
+
+
+def test_streams_and_queues_are_checked_against_the_specs(tmp_path: Path) -> None:
+    text = """
+[pool]
+name = "mm"
+[[streams]]
+stream = "game-events"
+handler = "apps.mm:on_event"
+partitions = 4
+[[queues]]
+pattern = "contest:submissions:*"
+handler = "apps.contest:score"
+max_attempts = 3
+"""
+    config = load(write(tmp_path, text))
+    assert config.worker == "corral.workers.base:BaseWorker"  # pool.worker may be left out now
+    stream = config.work.streams[0]
+    assert (stream.stream, stream.group, stream.partitions) == ("game-events", "mm", 4)
+    assert config.work.queues[0].pattern == "contest:submissions:*"
+    assert config.work.queues[0].max_attempts == 3
+    assert config.redis_url == f"unix://{tmp_path.resolve() / 'run' / 'redis.sock'}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[[queues]]\nhandler = "a:b"\n', "queues[0]: needs names, pattern or registry"),
+        ('[[queues]]\nnames = ["q"]\n', "queues[0].handler: required"),
+        ('[[queues]]\nnames = "q"\nhandler = "a:b"\n', "queues[0].names: must be a list of strings"),
+        ('[[queues]]\nnames = ["q"]\nhandler = "a:b"\nbatch_size = 0\n', "queues[0].batch_size: must be > 0"),
+        ('[[queues]]\nnames = ["q"]\nhandler = "nope"\n', "queues[0].handler: must be an import path"),
+        ('[[streams]]\nstream = "s"\nhandler = "a:b"\nblock_ms = -1\n', "streams[0].block_ms: must be >= 0"),
+        ('[[streams]]\nstream = "s"\nhandler = "a:b"\nbogus = 1\n', "streams[0].bogus: unknown key"),
+        ('[[streams]]\nhandler = "a:b"\n', "streams[0].stream: required"),
+        (
+            '[redis]\nurl = "http://x"\n[[streams]]\nstream = "s"\nhandler = "a:b"\n',
+            "redis.url: must start with",
+        ),
+        ("[pool]\nworkers = 1\n", "pool.worker: required when no [[streams]] or [[queues]]"),
+    ],
+)
+def test_bad_streams_and_queues_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text))
+    assert expected in str(caught.value)
+
+
+def test_redis_url_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_REDIS_URL", "redis://:secret@db:6379/2")
+    config = load(write(tmp_path, '[[queues]]\nnames = ["q"]\nhandler = "a:b"\n'))
+    assert config.work.redis.url == "redis://:secret@db:6379/2"
+    assert config.redis_url == "redis://:secret@db:6379/2"

@@ -1,0 +1,131 @@
+"""What the queue and stream consumers share: the handler (loaded once, called with or without a
+``ctx``), running a batch's handlers in lanes, the error summary kept with a failure, and the one
+shape of a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import inspect
+import json
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.workers.keys import Keys
+from corral.workers.loader import LoadError, load_object
+from corral.workers.messages import HandlerContext
+
+Handler = Callable[..., Any]
+
+
+def load_handler(path: str) -> tuple[Handler, bool]:
+    """A handler and whether it takes a second ``ctx`` argument."""
+    handler = load_object(path)
+    if not callable(handler):
+        raise LoadError(f"handler {path!r} is not callable")
+    try:
+        params = [
+            p
+            for p in inspect.signature(handler).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return handler, False
+    return handler, len(params) >= 2
+
+
+async def run_all(items: list[Any], handle: Callable[..., Awaitable[None]], concurrency: int) -> None:
+    """``await handle(*item)`` for every item: one after another (in order) when ``concurrency`` is 1,
+    else in ``concurrency`` lanes that each take the next item when free. The first exception (a
+    Redis outage, a cancellation) cancels the other lanes and propagates as itself."""
+    if concurrency <= 1 or len(items) <= 1:
+        for item in items:
+            await handle(*item)
+        return
+    pending = iter(items)
+
+    async def lane() -> None:
+        for item in pending:
+            await handle(*item)
+
+    lanes = [asyncio.ensure_future(lane()) for _ in range(min(concurrency, len(items)))]
+    try:
+        await asyncio.gather(*lanes)
+    except BaseException:
+        for task in lanes:
+            task.cancel()
+        await asyncio.gather(*lanes, return_exceptions=True)
+        raise
+
+
+def error_summary(exc: BaseException, limit_chars: int = 2000) -> str:
+    """The last frames of a failure's traceback, kept with its retry or dead letter."""
+    text = "".join(traceback.format_exception(exc, limit=-3))
+    return text[-limit_chars:]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Why a job or an entry was given up on; written as JSON beside the job (queues) or as extra
+    ``_``-prefixed fields beside the entry's own (streams)."""
+
+    source: str  # the queue, or the stream (shard) the entry was read from
+    id: str | None  # the job's or entry's id (None: a job too broken to have one)
+    attempts: int | None
+    error: str
+    worker: str  # the worker id that gave up on it
+    failed_at: float = field(default_factory=time.time)
+
+    def queue_record(self, raw: bytes) -> bytes:
+        record: dict[str, Any] = {
+            "queue": self.source,
+            "id": self.id,
+            "attempt": self.attempts,
+            "error": self.error,
+            "failed_at": self.failed_at,
+            "worker": self.worker,
+            "job": raw.decode("utf-8", "replace"),
+        }
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:  # "job" above is lossy: keep the exact bytes too
+            record["job_base64"] = base64.b64encode(raw).decode()
+        return json.dumps(record).encode()
+
+    def stream_record(self, raw_fields: dict[bytes, bytes], group: str) -> dict[bytes, bytes]:
+        return {
+            **raw_fields,
+            b"_id": (self.id or "").encode(),
+            b"_stream": self.source.encode(),
+            b"_deliveries": str(self.attempts).encode(),
+            b"_error": self.error.encode(),
+            b"_group": group.encode(),
+            b"_worker": self.worker.encode(),
+            b"_failed_at": repr(self.failed_at).encode(),
+        }
+
+
+class HandlerUnit:
+    """What every consumer has: its spec, client, keys and logger, and its handler (loaded once,
+    with the ``HandlerContext`` it is called with)."""
+
+    def __init__(self, spec: Any, *, redis: Any, keys: Keys, worker_id: str, log: Any) -> None:
+        self.spec = spec
+        self.redis: Any = redis  # redis-py's annotations do not match its RESP2 replies
+        self.keys = keys
+        self.worker_id = worker_id
+        self.log = log
+        self.handler, self.takes_ctx = load_handler(spec.handler)
+        self.ctx = HandlerContext(redis=redis, worker_id=worker_id, log=log)
+
+    async def call(self, item: Any) -> Any:
+        """Run the handler on one job or message (sync or async, with or without ``ctx``)."""
+        result = self.handler(item, self.ctx) if self.takes_ctx else self.handler(item)
+        if inspect.isawaitable(result):
+            awaited: Awaitable[Any] = result
+            return await awaited
+        return result

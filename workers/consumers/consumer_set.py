@@ -1,0 +1,117 @@
+"""The stream and queue consumers of one child: built from its WorkSpec, run by its WorkerManager.
+
+Every worker gets them, the default ``BaseWorker`` and custom ``BaseWorker`` subclasses alike
+(a subclass's ``start()`` runs first). The worker id ``<host>:<pool>:<slot>:<token>`` names this
+process's consumer in each group and its processing lists; a slot's next child has a new token, and
+whatever the old one left is recovered by id: at once when the supervisor sees the death, or by the
+membership sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import secrets
+from typing import Any
+
+from corral.contract import WorkSpec
+from corral.workers.consumers.client import TRANSIENT
+from corral.workers.consumers.membership import Membership
+from corral.workers.consumers.partitioned import PartitionedStreamConsumer
+from corral.workers.consumers.queues import QueueConsumer
+from corral.workers.consumers.streams import StreamConsumer
+from corral.workers.keys import Keys
+
+RECOVERY_LOCK_MS = 60_000
+
+
+def new_worker_id(identity: str) -> str:
+    return f"{identity}:{secrets.token_hex(3)}"
+
+
+class Consumers:
+    def __init__(self, work: WorkSpec, *, redis: Any, pool: str, worker_id: str, log: Any) -> None:
+        self.work = work
+        self.redis = redis
+        self.keys = Keys(work.redis.key_prefix)
+        self.pool = pool
+        self.worker_id = worker_id
+        self.log = log
+        common = {"redis": redis, "keys": self.keys, "worker_id": worker_id, "log": log}
+        self.queues = [QueueConsumer(spec, pool=pool, **common) for spec in work.queues]
+        # a WorkSpec built in code (not from corral.toml) may leave the group out: the pool's name
+        streams = [dataclasses.replace(spec, group=spec.group or pool) for spec in work.streams]
+        self.streams = [StreamConsumer(spec, **common) for spec in streams if not spec.partitions]
+        self.partitioned = {
+            spec.stream: PartitionedStreamConsumer(spec, **common) for spec in streams if spec.partitions
+        }
+        self.membership = Membership(
+            redis=redis,
+            keys=self.keys,
+            pool=pool,
+            worker_id=worker_id,
+            ttl_s=work.redis.member_ttl_s,
+            recover=self.recover,
+        )
+
+    def give_handlers(self, worker: Any) -> None:
+        """Handlers see the worker they run in as ``ctx.worker``."""
+        units: list[Any] = [*self.queues, *self.streams, *self.partitioned.values()]
+        for unit in units:
+            unit.ctx.worker = worker
+
+    def units(self) -> list[Any]:
+        units: list[Any] = [self.membership, *self.queues, *self.streams, *self.partitioned.values()]
+        for unit in units:
+            unit.transient_errors = TRANSIENT
+        return units
+
+    async def recover(self, dead_worker_id: str, force: bool = False) -> dict[str, int]:
+        """Give back a dead worker's in-flight work: its queue jobs to their queues, its pending
+        stream entries to this consumer. Safe to run from several places at once (a lock per id
+        keeps the membership sweeps from doing it twice). ``force`` (the supervisor saw the death)
+        takes the lock over: its holder may be a helper that was killed halfway through, and
+        waiting for its lock to expire would leave the work stranded for RECOVERY_LOCK_MS."""
+        if dead_worker_id == self.worker_id:
+            return {}
+        lock = self.keys.recovery_lock(self.pool, dead_worker_id)
+        if not await self.redis.set(lock, self.worker_id, nx=not force, px=RECOVERY_LOCK_MS):
+            return {}
+        try:
+            moved = {"jobs": 0, "entries": 0}
+            if self.queues:
+                moved["jobs"] += await self.queues[0].recover(dead_worker_id)
+            for stream in self.streams:
+                moved["entries"] += await stream.recover(dead_worker_id)
+            await self.redis.zrem(self.keys.members(self.pool), dead_worker_id)
+        finally:
+            await self.redis.delete(lock)
+        if moved["jobs"] or moved["entries"]:
+            self.log.warning(
+                "recovered worker {}: {} jobs back to their queues, {} stream entries claimed",
+                dead_worker_id,
+                moved["jobs"],
+                moved["entries"],
+            )
+        return moved
+
+    async def assign(self, data: dict[str, Any]) -> list[int]:
+        """``corral.partitions.assign`` {stream, shards}: start consuming these shards."""
+        return await self.partitioned[str(data["stream"])].assign([int(s) for s in data["shards"]])
+
+    async def revoke(self, data: dict[str, Any]) -> list[int]:
+        """``corral.partitions.revoke``: stop consuming these shards (after the round in progress)."""
+        return await self.partitioned[str(data["stream"])].revoke([int(s) for s in data["shards"]])
+
+    async def close(self) -> None:
+        """After a clean stop: leave the member set (nothing of ours is in flight any more)."""
+        with contextlib.suppress(*TRANSIENT):
+            await self.membership.leave()
+        await self.redis.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        queues = {q: vars(s).copy() for c in self.queues for q, s in c.stats.items()}
+        streams = {c.spec.stream: c.stats() for c in self.streams}
+        streams.update({name: c.stats() for name, c in self.partitioned.items()})
+        failed = sum(s["failed"] for s in queues.values()) + sum(s["failed"] for s in streams.values())
+        return {"queues": queues, "streams": streams, "consumer_failed": failed}

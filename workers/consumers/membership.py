@@ -1,0 +1,50 @@
+"""Who is alive: every worker process renews its entry in the pool's member set (a sorted set whose
+score is the time its lease runs out), and sweeps the set for members whose lease ran out — a dead
+host's workers, or a dead process no supervisor reported — recovering their in-flight work.
+Within one host the supervisor reports a death at once (``corral.recover``); the sweep is the
+fallback that bounds recovery by ~2x ``member_ttl_s`` for other hosts sharing the Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from corral.workers.keys import Keys
+
+Recover = Callable[[str], Awaitable[dict[str, int]]]
+
+
+async def redis_now_ms(redis: Any) -> int:
+    """The Redis server's clock, so that hosts with skewed clocks agree on lease expiry."""
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+class Membership:
+    """A unit for the WorkerManager: renew our lease, recover members whose lease ran out."""
+
+    name = "membership"
+
+    def __init__(
+        self, *, redis: Any, keys: Keys, pool: str, worker_id: str, ttl_s: float, recover: Recover
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.pool = pool
+        self.worker_id = worker_id
+        self.ttl_ms = int(ttl_s * 1000)
+        self.idle_sleep_s = ttl_s / 3
+        self.recover = recover
+        self.members = keys.members(pool)
+
+    async def run(self) -> int:
+        now_ms = await redis_now_ms(self.redis)
+        await self.redis.zadd(self.members, {self.worker_id: now_ms + self.ttl_ms})
+        expired = await self.redis.zrangebyscore(self.members, "-inf", now_ms, start=0, num=10)
+        for member in expired:
+            await self.recover(member.decode())
+        return 0
+
+    async def leave(self) -> None:
+        await self.redis.zrem(self.members, self.worker_id)

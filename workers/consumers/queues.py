@@ -1,0 +1,295 @@
+"""Reliable job queues on Redis lists, with BRPOP semantics.
+
+One round: take up to ``batch_size`` jobs with one Lua call per queue (RPOP count + LPUSH into this
+worker's processing list, atomically), run the handler on each, then acknowledge the whole batch in
+one round trip (one Lua call per queue: LREM of each job from the processing list). When every
+queue is empty, block on one of them with BLMOVE. A job leaves the processing list only when
+acknowledged, retried (sorted set, exponential backoff), requeued or dead-lettered, each atomically;
+so a worker killed at any instant loses nothing: its processing lists are moved back by whoever
+recovers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from redis.asyncio import Redis
+
+from corral.contract import QueueSpec
+from corral.workers.consumers.base import DeadLetter, HandlerUnit, error_summary, run_all
+from corral.workers.consumers.client import REDIS_DOWN
+from corral.workers.consumers.discovery import QueueSet
+from corral.workers.consumers.queue_scripts import ACK, MOVE_ALL, PROMOTE, TAKE
+from corral.workers.keys import Keys
+from corral.workers.messages import Job, Malformed, Reject, Requeue, decode_job, encode_job
+
+PROMOTE_INTERVAL_S = 0.5
+
+
+@dataclass
+class QueueStats:
+    processed: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead: int = 0
+    requeued: int = 0
+    in_flight: int = 0
+    lag: int = 0  # jobs waiting in the queue (LLEN), sampled with the retry promotion
+
+
+class Destination(Enum):
+    """Where a settled job goes when it leaves the processing list (with one atomic move)."""
+
+    DEAD = "dead"  # the queue's dead-letter list: a record (``DeadLetter``) beside the job
+    RETRY = "retry"  # the retry set, scored by when it is due
+    FRONT = "front"  # back on the queue, the next to be taken
+    BACK = "back"  # back on the queue, the last to be taken
+
+
+PUSH: dict[Destination, Callable[[Any, Keys, str, bytes, float], Any]] = {
+    Destination.DEAD: lambda pipe, keys, queue, payload, _due: pipe.lpush(keys.dead(queue), payload),
+    Destination.RETRY: lambda pipe, keys, queue, payload, due: pipe.zadd(keys.retry(queue), {payload: due}),
+    Destination.FRONT: lambda pipe, _keys, queue, payload, _due: pipe.rpush(queue, payload),
+    Destination.BACK: lambda pipe, _keys, queue, payload, _due: pipe.lpush(queue, payload),
+}
+
+
+class QueueConsumer(HandlerUnit):
+    """A unit of work for the WorkerManager: one round takes, handles and acknowledges a batch."""
+
+    def __init__(
+        self, spec: QueueSpec, *, redis: Redis, keys: Keys, pool: str, worker_id: str, log: Any
+    ) -> None:
+        super().__init__(spec, redis=redis, keys=keys, worker_id=worker_id, log=log)
+        self.spec: QueueSpec = spec
+        self.name = f"queue:{spec.label}"
+        self.idle_sleep_s = 0.0  # an empty round already blocked in BLMOVE
+        self.pool = pool
+        self.stats: dict[str, QueueStats] = {}
+        self.held: set[str] = set()
+        self.unacked: list[tuple[str, bytes]] = []  # handled, acknowledgement not yet confirmed
+        self.interrupted = False  # the last round raised: our processing lists may hold strays
+        self.discovery = QueueSet(spec, redis=redis, keys=keys, log=log)
+        self._promoted_at = 0.0
+        self._take = redis.register_script(TAKE)
+        self._promote = redis.register_script(PROMOTE)
+        self._move_all = redis.register_script(MOVE_ALL)
+        self._ack_jobs = redis.register_script(ACK)
+
+    @property
+    def queues(self) -> list[str]:
+        return self.discovery.queues
+
+    async def run(self) -> int:
+        if self.interrupted:
+            await self._put_back_held()
+        try:
+            return await self._round()
+        except asyncio.CancelledError:  # a fast stop, wherever the round was (a take's reply may be
+            await asyncio.shield(self._hand_back())  # lost): hand back what was not handled yet
+            raise
+        except Exception:
+            self.interrupted = True
+            raise
+
+    async def _put_back_held(self) -> None:
+        """After a round cut short (Redis went away mid-batch, a reply was lost): jobs it took and
+        did not settle are still in our processing lists, and nobody recovers a live worker's lists.
+        Acknowledge what was handled, put the rest back at the front of its queue."""
+        await self._ack()
+        for queue in self.held:
+            moved = int(await self._move_all(keys=[self._processing(queue), queue]))
+            if moved:
+                self.log.warning("queue {}: {} jobs of an interrupted round put back", queue, moved)
+        self.interrupted = False
+
+    async def _round(self) -> int:
+        if self.unacked:
+            await self._ack()
+        await self._refresh_queues()
+        if not self.queues:
+            await asyncio.sleep(min(self.spec.refresh_s, 1.0))
+            return 0
+        await self._promote_due()
+        batch = await self._take_batch() if not self.spec.at_most_once else await self._pop_batch()
+        if not batch:
+            return 0
+        try:
+            await run_all(batch, self._handle, self.spec.concurrency)
+        finally:
+            for queue, _ in batch:
+                self._stats(queue).in_flight = 0
+        await self._ack()
+        return len(batch)
+
+    async def _take_batch(self) -> list[tuple[str, bytes]]:
+        queues = self.discovery.rotated()
+        per_queue = max(1, -(-self.spec.batch_size // len(queues)))
+        for queue in queues:
+            await self._hold(queue)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                await self._take(keys=[queue, self._processing(queue)], args=[per_queue], client=pipe)
+            results = await pipe.execute()
+        batch = [(queue, raw) for queue, jobs in zip(queues, results, strict=True) for raw in (jobs or ())]
+        if not batch:  # everything is empty: block on one queue (rotating) for up to block_s
+            queue = queues[0]
+            raw = await self.redis.blmove(queue, self._processing(queue), self.spec.block_s, "RIGHT", "LEFT")
+            batch = [(queue, raw)] if raw is not None else []
+        for queue, _ in batch:
+            self._stats(queue).in_flight += 1
+        return batch
+
+    async def _pop_batch(self) -> list[tuple[str, bytes]]:
+        """at_most_once: plain RPOP/BRPOP, nothing kept in flight."""
+        queues = self.discovery.rotated()
+        jobs = await self.redis.rpop(queues[0], self.spec.batch_size)
+        if jobs:
+            return [(queues[0], raw) for raw in jobs]
+        popped = await self.redis.brpop(queues, timeout=self.spec.block_s)
+        return [(popped[0].decode(), popped[1])] if popped else []
+
+    async def _handle(self, queue: str, raw: bytes) -> None:
+        stats = self._stats(queue)
+        try:
+            job = decode_job(raw, queue)
+        except Malformed as exc:
+            self.log.warning("queue {}: undecodable job dead-lettered: {}", queue, exc)
+            record = self._dead_letter(queue, None, f"malformed: {exc}").queue_record(raw)
+            await self._settle(queue, raw, Destination.DEAD, record)
+            stats.dead += 1
+            return
+        try:
+            await self.call(job)
+        except Requeue as requeue:
+            await self._settle(queue, raw, Destination.FRONT if requeue.front else Destination.BACK, raw)
+            stats.requeued += 1
+            return
+        except Reject as reject:  # can never succeed: dead-lettered at once, no retries
+            self.log.bind(job=job.id).warning("queue {}: job {} rejected: {}", queue, job.id, reject.reason)
+            record = self._dead_letter(queue, job, f"rejected: {reject.reason}").queue_record(raw)
+            await self._settle(queue, raw, Destination.DEAD, record)
+            stats.dead += 1
+            return
+        except REDIS_DOWN:
+            raise  # Redis is away: the round is interrupted and its jobs go back, not a failure
+        except Exception as exc:
+            stats.failed += 1
+            await self._fail(job, exc)
+            return
+        stats.processed += 1
+        if not self.spec.at_most_once:
+            self.unacked.append((queue, raw))
+
+    async def _fail(self, job: Job, exc: Exception) -> None:
+        log = self.log.bind(job=job.id)
+        if job.attempt >= self.spec.max_attempts:
+            log.error(
+                "queue {}: job {} failed {} times, dead-lettered: {!r}", job.queue, job.id, job.attempt, exc
+            )
+            record = self._dead_letter(job.queue, job, error_summary(exc)).queue_record(job.raw)
+            await self._settle(job.queue, job.raw, Destination.DEAD, record)
+            self._stats(job.queue).dead += 1
+            return
+        delay_s = min(self.spec.backoff_initial_s * 2 ** (job.attempt - 1), self.spec.backoff_max_s)
+        log.warning(
+            "queue {}: job {} attempt {} failed ({!r}); retry in {:.1f}s",
+            job.queue,
+            job.id,
+            job.attempt,
+            exc,
+            delay_s,
+        )
+        retry = encode_job(job.data, job.id, job.attempt + 1, job.enqueued_at)
+        await self._settle(job.queue, job.raw, Destination.RETRY, retry, time.time() + delay_s)
+        self._stats(job.queue).retried += 1
+
+    async def _settle(
+        self, queue: str, raw: bytes, to: Destination, payload: bytes, due_s: float = 0.0
+    ) -> None:
+        """Move one job out of the processing list and to ``to``, atomically."""
+        async with self.redis.pipeline(transaction=not self.spec.at_most_once) as pipe:
+            PUSH[to](pipe, self.keys, queue, payload, due_s)
+            if not self.spec.at_most_once:
+                pipe.lrem(self._processing(queue), -1, raw)
+            await pipe.execute()
+
+    def _dead_letter(self, queue: str, job: Job | None, error: str) -> DeadLetter:
+        return DeadLetter(queue, job.id if job else None, job.attempt if job else None, error, self.worker_id)
+
+    async def _ack(self) -> None:
+        if not self.unacked or self.spec.at_most_once:
+            self.unacked.clear()
+            return
+        # one LREM per job, but one command per queue: a pipeline of LREMs costs the client a command
+        # packed and a reply parsed per job, about as much as the trivial job itself
+        by_queue: dict[str, list[bytes]] = {}
+        for queue, raw in self.unacked:
+            by_queue.setdefault(queue, []).append(raw)
+        if len(by_queue) == 1:
+            [(queue, raws)] = by_queue.items()
+            await self._ack_jobs(keys=[self._processing(queue)], args=raws)
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue, raws in by_queue.items():
+                    await self._ack_jobs(keys=[self._processing(queue)], args=raws, client=pipe)
+                await pipe.execute()
+        self.unacked.clear()
+
+    async def _hand_back(self) -> None:
+        """Fast stop: acknowledge what was handled, put everything else back at the front."""
+        try:
+            await self._ack()
+            for queue in self.held:
+                await self._move_all(keys=[self._processing(queue), queue])
+        except Exception:
+            self.log.exception("handing jobs back failed; they stay in the processing list for recovery")
+
+    async def recover(self, dead_worker_id: str) -> int:
+        """Put a dead worker's in-flight jobs of every queue it held back at the front of them."""
+        held_key = self.keys.held_queues(self.pool, dead_worker_id)
+        moved = 0
+        for raw_queue in await self.redis.smembers(held_key):
+            queue = raw_queue.decode()
+            moved += int(await self._move_all(keys=[self.keys.processing(queue, dead_worker_id), queue]))
+        await self.redis.delete(held_key)
+        return moved
+
+    async def _promote_due(self) -> None:
+        """Every PROMOTE_INTERVAL_S: due retries back onto their queues, and the queues' lengths."""
+        now = time.monotonic()
+        if now - self._promoted_at < PROMOTE_INTERVAL_S:
+            return
+        self._promoted_at = now
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for queue in self.queues:
+                await self._promote(
+                    keys=[self.keys.retry(queue), queue], args=[time.time(), 100], client=pipe
+                )
+                pipe.llen(queue)
+            replies = await pipe.execute()
+        for queue, length in zip(self.queues, replies[1::2], strict=True):
+            self._stats(queue).lag = int(length)
+
+    async def _refresh_queues(self) -> None:
+        for gone in await self.discovery.refresh():  # its list is empty (Redis deleted it)
+            self._stats(gone).lag = 0
+
+    async def _hold(self, queue: str) -> None:
+        if queue not in self.held:
+            await self.redis.sadd(self.keys.held_queues(self.pool, self.worker_id), queue)
+            self.held.add(queue)
+
+    def _processing(self, queue: str) -> str:
+        return self.keys.processing(queue, self.worker_id)
+
+    def _stats(self, queue: str) -> QueueStats:
+        stats = self.stats.get(queue)
+        if stats is None:
+            stats = self.stats[queue] = QueueStats()
+        return stats

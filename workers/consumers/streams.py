@@ -1,0 +1,217 @@
+"""Redis Streams through a consumer group: one consumer per worker process.
+
+One round reads a batch (XREADGROUP COUNT n: entries this consumer holds first — claimed from a dead
+worker or left unacknowledged by a failing handler — then new ones), runs the handler on each and
+acknowledges the batch with one XACK. A failed entry stays pending and is claimed again (XAUTOCLAIM,
+by any consumer) once idle for ``min_idle_ms``; past ``max_deliveries`` it goes to the dead-letter
+stream with the reason. Trimming never drops an entry a group has not acknowledged.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+
+from corral.contract import StreamSpec
+from corral.workers.consumers.base import error_summary, run_all
+from corral.workers.consumers.client import REDIS_DOWN
+from corral.workers.consumers.entries import Entry, EntryUnit, create_group
+from corral.workers.keys import Keys
+from corral.workers.messages import Reject
+
+LAG_INTERVAL_S = 1.0
+
+
+class StreamConsumer(EntryUnit):
+    def __init__(self, spec: StreamSpec, *, redis: Redis, keys: Keys, worker_id: str, log: Any) -> None:
+        super().__init__(spec, redis=redis, keys=keys, worker_id=worker_id, log=log)
+        self.name = f"stream:{spec.stream}"
+        self.idle_sleep_s = 0.0  # an empty round already blocked in XREADGROUP
+        self.unacked: list[bytes] = []
+        self.read_own = True  # our own pending entries first (claimed ones, failed ones)
+        self._claims = 0  # recoveries that claimed entries for us
+        self._pass_claims = 0  # ... when the current pass over our own pending entries began
+        self._own_cursor = b"0"  # how far the pass over our own pending entries got
+        self._group_ready = False
+        self._claimed_at = 0.0
+        self._trimmed_at = time.monotonic()
+        self._lag_at = 0.0
+        self.lag = 0
+
+    async def run(self) -> int:
+        if not self._group_ready:
+            await self._create_group()
+        if self.unacked:
+            await self._ack()
+        await self._maybe_trim()
+        await self._measure_lag()
+        entries = await self._read()
+        if not entries:
+            return 0
+        self.in_flight = len(entries)
+        try:
+            await run_all(entries, self._handle, self.spec.concurrency)
+        except REDIS_DOWN:
+            self.read_own, self._own_cursor = True, b"0"  # what we hold is handled first once back
+            raise
+        finally:
+            self.in_flight = 0
+        await self._ack()
+        return len(entries)
+
+    async def _measure_lag(self) -> None:
+        """Every LAG_INTERVAL_S: entries the group has not been given yet (XINFO GROUPS lag)."""
+        now = time.monotonic()
+        if now - self._lag_at < LAG_INTERVAL_S:
+            return
+        self._lag_at = now
+        for group in await self.redis.xinfo_groups(self.spec.stream):
+            name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
+            if name == self.spec.group:
+                self.lag = int(group.get("lag") or 0)
+
+    async def _read(self) -> list[Entry]:
+        spec = self.spec
+        if self.read_own:
+            if self._own_cursor == b"0":  # a pass begins: note the recoveries seen so far
+                self._pass_claims = self._claims
+            reply = await self.redis.xreadgroup(
+                spec.group, self.consumer, {spec.stream: self._own_cursor}, count=spec.batch_size
+            )
+            entries = reply[0][1] if reply else []
+            if entries:
+                # one pass over what we hold: an entry that fails now is not read again next round
+                # (a retry storm) but like any failure, by XAUTOCLAIM once idle for min_idle_ms
+                self._own_cursor = entries[-1][0]
+                return await self.with_attempts(self.spec.stream, entries)
+            self._own_cursor = b"0"
+            if self._pass_claims == self._claims:  # else a recovery claimed entries for us during
+                self.read_own = False  # the pass, maybe behind its cursor: one more pass
+        if time.monotonic() - self._claimed_at >= spec.claim_interval_s:
+            self._claimed_at = time.monotonic()
+            claimed = await self._claim_idle()
+            if claimed:
+                return claimed
+        reply = await self.redis.xreadgroup(
+            spec.group, self.consumer, {spec.stream: ">"}, count=spec.batch_size, block=spec.block_ms
+        )
+        return [(entry_id, fields, 1) for entry_id, fields in (reply[0][1] if reply else [])]
+
+    async def _claim_idle(self) -> list[Entry]:
+        reply = await self.redis.xautoclaim(
+            self.spec.stream,
+            self.spec.group,
+            self.consumer,
+            self.spec.min_idle_ms,
+            "0-0",
+            count=self.spec.batch_size,
+        )
+        entries = [(entry_id, fields) for entry_id, fields in reply[1] if fields is not None]
+        if entries:
+            self.log.info("stream {}: claimed {} idle entries", self.spec.stream, len(entries))
+        return await self.with_attempts(self.spec.stream, entries) if entries else []
+
+    async def _handle(self, entry_id: bytes, raw_fields: dict[bytes, bytes], attempt: int) -> None:
+        if attempt > self.spec.max_deliveries:
+            await self.dead_letter(self.spec.stream, entry_id, raw_fields, attempt)
+            return
+        message = self.message(self.spec.stream, entry_id, raw_fields, attempt)
+        try:
+            await self.call(message)
+        except Reject as reject:  # can never succeed: dead-lettered at once, no retries
+            self.errors[entry_id] = f"rejected: {reject.reason}"
+            await self.dead_letter(self.spec.stream, entry_id, raw_fields, attempt)
+            return
+        except REDIS_DOWN:
+            raise  # Redis is away: the round is interrupted, the entry stays pending (ours)
+        except Exception as exc:
+            self.failed += 1
+            self.errors[entry_id] = error_summary(exc, 1000)
+            self.log.bind(job=message.id).warning(
+                "stream {}: entry {} attempt {} failed: {!r}", self.spec.stream, message.id, attempt, exc
+            )
+            if attempt >= self.spec.max_deliveries:  # the last allowed delivery: its error at hand
+                await self.dead_letter(self.spec.stream, entry_id, raw_fields, attempt)
+            return  # stays pending: claimed again after min_idle_ms
+        self.processed += 1
+        self.errors.pop(entry_id, None)
+        self.unacked.append(entry_id)
+
+    async def _ack(self) -> None:
+        if self.unacked:
+            await self.redis.xack(self.spec.stream, self.spec.group, *self.unacked)
+            self.unacked.clear()
+
+    async def _create_group(self) -> None:
+        await create_group(self.redis, self.spec.stream, self.spec.group, self.spec.start_id)
+        self._group_ready = True
+
+    async def recover(self, dead_consumer: str) -> int:
+        """Take over a dead consumer's pending entries (handled next round), then delete it."""
+        moved = 0
+        while True:
+            pending = await self.redis.xpending_range(
+                self.spec.stream, self.spec.group, min="-", max="+", count=1000, consumername=dead_consumer
+            )
+            if not pending:
+                break
+            ids = [p["message_id"] for p in pending]
+            await self.redis.xclaim(self.spec.stream, self.spec.group, self.consumer, 0, ids, justid=True)
+            moved += len(ids)
+        await self.redis.xgroup_delconsumer(self.spec.stream, self.spec.group, dead_consumer)
+        if moved:
+            self._claims += 1
+            self.read_own = True
+        return moved
+
+    async def _maybe_trim(self) -> None:
+        """Keep about ``trim_maxlen`` entries, but never cut past what some group still needs."""
+        if self.spec.trim_maxlen is None or time.monotonic() - self._trimmed_at < self.spec.trim_interval_s:
+            return
+        self._trimmed_at = time.monotonic()
+        excess = int(await self.redis.xlen(self.spec.stream)) - self.spec.trim_maxlen
+        if excess <= 0:
+            return
+        # the first entry to keep: at most 10k entries are looked at per round (the next continues)
+        head = await self.redis.xrange(self.spec.stream, min="-", max="+", count=min(excess + 1, 10_000))
+        minid = bytes(head[-1][0])
+        floor = await self._oldest_unacknowledged()
+        if floor is not None and _id_key(floor) < _id_key(minid):
+            self.log.warning(
+                "stream {}: trimming held back at {} (not acknowledged yet), not {}",
+                self.spec.stream,
+                floor.decode(),
+                minid.decode(),
+            )
+            minid = floor
+        await self.redis.xtrim(self.spec.stream, minid=minid, approximate=True)
+
+    async def _oldest_unacknowledged(self) -> bytes | None:
+        """The lowest id some group still needs: its oldest pending entry or its next undelivered one."""
+        floors: list[bytes] = []
+        for group in await self.redis.xinfo_groups(self.spec.stream):
+            summary = await self.redis.xpending(self.spec.stream, group["name"])
+            if summary["pending"]:
+                floors.append(_as_id(summary["min"]))
+            last = _as_id(group["last-delivered-id"])
+            floors.append(_next_id(last))
+        return min(floors, key=_id_key) if floors else None
+
+    def stats(self) -> dict[str, int]:
+        return {**super().stats(), "lag": self.lag}
+
+
+def _as_id(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _id_key(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def _next_id(entry_id: bytes) -> bytes:
+    ms, seq = _id_key(entry_id)
+    return f"{ms}-{seq + 1}".encode()
