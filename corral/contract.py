@@ -14,6 +14,7 @@ Both sides import this module and nothing else of each other; it imports nothing
 
 from __future__ import annotations
 
+import importlib
 import json
 import signal
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -22,6 +23,25 @@ from typing import Any, TypedDict
 
 SPEC_ENV = "CORRAL_CHILD"  # the environment variable that carries a child's ChildSpec as JSON
 CHILD_MODULE = "corral.entrypoints.child"  # what the supervisor runs with ``python -m``
+
+
+class LoadError(Exception):
+    """An import path that does not resolve to what it should."""
+
+
+def load_object(path: str) -> Any:
+    """Resolve an import path ``package.module:attr`` (how the config names code: a worker, a
+    handler, a parent-side setup function) to the object; ``LoadError`` names what went wrong."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise LoadError(f"{path!r} is not of the form 'package.module:attr'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:
+        raise LoadError(f"cannot import {path!r}: {type(exc).__name__}: {exc}") from exc
+    return obj
 
 
 class Event(StrEnum):

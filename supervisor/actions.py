@@ -42,6 +42,7 @@ class SupervisorExit(IntEnum):
     """Exit codes of ``corral run`` and of the CLI's control commands."""
 
     OK = 0
+    FAILED = 1  # (CLI) the command failed: no such log file, stop timed out, a child answered an error
     CONFIG = 2  # the configuration (or the command line) is invalid: nothing was started
     ALL_FATAL = 3  # every slot went fatal: systemd's Restart=on-failure may try again
     ALREADY_RUNNING = 4  # another supervisor owns this state dir

@@ -11,11 +11,13 @@ are errors (a typo must not be silently ignored); all problems are reported at o
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from corral.contract import Check, QueueSpec, RedisSpec, StreamSpec, WorkSpec, setting
 from corral.supervisor import schema
@@ -35,12 +37,14 @@ class PoolTable:
     name: str = setting("corral", Check.NAME)  # consumer names, key prefix, logs
     workers: int = 2  # number of slots
     worker: str | None = setting(None, Check.IMPORT_PATH)  # a BaseWorker subclass or factory
+    setup: str | None = setting(None, Check.IMPORT_PATH)  # parent side: setup(pool), before any child
 
 
 @dataclass(frozen=True)
 class PathsTable:
     state_dir: str = "run"  # control socket, pid file, embedded Redis
     log_dir: str = "logs"
+    python_path: tuple[str, ...] = (".",)  # where the children (and pool.setup) import code from
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class LogSettings:
     rotation: str | int = "50 MB"  # loguru rotation: a size ("50 MB", bytes) or a time ("daily")
     retention: int | str = 10  # rotated files kept: a count, or an age ("7 days")
     stderr: bool = True  # echo the supervisor's own log on stderr
+    summary_interval_s: float = 10.0  # a one-line summary of the work's rates at INFO; 0: none
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,22 @@ WORK = ("redis", "streams", "queues")
 
 
 @dataclass(frozen=True)
+class Where:
+    """Where a pool keeps its files: enough for the CLI to find a running supervisor."""
+
+    state_dir: Path
+    log_dir: Path
+
+    @property
+    def control_socket(self) -> Path:
+        return self.state_dir / "corral.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "corral.pid"
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     pool_name: str
@@ -81,12 +102,20 @@ class Config:
     logging: LogSettings
     pool: PoolSettings
     work: WorkSpec = field(default_factory=WorkSpec)
+    setup: str | None = None  # the parent-side setup function: setup(pool)
+    python_path: tuple[Path, ...] = ()  # put first on the import path of the children and of setup
     metrics_listen: str | None = None  # "host:port" of the Prometheus endpoint; None: off
     uses_redis: bool = False  # a [redis] table, or streams/queues: the children get a Redis client
 
+    digest: str = ""  # sha256 of the file as loaded: the CLI tells when the file on disk differs
+
+    @property
+    def where(self) -> Where:
+        return Where(self.state_dir, self.log_dir)
+
     @property
     def control_socket(self) -> Path:
-        return self.state_dir / "corral.sock"
+        return self.where.control_socket
 
     @property
     def redis_url(self) -> str:
@@ -95,28 +124,59 @@ class Config:
 
     @property
     def pid_file(self) -> Path:
-        return self.state_dir / "corral.pid"
+        return self.where.pid_file
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``: for logs, status and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def locate(path: str | Path) -> Where:
+    """The state and log dirs named by the config at ``path``, read leniently: a config that does
+    not validate (or parse) still says where its running supervisor listens."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        data = {}
+    table = data.get("paths")
+    values = schema.read(PathsTable, table if isinstance(table, dict) else {}, "paths", [])
+    paths = PathsTable(**values)
+    base = path.resolve().parent
+    return Where(base / paths.state_dir, base / paths.log_dir)
 
 
 def load(path: str | Path) -> Config:
     """Read and validate a config file; raises ``ConfigError`` naming every bad key."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse(data, path)
+    return dataclasses.replace(parse(data, path), digest=digest(text))
 
 
 def parse(data: dict[str, Any], path: Path) -> Config:
     errors: list[str] = []
     known = (*SECTIONS, *FREE_FORM, *WORK)
     errors.extend(
-        f"[{name}]: unknown section (known: {', '.join(sorted(known))})" for name in data if name not in known
+        f"[{name}]: unknown section{schema.did_you_mean(name, known)} (known: {', '.join(sorted(known))})"
+        for name in data
+        if name not in known
     )
     tables = {name: _table(data, name, errors) for name in (*SECTIONS, *FREE_FORM)}
     values = {
@@ -131,7 +191,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     work = parse_work(data, pool.name, errors)
     worker = pool.worker
     if worker is None:
-        if work.empty:
+        if not (data.get("streams") or data.get("queues")):  # declared, even if one has an error
             errors.append("pool.worker: required when no [[streams]] or [[queues]] are declared")
         worker = DEFAULT_WORKER
     logging = LogSettings(**values["logging", LogSettings])
@@ -158,6 +218,8 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         logging=logging,
         pool=settings,
         work=work,
+        setup=pool.setup,
+        python_path=tuple(base / p for p in paths.python_path),
         metrics_listen=MetricsTable(**values["metrics", MetricsTable]).listen,
         uses_redis="redis" in data or not work.empty,
     )

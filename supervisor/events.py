@@ -4,9 +4,9 @@ handlers attached to every present and future child of a pool."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -59,31 +59,43 @@ class Children(Protocol):
     def connections(self) -> list[WorkerConnection]: ...
 
 
-@dataclass
+ChildHandler = Callable[[WorkerConnection, Any], Any]  # (the child's connection, data) -> reply
+
+
 class PoolEvents:
-    """Attach IPC handlers to every present and future child of a pool; detached when it is killed."""
+    """IPC handlers on every present and future child of a pool (detached when a child is killed).
+    A handler gets the child's connection and the data: ``handler(conn, data)``, sync or async; its
+    return value answers a child's ``request``."""
 
-    pool: Children
-    handlers: list[tuple[str, Callable[[Any], Any]]] = field(default_factory=list)
+    def __init__(self, pool: Children) -> None:
+        self.pool = pool
+        self.handlers: list[tuple[str, ChildHandler]] = []
+        self._bound: dict[tuple[WorkerConnection, str, ChildHandler], Callable[[Any], Any]] = {}
+        pool.on(PoolEvent.SPAWNING, self._attach)
+        pool.on(PoolEvent.KILLING, self._detach)
 
-    def __post_init__(self) -> None:
-        self.pool.on(PoolEvent.SPAWNING, self._attach)
-        self.pool.on(PoolEvent.KILLING, self._detach)
-
-    def on(self, event: str, handler: Callable[[Any], Any]) -> None:
+    def on(self, event: str, handler: ChildHandler) -> None:
         self.handlers.append((event, handler))
         for conn in self.pool.connections():
-            conn.on(event, handler)
+            self._bind(conn, event, handler)
 
-    def off(self, event: str, handler: Callable[[Any], Any]) -> None:
+    def off(self, event: str, handler: ChildHandler) -> None:
         self.handlers.remove((event, handler))
         for conn in self.pool.connections():
-            conn.off(event, handler)
+            bound = self._bound.pop((conn, event, handler), None)
+            if bound is not None:
+                conn.off(event, bound)
+
+    def _bind(self, conn: WorkerConnection, event: str, handler: ChildHandler) -> None:
+        bound = self._bound[conn, event, handler] = functools.partial(handler, conn)
+        conn.on(event, bound)
 
     def _attach(self, conn: WorkerConnection) -> None:
         for event, handler in self.handlers:
-            conn.on(event, handler)
+            self._bind(conn, event, handler)
 
     def _detach(self, conn: WorkerConnection) -> None:
         for event, handler in self.handlers:
-            conn.off(event, handler)
+            bound = self._bound.pop((conn, event, handler), None)
+            if bound is not None:
+                conn.off(event, bound)

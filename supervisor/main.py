@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import os
 import sys
 import time
@@ -19,15 +20,17 @@ from typing import Any
 import psutil
 from loguru import logger
 
+from corral.contract import LoadError, load_object
 from corral.supervisor import config as config_module
 from corral.supervisor.actions import SIGNAL_ACTIONS, Action, SupervisorExit, SupervisorState
-from corral.supervisor.config import Config, ConfigError
+from corral.supervisor.config import Config, ConfigError, redacted
 from corral.supervisor.control import AlreadyRunning, ControlServer
 from corral.supervisor.events import PoolEvent
 from corral.supervisor.logs import LogManager
 from corral.supervisor.metrics import MetricsServer
 from corral.supervisor.partitions import PartitionAssigner
 from corral.supervisor.pool import WorkerPool
+from corral.supervisor.rates import Rates
 from corral.supervisor.recovery import Recovery
 from corral.supervisor.redis_server import EmbeddedRedis, EmbeddedRedisError
 from corral.supervisor.settings import PoolSettings
@@ -50,6 +53,8 @@ class Supervisor:
         self.control = ControlServer(config.control_socket, self._control_handlers())
         self.recovery = Recovery(self.pool) if config.uses_redis else None
         self.work_totals = WorkTotals()
+        self.rates = Rates()
+        self._summary_at = time.monotonic()
         partitioned = {s.stream: s.partitions for s in config.work.streams if s.partitions}
         self.partitions = PartitionAssigner(self.pool, partitioned) if partitioned else None
         self.metrics = MetricsServer(self.status, config.metrics_listen) if config.metrics_listen else None
@@ -65,33 +70,25 @@ class Supervisor:
         if config.uses_redis:
             redis = dataclasses.replace(config.work.redis, url=self.redis_url)
             work = dataclasses.replace(config.work, redis=redis).to_json()
+        inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+        python_path = os.pathsep.join([*map(str, config.python_path), *inherited])
         return dataclasses.replace(
             config.pool,
             output=self.logs.output_sink,
             work=work,
             config_dir=str(config.path.parent),
             state_dir=str(config.state_dir),
+            env={**config.pool.env, "PYTHONPATH": python_path} if python_path else config.pool.env,
         )
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
-        try:
-            self.logs.start()
-            await self.control.start()
-            self.config.pid_file.write_text(f"{os.getpid()}\n")
-            if self.redis_server is not None and self.config.uses_redis:
-                await self.redis_server.start(self.logs.output_sink("redis"))
-            if self.metrics is not None:
-                await self.metrics.start()
-        except AlreadyRunning as exc:
-            print(f"corral: {exc}", file=sys.stderr)  # logging may not be set up yet
-            return SupervisorExit.ALREADY_RUNNING
-        except (OSError, ConfigError, EmbeddedRedisError) as exc:
-            print(f"corral: cannot start: {exc}", file=sys.stderr)
+        code = await self._start()
+        if code is not None:
             await self.control.close()
             if self.redis_server is not None:
                 await self.redis_server.stop()
-            return SupervisorExit.CONFIG
+            return code
         loop = asyncio.get_running_loop()
         for signum, action in SIGNAL_ACTIONS.items():
             loop.add_signal_handler(signum, self.actions.put_nowait, (action, None))
@@ -110,16 +107,58 @@ class Supervisor:
             spawning.cancel()
             for signum in SIGNAL_ACTIONS:
                 loop.remove_signal_handler(signum)
-            await self.control.close()
-            if self.metrics is not None:
-                await self.metrics.close()
-            if self.redis_server is not None:
-                await self.redis_server.stop()  # last: the workers needed it until they exited
-            with contextlib.suppress(FileNotFoundError):
-                self.config.pid_file.unlink()
-            logger.info("supervisor exiting with code {}", int(self.exit_code))
-            self.logs.close()
+            await self._shutdown()
         return self.exit_code
+
+    async def _start(self) -> int | None:
+        """Everything before the first child: None when it all went well, else the exit code (the
+        reason printed on stderr: logging may not be set up)."""
+        try:
+            self.logs.start()
+            await self.control.start()
+            self.config.pid_file.write_text(f"{os.getpid()}\n")
+            checking = asyncio.ensure_future(self.pool.check_imports())  # meanwhile, Redis starts
+            if self.redis_server is not None and self.config.uses_redis:
+                await self.redis_server.start(self.logs.output_sink("redis"))
+            if problems := await checking:
+                raise ConfigError("the workers cannot import their code:\n  " + "\n  ".join(problems))
+            await self._setup_hook()
+            if self.metrics is not None:
+                await self.metrics.start()
+        except AlreadyRunning as exc:
+            print(f"corral: {exc}", file=sys.stderr)
+            return SupervisorExit.ALREADY_RUNNING
+        except (OSError, ConfigError, EmbeddedRedisError) as exc:
+            print(f"corral: cannot start: {exc}", file=sys.stderr)
+            return SupervisorExit.CONFIG
+        return None
+
+    async def _setup_hook(self) -> None:
+        """``[pool] setup``: the parent side of the app, called with the pool before any child."""
+        if self.config.setup is None:
+            return
+        for folder in reversed(self.config.python_path):
+            if str(folder) not in sys.path:
+                sys.path.insert(0, str(folder))
+        try:
+            result = load_object(self.config.setup)(self.pool)
+            if inspect.isawaitable(result):
+                await result
+        except LoadError as exc:
+            raise ConfigError(f"pool.setup: {exc}") from None
+        except Exception as exc:
+            raise ConfigError(f"pool.setup: {self.config.setup} raised {exc!r}") from exc
+
+    async def _shutdown(self) -> None:
+        await self.control.close()
+        if self.metrics is not None:
+            await self.metrics.close()
+        if self.redis_server is not None:
+            await self.redis_server.stop()  # last: the workers needed it until they exited
+        with contextlib.suppress(FileNotFoundError):
+            self.config.pid_file.unlink()
+        logger.info("supervisor exiting with code {}", int(self.exit_code))
+        self.logs.close()
 
     async def _loop(self) -> None:
         getting: asyncio.Task[tuple[Action, Any]] = asyncio.create_task(self.actions.get())
@@ -187,8 +226,18 @@ class Supervisor:
             self.notifier.ready(summary(self.pool))
             logger.info("every slot is ready")
         self.notifier.status(summary(self.pool))
+        self._sample_work()
         if not self.pool.all_fatal.is_set() and self.state is not SupervisorState.STOPPING:
             self.notifier.watchdog()
+
+    def _sample_work(self) -> None:
+        now = time.monotonic()
+        self.rates.sample(now, self.work_totals.rows(self.pool))
+        interval_s = self.config.logging.summary_interval_s
+        running = self.state is SupervisorState.RUNNING and not self.config.work.empty
+        if interval_s and now - self._summary_at >= interval_s and running:
+            self._summary_at = now
+            logger.info("work: {}", self.rates.summary())
 
     def _all_ready(self) -> bool:
         slots = [self.pool.slots.get(i) for i in range(self.pool.size)]
@@ -206,23 +255,35 @@ class Supervisor:
         self.state = SupervisorState.RELOADING
         logger.info("reload: re-reading {}", self.config.path)
         try:
-            new = config_module.load(self.config.path)
+            await self._reload_with(config_module.load(self.config.path))
         except ConfigError as exc:
             logger.error("reload aborted, the running pool is kept: {}", exc)
-        else:
-            self._apply(new)
-            ok = await self.pool.reload(new.worker, self._settings(new))
-            logger.info("reload {}", "finished" if ok else "stopped early: old children kept")
         self.state = SupervisorState.RUNNING
         self.notifier.ready(summary(self.pool))
 
+    async def _reload_with(self, new: Config) -> None:
+        settings = self._settings(new)
+        if problems := await self.pool.check_imports(new.worker, settings):
+            raise ConfigError("the workers cannot import their code: " + "; ".join(problems))
+        self._apply(new)
+        ok = await self.pool.reload(new.worker, settings)
+        logger.info("reload {}", "finished" if ok else "stopped early: old children kept")
+
     def _apply(self, new: Config) -> None:
-        for field in ("pool_name", "state_dir", "log_dir", "logging"):
-            if getattr(new, field) != getattr(self.config, field):
-                logger.warning("reload: {} changed; it takes effect only after a restart", field)
-        kept = {name: getattr(self.config, name) for name in ("pool_name", "state_dir", "log_dir", "logging")}
-        self.config = dataclasses.replace(new, **kept)
-        self.pool.scale(new.workers)
+        """Take the new config, but what only a restart can change; the slot count follows the
+        config only when the config's ``workers`` changed (a ``corral scale`` survives a reload)."""
+        kept_fields = ("pool_name", "state_dir", "log_dir", "logging")
+        for name in kept_fields:
+            if getattr(new, name) != getattr(self.config, name):
+                logger.warning("reload: {} changed; it takes effect only after a restart", name)
+        if new.workers != self.config.workers:
+            logger.info("reload: workers {} -> {} (the config changed)", self.config.workers, new.workers)
+            self.pool.scale(new.workers)
+        elif self.pool.size != new.workers:
+            logger.info(
+                "reload: keeping {} slots set by scale (the config says {})", self.pool.size, new.workers
+            )
+        self.config = dataclasses.replace(new, **{name: getattr(self.config, name) for name in kept_fields})
 
     def _on_exit(self, conn: Any) -> None:
         slot = self.pool.slots.get(conn.slot)
@@ -233,6 +294,8 @@ class Supervisor:
 
     def status(self) -> Status:
         """What ``corral status`` (and the metrics endpoint) shows."""
+        work = self.work_totals.rows(self.pool)
+        self.rates.add_to(work)
         return Status(
             pid=os.getpid(),
             pool=self.pool.name,
@@ -240,10 +303,31 @@ class Supervisor:
             size=self.pool.size,
             uptime_s=round(time.monotonic() - self.started_at, 3),
             rss_bytes=psutil.Process().memory_info().rss,
-            redis_url=self.redis_url,
+            redis_url=redacted(self.redis_url) if self.redis_url else None,
+            config=str(self.config.path),
+            config_digest=self.config.digest,
             slots=slot_rows(self.pool),
-            work=self.work_totals.rows(self.pool),
+            work=work,
         )
+
+    def _child(self, data: Any) -> tuple[Any, str, Any]:
+        if not isinstance(data, dict) or type(data.get("slot")) is not int or not data.get("event"):
+            raise ValueError(f"needs {{slot, event, data}}, got {data!r}")
+        conn = self.pool.get(data["slot"])
+        if conn is None or not conn.alive:
+            raise ValueError(f"slot {data['slot']} has no running child")
+        return conn, str(data["event"]), data.get("data")
+
+    async def _request_child(self, data: Any) -> Any:
+        """``corral request SLOT EVENT [JSON]``: a request to one child, its reply."""
+        conn, event, payload = self._child(data)
+        return await conn.request(event, payload, float(data.get("timeout_s") or 10.0))
+
+    def _send_child(self, data: Any) -> str:
+        """``corral send SLOT EVENT [JSON]``: fire-and-forget to one child."""
+        conn, event, payload = self._child(data)
+        conn.send(event, payload)
+        return f"sent {event} to slot {conn.slot} (pid {conn.pid})"
 
     def _control_handlers(self) -> dict[str, Callable[[Any], Any]]:
         def enqueue(action: Action) -> Callable[[Any], str]:
@@ -261,6 +345,8 @@ class Supervisor:
 
         return {
             "status": lambda _data: self.status(),
+            "request": self._request_child,
+            "send": self._send_child,
             "reload": enqueue(Action.RELOAD),
             "stop": enqueue(Action.STOP),
             "quit": enqueue(Action.QUIT),

@@ -50,7 +50,7 @@ class PoolCollector(Collector):
         yield from (up, rss, cpu)
         yield from self._work(pool, status["work"])
 
-    def _work(self, pool: str, work: dict[str, dict[str, dict[str, int]]]) -> Iterator[Metric]:
+    def _work(self, pool: str, work: dict[str, dict[str, dict[str, float]]]) -> Iterator[Metric]:
         kinds: tuple[tuple[tuple[str, ...], type[CounterMetricFamily | GaugeMetricFamily]], ...] = (
             (WORK_COUNTERS, CounterMetricFamily),
             (WORK_GAUGES, GaugeMetricFamily),

@@ -20,18 +20,17 @@ from typing import Any
 
 from loguru import logger
 
-from corral.contract import SPEC_ENV, ChildSpec, Event, ExitCode, ReadyInfo, StopMode
+from corral.contract import ChildSpec, Event, ExitCode, ReadyInfo, StopMode
 from corral.ipc import Channel, ChannelClosed, RequestTimeout, socketpair
 from corral.supervisor import monitor
+from corral.supervisor.childenv import check_imports, child_env
 from corral.supervisor.connection import WorkerConnection
-from corral.supervisor.events import EventBus, Listener, PoolEvent
+from corral.supervisor.events import ChildHandler, EventBus, Listener, PoolEvent, PoolEvents
 from corral.supervisor.lifecycle import Escalation, HeartbeatSettings, StopDeadlines, heartbeat, stop_child
 from corral.supervisor.process import spawn
 from corral.supervisor.settings import PoolSettings
 from corral.supervisor.slot import Slot
 from corral.supervisor.states import SlotHistory, WorkerState
-
-SYSTEMD_ENV = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"})
 
 
 class WorkerPool:
@@ -57,6 +56,7 @@ class WorkerPool:
         self.log = logger.bind(pool=name)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._events = EventBus(self.spawn_task)
+        self._handlers: PoolEvents | None = None  # what every child may ask of the parent
         self._wake = asyncio.Event()
         self._escalation = Escalation()
         self._reload_lock = asyncio.Lock()
@@ -70,6 +70,12 @@ class WorkerPool:
 
     def off(self, event: str, listener: Listener) -> None:
         self._events.off(event, listener)
+
+    def handle(self, event: str, handler: ChildHandler) -> None:
+        """Answer IPC ``event`` from every present and future child: ``handler(conn, data)``."""
+        if self._handlers is None:
+            self._handlers = PoolEvents(self)
+        self._handlers.on(event, handler)
 
     def get(self, slot: int) -> WorkerConnection | None:
         """The current child of ``slot`` (None while it has none)."""
@@ -266,7 +272,7 @@ class WorkerPool:
             channel = await Channel.open(parent_sock, name=f"slot-{slot.index}")
             process = await spawn(
                 [self.settings.python, *self.settings.bootstrap],
-                env=self._child_env(slot.index, child_sock.fileno()),
+                env=child_env(self.child_spec(slot.index, child_sock.fileno()), self.settings),
                 pass_fds=[child_sock.fileno()],
                 on_output=self.settings.output(slot.index),
                 cwd=self.settings.cwd,
@@ -280,13 +286,16 @@ class WorkerPool:
         self.spawn_task(self._watch(slot, conn))
         return conn
 
-    def _child_env(self, slot: int, fd: int) -> dict[str, str]:
-        s = self.settings
-        spec = ChildSpec(
+    def child_spec(
+        self, slot: int, fd: int, target: str | None = None, settings: PoolSettings | None = None
+    ) -> ChildSpec:
+        """What the child of ``slot`` is told (``target`` and ``settings``: those of a reload)."""
+        s = settings or self.settings
+        return ChildSpec(
             fd=fd,
             slot=slot,
             pool=self.name,
-            target=self.target,
+            target=target or self.target,
             host=self.host,
             parent_pid=os.getpid(),
             options=s.options,
@@ -297,11 +306,14 @@ class WorkerPool:
             config_dir=s.config_dir,
             state_dir=s.state_dir,
         )
-        env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}  # systemd talks to us only
-        env.update(s.env)
-        env[SPEC_ENV] = spec.to_env()
-        env.update(PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
-        return env
+
+    async def check_imports(
+        self, target: str | None = None, settings: PoolSettings | None = None
+    ) -> list[str]:
+        """Whether children of ``target`` (and ``settings``' streams and queues) can import their code:
+        the problems found by a throwaway child, one line each (empty: fine)."""
+        settings = settings or self.settings
+        return await check_imports(self.child_spec(0, -1, target, settings), settings)
 
     async def _watch(self, slot: Slot, conn: WorkerConnection) -> None:
         await asyncio.shield(conn.process.exited)  # cancelling this watcher must not cancel the exit
@@ -320,6 +332,7 @@ class WorkerPool:
         self.wake()
 
     def _record_failure(self, slot: Slot, conn: WorkerConnection) -> None:
+        slot.last_failure = conn.exit_description()
         heals = conn.process.returncode != ExitCode.BOOT_IMPORT
         decision = slot.history.record_failure(self.clock(), conn.uptime_s, heals)
         if decision.fatal:

@@ -92,8 +92,10 @@ async def spawn(
     pass_fds: Sequence[int],
     on_output: OutputSink,
     cwd: str | None = None,
+    new_session: bool = False,
 ) -> ChildProcess:
-    """Start a child with stdout+stderr on a pipe read by the event loop."""
+    """Start a child with stdout+stderr on a pipe read by the event loop; ``new_session``: in a
+    session (and process group) of its own, out of reach of signals sent to ours."""
     loop = asyncio.get_running_loop()
     read_fd, write_fd = os.pipe()
     try:
@@ -106,6 +108,7 @@ async def spawn(
             stdout=write_fd,
             stderr=write_fd,
             close_fds=True,
+            start_new_session=new_session,
         )
     except BaseException:
         os.close(read_fd)

@@ -96,11 +96,15 @@ class EmbeddedRedis:
 
     async def _launch(self, binary: str) -> None:
         self.socket_path.unlink(missing_ok=True)
-        self.process = await spawn(self.argv(binary), env={}, pass_fds=[], on_output=self.output)
+        # its own session: a terminal's Ctrl-C or a signal to our process group must not reach it;
+        # the supervisor stops it last, after the workers that need it
+        self.process = await spawn(
+            self.argv(binary), env={}, pass_fds=[], on_output=self.output, new_session=True
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _answers(self.socket_path):
             if self.process.exited.done():
-                raise EmbeddedRedisError(f"{binary} exited at start: see supervisor.log")
+                raise EmbeddedRedisError(f"{binary} exited at start: see redis.log in the log dir")
             if time.monotonic() > deadline:
                 raise EmbeddedRedisError(
                     f"{binary} did not answer on {self.socket_path} in {START_TIMEOUT_S:g}s"

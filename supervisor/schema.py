@@ -10,8 +10,10 @@ got 'four'``), so that all problems are reported at once.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any
 
 from corral.contract import Check
@@ -66,7 +68,13 @@ def build(cls: type[Any], data: Any, where: str, errors: list[str]) -> Any:
 
 
 def unknown_keys(data: dict[str, Any], known: set[str], where: str, errors: list[str]) -> None:
-    errors.extend(f"{where}.{key}: unknown key" for key in data if key not in known)
+    errors.extend(f"{where}.{key}: unknown key{did_you_mean(key, known)}" for key in data if key not in known)
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'workers'?)`` for a near miss, else ``""``."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def coerce(value: Any, hint: Any) -> tuple[bool, Any]:

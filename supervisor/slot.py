@@ -21,6 +21,7 @@ class Slot:
     backoff_until: float = 0.0
     fatal_reason: str | None = None
     recycle_reason: str | None = None
+    last_failure: str | None = None  # how its last child died unasked (shown while in backoff)
     generation: int = 0
     processed_before: int = 0  # processed/failed by this slot's earlier children
     failed_before: int = 0
@@ -36,6 +37,14 @@ class Slot:
         if self.current is not None:
             return self.current.state
         return WorkerState.BACKOFF if self.backoff_until else WorkerState.STOPPED
+
+    def reason(self, now: float) -> str | None:
+        """Why the slot is not simply running: fatal, being recycled, or waiting to restart."""
+        if self.fatal_reason or self.recycle_reason:
+            return self.fatal_reason or self.recycle_reason
+        if self.current is None and self.backoff_until > now:
+            return f"{self.last_failure}; restart in {self.backoff_until - now:.1f}s"
+        return None
 
     def children(self) -> list[WorkerConnection]:
         """The live children of this slot (the current one and a replacement being started)."""

@@ -1,8 +1,7 @@
-"""What ``corral status`` shows: a snapshot of the pool as plain data, and its rendering."""
+"""What ``corral status`` shows, as plain data (the CLI renders it: ``entrypoints/cli/view.py``)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypedDict
 
 from corral.supervisor.pool import WorkerPool
@@ -43,8 +42,8 @@ class WorkTotals:
                 for counter in COUNTERS:
                     row[counter] = row.get(counter, 0) + int(figures.get(counter, 0))
 
-    def rows(self, pool: WorkerPool) -> dict[str, dict[str, dict[str, int]]]:
-        out: dict[str, dict[str, dict[str, int]]] = {
+    def rows(self, pool: WorkerPool) -> dict[str, dict[str, dict[str, float]]]:
+        out: dict[str, dict[str, dict[str, float]]] = {
             kind: {name: dict(row) for name, row in rows.items()} for kind, rows in self.before.items()
         }
         for conn in pool.connections():
@@ -65,8 +64,10 @@ class Status(TypedDict):
     uptime_s: float
     rss_bytes: int
     redis_url: str | None
+    config: str  # the config file the pool runs, and the sha256 of it as loaded
+    config_digest: str
     slots: list[SlotRow]
-    work: dict[str, dict[str, dict[str, int]]]
+    work: dict[str, dict[str, dict[str, float]]]
 
 
 def slot_rows(pool: WorkerPool) -> list[SlotRow]:
@@ -86,7 +87,7 @@ def slot_rows(pool: WorkerPool) -> list[SlotRow]:
                 processed=slot.processed_before + int(stats.get("processed", 0)),
                 failed=slot.failed_before + int(stats.get("failed", 0)),
                 restarts=slot.history.restarts,
-                reason=slot.fatal_reason or slot.recycle_reason,
+                reason=slot.reason(pool.clock()),
                 app={k: v for k, v in stats.items() if k not in FRAMEWORK_STATS},
                 worker_id=conn.info.worker_id if conn is not None and conn.info is not None else None,
             )
@@ -101,72 +102,3 @@ def summary(pool: WorkerPool) -> str:
     fatal = sum(r["state"] == "fatal" for r in rows)
     processed = sum(r["processed"] for r in rows)
     return f"{ready}/{pool.size} ready, {fatal} fatal, {processed} processed"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def render(status: dict[str, Any]) -> str:
-    """The table printed by ``corral status``."""
-    head = (
-        f"pool {status['pool']}  supervisor pid {status['pid']}  {status['state']}  "
-        f"up {_duration(status['uptime_s'])}  rss {status['rss_bytes'] / 2**20:.1f} MB"
-    )
-    columns = ("SLOT", "STATE", "PID", "UPTIME", "RSS MB", "CPU %", "PROCESSED", "FAILED", "RESTARTS")
-    lines = [head, "", "{:>4}  {:<9} {:>8} {:>8} {:>7} {:>6} {:>10} {:>7} {:>8}".format(*columns)]
-    for row in status["slots"]:
-        lines.append(
-            "{:>4}  {:<9} {:>8} {:>8} {:>7.1f} {:>6.1f} {:>10} {:>7} {:>8}".format(
-                row["slot"],
-                row["state"],
-                row["pid"] or "-",
-                _duration(row["uptime_s"]),
-                row["rss_bytes"] / 2**20,
-                row["cpu_percent"],
-                row["processed"],
-                row["failed"],
-                row["restarts"],
-            )
-        )
-        if row.get("reason"):
-            lines.append(f"      └ {row['reason']}")
-    lines.extend(_render_work(status.get("work") or {}))
-    apps = [(row["slot"], row.get("app")) for row in status["slots"] if row.get("app")]
-    if apps:
-        lines.extend(["", "APP METRICS"])
-        lines.extend(f"{slot:>4}  {json.dumps(app, separators=(', ', ': '))}" for slot, app in apps)
-    return "\n".join(lines)
-
-
-def _render_work(work: dict[str, dict[str, dict[str, int]]]) -> list[str]:
-    rows = [
-        (kind[:-1], name, f)
-        for kind in ("queues", "streams")
-        for name, f in sorted(work.get(kind, {}).items())
-    ]
-    if not rows:
-        return []
-    columns = ("KIND", "NAME", "PROCESSED", "FAILED", "RETRIED", "DEAD", "IN FLIGHT", "LAG")
-    template = "{:<6} {:<28} {:>10} {:>7} {:>8} {:>6} {:>10} {:>8}"
-    lines = ["", template.format(*columns)]
-    for kind, name, f in rows:
-        retried = f.get("retried", "-") if kind == "queue" else "-"
-        lines.append(
-            template.format(
-                kind,
-                name[:28],
-                f.get("processed", 0),
-                f.get("failed", 0),
-                retried,
-                f.get("dead", 0),
-                f.get("in_flight", 0),
-                f.get("lag", 0),
-            )
-        )
-    return lines

@@ -19,9 +19,9 @@ from typing import Any
 
 from loguru import logger
 
-from corral.contract import BadChildSpec, ChildSpec, ExitCode
+from corral.contract import BadChildSpec, ChildSpec, ExitCode, LoadError, WorkSpec, load_object
 from corral.workers.base import BaseWorker
-from corral.workers.loader import LoadError, load_object
+from corral.workers.consumers.base import load_handler
 from corral.workers.runtime import ChildRuntime
 
 PR_SET_PDEATHSIG = 1
@@ -58,6 +58,38 @@ def make_worker(path: str) -> BaseWorker:
         made = type(worker).__name__
         raise BootError(ExitCode.BOOT_IMPORT, f"worker {path!r} made a {made}, not a BaseWorker")
     return worker
+
+
+def check(spec: ChildSpec) -> list[str]:
+    """What a child of ``spec`` could not import: its worker and every handler (one line each)."""
+    problems = []
+    try:
+        load_target(spec.target)
+    except BootError as exc:
+        problems.append(f"pool.worker: {exc}")
+    work = WorkSpec.from_json(spec.work)
+    handlers = [(f"streams[{i}].handler", s.handler) for i, s in enumerate(work.streams)]
+    handlers += [(f"queues[{i}].handler", q.handler) for i, q in enumerate(work.queues)]
+    for where, path in handlers:
+        try:
+            load_handler(path)
+        except LoadError as exc:
+            problems.append(f"{where}: {exc}")
+    return problems
+
+
+def check_child(raw_spec: str | None) -> int:
+    """``python -m corral.entrypoints.child --check``: import what the children will run, then exit
+    (the supervisor runs this before it starts any child, so a typo is an error at once)."""
+    try:
+        spec = ChildSpec.from_env(raw_spec)
+    except BadChildSpec as exc:
+        print(f"corral child: {exc}", file=sys.stderr)
+        return ExitCode.BOOT_USAGE
+    problems = check(spec)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return ExitCode.BOOT_IMPORT if problems else ExitCode.OK
 
 
 def guard_against_orphaning(parent_pid: int, grace_s: float) -> None:

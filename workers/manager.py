@@ -61,7 +61,11 @@ class WorkerManager:
         return sum(s.errors for s in self.stats.values())
 
     async def run(self) -> None:
-        """Run every registered worker until ``stopping`` is set (or the task is cancelled)."""
+        """Run every registered worker until ``stopping`` is set (or the task is cancelled). With none
+        (a worker that only answers IPC requests), just wait until asked to stop."""
+        if not self.workers:
+            await self.stopping.wait()
+            return
         async with asyncio.TaskGroup() as group:
             for worker in self.workers:
                 group.create_task(self._loop(worker), name=f"worker:{worker.name}")

@@ -16,12 +16,11 @@ from typing import Any
 
 from loguru import logger
 
-from corral.contract import ChildSpec, Event, ExitCode, StopMode, WorkSpec
+from corral.contract import ChildSpec, Event, ExitCode, LoadError, StopMode, WorkSpec
 from corral.ipc import Channel, IPCError
 from corral.workers.base import BaseWorker, WorkerContext
 from corral.workers.consumers.client import connect
 from corral.workers.consumers.consumer_set import Consumers, new_worker_id
-from corral.workers.loader import LoadError
 
 
 class ChildRuntime:

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loguru import logger
 
+from corral.contract import load_object
 from corral.entrypoints.contest import (
     ContestWorker,
     InvalidSubmission,
@@ -38,7 +39,6 @@ from corral.entrypoints.contest.db import (
 )
 from corral.supervisor import config as config_module
 from corral.workers.base import WorkerContext
-from corral.workers.loader import load_object
 from corral.workers.messages import HandlerContext, Reject, decode_job
 from tests.conftest import RedisServer
 

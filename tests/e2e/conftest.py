@@ -170,14 +170,16 @@ class Corral:
 
     def status_fast(self) -> dict[str, Any] | None:
         """The same request over the control socket from this process (for tight polling);
-        None while nothing answers."""
-        logger.disable("ipc")  # its debug lines about every short-lived channel are noise here
+        None while nothing answers, or while the pool has no slots yet (its start-up checks)."""
+        logger.disable("corral.ipc")  # its debug lines about every short-lived channel are noise here
         try:
             status: dict[str, Any] = asyncio.run(call(self.socket, "status", timeout_s=5.0))
         except (NotRunning, IPCError, OSError):
             return None
         finally:
-            logger.enable("ipc")
+            logger.enable("corral.ipc")
+        if not status["slots"] and status["size"]:
+            return None
         self._remember(status)
         return status
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
+import select
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.e2e.conftest import Corral, is_gone, reap, wait_until
+from tests.e2e.conftest import CORRAL, Corral, is_gone, reap, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -273,22 +276,31 @@ def test_every_slot_fatal_exits_3(corral: Factory) -> None:
         ("tests.e2e.broken_app:Worker", "ImportError: broken_app refuses to be imported"),
     ],
 )
-def test_bad_import_path_is_fatal_at_once_and_exits_3(corral: Factory, worker: str, expected: str) -> None:
-    c = corral(worker, workers=2).start()  # default restart policy: 5 restarts, 0.5 s backoff
-    started = time.monotonic()
-    assert c.wait_exit(15) == 3
-    assert time.monotonic() - started < 8, "a boot error that cannot heal was retried"
-    log = c.log()
-    assert "boot error that a restart cannot fix" in log
-    assert "supervisor exiting with code 3" in log
-    for slot in (0, 1):
-        worker_log = c.log(str(slot))
-        assert "Traceback (most recent call last)" in worker_log, worker_log
-        assert expected in worker_log
-        assert worker_log.count("boot failed") == 1  # no retries
+def test_a_bad_import_path_is_a_config_error_before_any_child(
+    corral: Factory, worker: str, expected: str
+) -> None:
+    c = corral(worker, workers=2).start()
+    assert c.wait_exit(15) == 2
+    output = c.output()
+    assert (
+        "the workers cannot import their code" in output
+        and f"pool.worker: worker: cannot import {worker!r}" in output
+    )
+    assert expected in output
+    assert "slot 0 pid" not in c.log(), "a child was started"
+    assert not list(c.log_dir.glob("worker-*.log"))
     if "broken_app" in worker:
-        assert "broken_app: stdout before the import fails" in c.log("0")
-        assert "broken_app: stderr before the import fails" in c.log("0")
+        assert "broken_app: stdout before the import fails" in output
+
+
+def test_a_handler_that_cannot_be_imported_is_named(corral: Factory) -> None:
+    sup = corral(f"{APPS}:GoodWorker", workers=1)
+    sup.config.write_text(
+        sup.config.read_text() + '\n[[queues]]\nnames = ["q"]\nhandler = "tests.e2e.apps:no_such_handler"\n'
+    )
+    sup.start()
+    assert sup.wait_exit(15) == 2
+    assert "queues[0].handler: cannot import 'tests.e2e.apps:no_such_handler'" in sup.output()
 
 
 def test_hung_child_is_aborted_with_a_traceback_and_replaced(corral: Factory, tmp_path: Path) -> None:
@@ -541,3 +553,66 @@ def test_reload_rereads_the_config(corral: Factory) -> None:
 
     c.send(signal.SIGTERM)
     assert c.wait_exit(15) == 0
+
+
+def test_a_scale_survives_a_reload_unless_the_config_changes_workers(corral: Factory) -> None:
+    c = corral(f"{APPS}:GoodWorker", workers=2).start()
+    c.wait_all_ready(2)
+    assert c.cli("scale", "3").returncode == 0
+    c.wait_all_ready(3)
+    assert c.cli("reload").returncode == 0
+    wait_until(lambda: "reload finished" in c.log(), 20, what="the reload to finish")
+    assert c.status()["size"] == 3, "the reload undid the scale"
+    assert "keeping 3 slots set by scale (the config says 2)" in c.log()
+
+    c.config.write_text(c.config.read_text().replace("workers = 2", "workers = 1"))
+    assert c.cli("reload").returncode == 0
+    wait_until(lambda: c.log().count("reload finished") == 2, 20, what="the second reload")
+    c.wait_all_ready(1)
+    assert c.status()["size"] == 1 and "workers 2 -> 1 (the config changed)" in c.log()
+
+
+def test_the_cli_reaches_a_running_pool_when_the_config_on_disk_is_broken(corral: Factory) -> None:
+    c = corral(f"{APPS}:GoodWorker", workers=2).start()
+    c.wait_all_ready(2)
+    good = c.config.read_text()
+    c.config.write_text(good.replace("workers = 2", "workers = 2\nwokers = 3"))
+    status = c.cli("status")
+    assert status.returncode == 0 and "ready" in status.stdout
+    assert "does not validate (pool.wokers: unknown key (did you mean 'workers'?))" in status.stderr
+    assert c.cli("logs", "supervisor", "-n", "1").returncode == 0
+    assert c.cli("reload").returncode == 2  # a reload needs a config that validates
+    c.config.write_text(good.replace("workers = 2", "workers = 2\n# an edit"))  # valid, not what runs
+    assert "changed since the pool loaded it" in c.cli("status").stdout
+    c.config.write_text(good.replace("workers = 2", 'workers = "x"'))
+    stop = c.cli("stop")
+    assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stderr
+    assert c.wait_exit(15) == 0
+    missing = c.cli("status")  # nothing runs any more: the config's problem is the message
+    assert missing.returncode == 2 and "pool.workers: must be an int" in missing.stderr
+    assert c.cli("logs", "7").returncode == 1  # no such log file
+
+
+def test_status_watch_redraws_the_table_on_a_terminal(corral: Factory) -> None:
+    c = corral(f"{APPS}:GoodWorker", workers=2).start()
+    c.wait_all_ready(2)
+    controller, terminal = pty.openpty()  # rich redraws only on a terminal
+    watch = subprocess.Popen(
+        [*CORRAL, "status", "--watch", "--interval", "0.2", "-c", str(c.config)],
+        stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, start_new_session=True,
+    )  # fmt: skip
+    os.close(terminal)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 15
+        while seen.count(b"SLOT") < 3 and time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.5)
+            if ready:
+                seen += os.read(controller, 65536)
+    finally:
+        watch.send_signal(signal.SIGINT)  # Ctrl-C ends it
+        code = watch.wait(10)
+        os.close(controller)
+    assert seen.count(b"SLOT") >= 3, seen[-2000:]  # three frames at least
+    assert b"ready" in seen and b"Traceback" not in seen
+    assert code in (0, 130)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import urllib.request
@@ -29,6 +30,8 @@ workers = 2
 [paths]
 state_dir = "run"
 log_dir = "logs"
+[logging]
+summary_interval_s = 0.5
 [metrics]
 listen = "127.0.0.1:{port}"
 [[queues]]
@@ -55,9 +58,18 @@ max_attempts = 1
     assert 'corral_slot_ready{pool="e2e",slot="0"} 1.0' in text
     assert 'corral_queue_failed_total{pool="e2e",queue="doomed"} 1.0' in text
     table = sup.cli("status").stdout
-    assert "queue  jobs" in table and "queue  doomed" in table
+    rows = [line.split() for line in table.splitlines()]
+    assert ["queue", "jobs", "5"] in [row[:3] for row in rows] and ["queue", "doomed"] in [
+        row[:2] for row in rows
+    ]
     status = sup.status()
     assert status["work"]["queues"]["jobs"]["processed"] == 5
     assert status["work"]["queues"]["doomed"]["dead"] == 1
+    # a slot counts what its queues count: successes as processed, errors as failed
+    assert sum(row["processed"] for row in status["slots"]) == 5
+    assert sum(row["failed"] for row in status["slots"]) == 1
+    # the foreground's periodic summary: rates per queue (and failures) at INFO
+    for pattern in (r"work: .*jobs \d+\.\d/s", r"work: .*doomed \d+\.\d/s \(\d+\.\d failed/s\)"):
+        wait_until(lambda p=pattern: re.search(p, sup.log()), timeout_s=10, what=f"a summary like {pattern}")
     sup.send(signal.SIGTERM)
     assert sup.wait_exit(30) == 0

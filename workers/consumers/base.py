@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.contract import LoadError, load_object
 from corral.workers.keys import Keys
-from corral.workers.loader import LoadError, load_object
 from corral.workers.messages import HandlerContext
 
 Handler = Callable[..., Any]

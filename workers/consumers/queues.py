@@ -71,6 +71,7 @@ class QueueConsumer(HandlerUnit):
         self.idle_sleep_s = 0.0  # an empty round already blocked in BLMOVE
         self.pool = pool
         self.stats: dict[str, QueueStats] = {}
+        self.succeeded = 0  # jobs handled without an error, over every queue
         self.held: set[str] = set()
         self.unacked: list[tuple[str, bytes]] = []  # handled, acknowledgement not yet confirmed
         self.interrupted = False  # the last round raised: our processing lists may hold strays
@@ -119,13 +120,14 @@ class QueueConsumer(HandlerUnit):
         batch = await self._take_batch() if not self.spec.at_most_once else await self._pop_batch()
         if not batch:
             return 0
+        before = self.succeeded
         try:
             await run_all(batch, self._handle, self.spec.concurrency)
         finally:
             for queue, _ in batch:
                 self._stats(queue).in_flight = 0
         await self._ack()
-        return len(batch)
+        return self.succeeded - before  # what the slot counts as processed, as the queue does
 
     async def _take_batch(self) -> list[tuple[str, bytes]]:
         queues = self.discovery.rotated()
@@ -183,6 +185,7 @@ class QueueConsumer(HandlerUnit):
             await self._fail(job, exc)
             return
         stats.processed += 1
+        self.succeeded += 1
         if not self.spec.at_most_once:
             self.unacked.append((queue, raw))
 

@@ -50,7 +50,7 @@ class StreamConsumer(EntryUnit):
         entries = await self._read()
         if not entries:
             return 0
-        self.in_flight = len(entries)
+        self.in_flight, before = len(entries), self.processed
         try:
             await run_all(entries, self._handle, self.spec.concurrency)
         except REDIS_DOWN:
@@ -59,7 +59,7 @@ class StreamConsumer(EntryUnit):
         finally:
             self.in_flight = 0
         await self._ack()
-        return len(entries)
+        return self.processed - before  # what the slot counts as processed, as the stream does
 
     async def _measure_lag(self) -> None:
         """Every LAG_INTERVAL_S: entries the group has not been given yet (XINFO GROUPS lag)."""

@@ -61,9 +61,9 @@ def test_spawn_request_both_ways_and_pool_events(make_pool: Callable[..., Worker
     async def body() -> None:
         pool = make_pool(2, "Echo")
         events = PoolEvents(pool)
-        told: list[Any] = []
-        events.on("parent_echo", lambda data: ["parent", data])
-        events.on("told", told.append)
+        told: list[tuple[int, Any]] = []
+        events.on("parent_echo", lambda conn, data: ["parent", data])
+        events.on("told", lambda conn, data: told.append((conn.slot, data)))
         try:
             assert await pool.spawn_all()
             conns = [pool.get(0), pool.get(1)]
@@ -76,9 +76,9 @@ def test_spawn_request_both_ways_and_pool_events(make_pool: Callable[..., Worker
             assert conn is not None
             assert await conn.request("ask_parent", 42) == ["parent", 42]
             conn.send("tell_parent", "hello")
-            await wait_until(lambda: told == ["hello"], what="the child's send")
+            await wait_until(lambda: told == [(1, "hello")], what="the child's send, with its connection")
             # a handler attached later reaches present and future children, and detaches on kill
-            events.on("late", lambda _d: "late!")
+            events.on("late", lambda _conn, _data: "late!")
             old_pid = conn.pid
             os.kill(old_pid, signal.SIGKILL)
             await wait_until(lambda: (c := pool.get(1)) is not None and c.pid != old_pid

@@ -217,9 +217,39 @@ def test_pattern_and_registry_discovery(redis_clean: Any, local_worker: Any, run
         assert set(await handled(r)) == {job_id(v) for v in ('"s1"', '"r1"', '"s42"', '"r2"')}
         assert await r.lrange("contest:other", 0, -1) == [b'"not mine"']
         pattern, registry = worker.consumers.queues
-        assert "contest:other" not in pattern.queues  # (emptied lists are gone from Redis and from here)
+        assert "contest:other" not in pattern.queues
+        assert pattern.queues == ["contest:submissions:1", "contest:submissions:{42}"]  # kept while empty
         assert registry.queues == ["reg:a", "reg:b"]
         assert await corral_keys(r, "processing") == []
+        await r.aclose()
+
+    run(body())
+
+
+def test_a_drained_pattern_queue_gets_its_next_job_within_the_block_time(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    """A drained list is gone from Redis, so the next SCAN does not find it: its next job must still be
+    picked up within the block time, not at the discovery after next (refresh_s = 1.5 here)."""
+
+    async def body() -> None:
+        r = client(redis_clean.url)
+        await r.lpush("drained:a", '"first"')
+        spec = QueueSpec(handler=f"{H}:record_job", pattern="drained:*", refresh_s=1.5, block_s=0.2)
+        worker = await local_worker(WorkSpec(redis=redis_spec(redis_clean.url), queues=(spec,)))
+        [consumer] = worker.consumers.queues
+        try:
+            await wait_for(lambda: equals(r.hlen("test:handled"), 1), what="the first job")
+            assert not await r.exists("drained:a")  # drained: Redis deleted the list
+            drained_at = time.monotonic()
+            await wait_for(lambda: consumer.discovery._discovered_at > drained_at, timeout_s=5, what="a scan")
+            pushed_at = time.monotonic()  # just after a scan that could not see the queue
+            await r.lpush("drained:a", '"again"')
+            await wait_for(lambda: equals(r.hlen("test:handled"), 2), timeout_s=5, what="the next job")
+            latency_s = time.monotonic() - pushed_at
+        finally:
+            await worker.stop()
+        assert latency_s < 1.0, f"{latency_s:.2f}s: it waited for the next discovery"
         await r.aclose()
 
     run(body())

@@ -85,6 +85,8 @@ def test_defaults(tmp_path: Path) -> None:
         ('[pool]\nworker = "a:b"\n[logging]\nlevel = "LOUD"\n', "logging.level: must be one of"),
         ('[pool]\nworker = "a:b"\n[health]\nmax_memory_mb = -5\n', "health.max_memory_mb: must be > 0"),
         ("pool = 3\n", "[pool]: must be a table"),
+        ('[pool]\nworker = "a:b"\nwokers = 2\n', "pool.wokers: unknown key (did you mean 'workers'?)"),
+        ('[pool]\nworker = "a:b"\n[helth]\nx = 1\n', "[helth]: unknown section (did you mean 'health'?)"),
     ],
 )
 def test_bad_values_are_named(tmp_path: Path, text: str, expected: str) -> None:
@@ -167,3 +169,11 @@ def test_redis_url_comes_from_the_environment(tmp_path: Path, monkeypatch: pytes
     config = load(write(tmp_path, '[[queues]]\nnames = ["q"]\nhandler = "a:b"\n'))
     assert config.work.redis.url == "redis://:secret@db:6379/2"
     assert config.redis_url == "redis://:secret@db:6379/2"
+
+
+def test_a_bad_queue_does_not_also_claim_that_pool_worker_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, '[[queues]]\nnames = "q"\nhandler = "a:b"\n'))
+    message = str(caught.value)
+    assert "queues[0].names: must be a list of strings" in message
+    assert "pool.worker" not in message

@@ -120,6 +120,8 @@ def test_a_crash_backs_off_on_the_clock() -> None:
         assert next_at == pytest.approx(clock.now + 0.5)
         assert pool.launched.count(1) == 2
         assert pool.slots[1].state is WorkerState.BACKOFF
+        reason = pool.slots[1].reason(clock.now)  # what `corral status` shows for the slot
+        assert reason is not None and reason.startswith(ExitCode.describe(1)) and "restart in 0.5s" in reason
         clock.now += 0.49
         pool.reconcile()
         await settle()

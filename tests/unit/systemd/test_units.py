@@ -19,7 +19,7 @@ UNITS = [SINGLE, TEMPLATE]
 EXEC_KEYS = ("ExecStart", "ExecStartPre", "ExecStartPost", "ExecReload", "ExecStop", "ExecStopPost")
 # Directives that legitimately differ between the single unit and the template.
 PER_INSTANCE = {"Description", "ExecStart", "RuntimeDirectory", "StateDirectory", "LogsDirectory"}
-PER_INSTANCE |= {"SyslogIdentifier"}
+PER_INSTANCE |= {"SyslogIdentifier", "WorkingDirectory"}
 HARDENING = {
     "NoNewPrivileges": "yes",
     "ProtectSystem": "strict",

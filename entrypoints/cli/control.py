@@ -1,0 +1,100 @@
+"""The commands that talk to a running supervisor over its control socket: ``status`` (and
+``--watch``), ``reload``, ``scale``, ``stop``, and ``request`` / ``send`` to one child."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+import psutil
+from rich.console import Console
+from rich.live import Live
+
+from corral.entrypoints.cli.say import fail
+from corral.entrypoints.cli.view import render
+from corral.ipc import RemoteError
+from corral.supervisor.actions import SupervisorExit
+from corral.supervisor.config import Where
+from corral.supervisor.control import call
+
+
+async def control(where: Where, args: argparse.Namespace, digest: str | None) -> int:
+    """``digest``: of the config on disk, when it validates (None: it does not)."""
+    path = where.control_socket
+    command = args.command
+    if command == "status":
+        return await status(where, args, digest)
+    if command in ("request", "send"):
+        return await to_child(where, args)
+    if command == "reload":
+        print(await call(path, "reload"))
+    elif command == "scale":
+        if args.workers < 0:
+            return fail(f"scale needs a number of slots >= 0, got {args.workers}", SupervisorExit.CONFIG)
+        print(await call(path, "scale", args.workers))
+    elif command == "stop":
+        pid: int = (await call(path, "status"))["pid"]
+        await call(path, "stop")
+        if not args.no_wait and not await _wait_gone(pid, args.timeout):
+            return fail(f"supervisor pid {pid} still running after {args.timeout:g}s", SupervisorExit.FAILED)
+        print("stopped")
+    return SupervisorExit.OK
+
+
+def config_note(status: dict[str, Any], digest: str | None) -> str:
+    if digest is None:
+        return "note: the config file on disk does not validate; the pool runs the one it loaded"
+    if status.get("config_digest") and status["config_digest"] != digest:
+        return f"note: {status['config']} changed since the pool loaded it (corral reload applies it)"
+    return ""
+
+
+async def status(where: Where, args: argparse.Namespace, digest: str | None) -> int:
+    if args.json:
+        print(json.dumps(await call(where.control_socket, "status"), indent=2))
+        return SupervisorExit.OK
+    console = Console()
+    if not console.is_terminal:  # piped or captured: one line per row, never wrapped at 80 columns
+        console = Console(width=200)
+    if not args.watch:
+        current = await call(where.control_socket, "status")
+        console.print(render(current, config_note(current, digest)))
+        return SupervisorExit.OK
+    current = await call(where.control_socket, "status")
+    with Live(render(current, config_note(current, digest)), console=console, auto_refresh=False) as live:
+        while True:
+            await asyncio.sleep(args.interval)
+            current = await call(where.control_socket, "status")
+            live.update(render(current, config_note(current, digest)), refresh=True)
+
+
+async def to_child(where: Where, args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(args.data)
+    except ValueError as exc:
+        return fail(f"{args.command}: DATA is not valid JSON: {exc}", SupervisorExit.CONFIG)
+    message = {"slot": args.slot, "event": args.event, "data": data}
+    try:
+        if args.command == "send":
+            print(await call(where.control_socket, "send", message))
+            return SupervisorExit.OK
+        timeout_s = args.timeout
+        reply = await call(
+            where.control_socket, "request", {**message, "timeout_s": timeout_s}, timeout_s + 5
+        )
+    except RemoteError as exc:
+        return fail(f"{args.command}: {exc.remote_message}", SupervisorExit.FAILED)
+    print(json.dumps(reply))
+    return SupervisorExit.OK
+
+
+async def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        await asyncio.sleep(0.1)
+    return False

@@ -1,0 +1,75 @@
+"""The commands that do not need a running supervisor: ``logs`` (the log files) and ``enqueue`` /
+``publish`` (straight to Redis)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis as redis_py
+
+from corral.entrypoints.cli.say import fail
+from corral.supervisor.actions import SupervisorExit
+from corral.supervisor.config import Config, redacted
+from corral.workers.producer import enqueue, publish
+
+
+def produce(config: Config, args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(args.data)
+    except ValueError as exc:
+        return fail(f"{args.command}: DATA is not valid JSON: {exc}", SupervisorExit.CONFIG)
+    client = redis_py.Redis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        if args.command == "enqueue":
+            print(enqueue(client, args.queue, data, front=args.front))
+        else:
+            declared = {s.stream: s.partitions for s in config.work.streams}
+            print(publish(client, args.stream, data, key=args.key, partitions=declared.get(args.stream, 0)))
+    except ValueError as exc:
+        return fail(f"{args.command}: {exc}", SupervisorExit.CONFIG)
+    except redis_py.RedisError as exc:
+        return fail(f"cannot reach Redis at {redacted(config.redis_url)}: {exc}", SupervisorExit.NOT_RUNNING)
+    finally:
+        client.close()
+    return 0
+
+
+def show_logs(log_dir: Path, slot: str, lines: int, follow: bool) -> int:
+    name = "supervisor.log" if slot == "supervisor" else f"worker-{slot}.log"
+    if slot != "supervisor" and not slot.isdigit():
+        return fail(f"logs takes a slot number or 'supervisor', got {slot!r}", SupervisorExit.CONFIG)
+    path = log_dir / name
+    if not path.exists():
+        return fail(f"no log file {path}", SupervisorExit.FAILED)
+    with path.open("rb") as handle:
+        tail = handle.readlines()[-lines:] if lines > 0 else []
+        sys.stdout.buffer.write(b"".join(tail))
+        sys.stdout.flush()
+        if follow:
+            _follow(path, handle)
+    return 0
+
+
+def _follow(path: Path, handle: Any) -> None:
+    """Like ``tail -F``: keeps going across rotation (the file replaced by a new one)."""
+    inode = path.stat().st_ino
+    while True:
+        chunk = handle.read()
+        if chunk:
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            continue
+        try:
+            if path.stat().st_ino != inode:
+                handle.close()
+                handle = path.open("rb")
+                inode = path.stat().st_ino
+                continue
+        except FileNotFoundError:
+            pass
+        time.sleep(0.2)

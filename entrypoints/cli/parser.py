@@ -1,0 +1,71 @@
+"""The ``corral`` command line's arguments: one sub-command per action."""
+
+from __future__ import annotations
+
+import argparse
+from importlib.metadata import PackageNotFoundError, version
+
+from corral.entrypoints import scaffold
+
+# commands that talk to a running supervisor: they work from the state dir alone when the config
+# file on disk does not validate (a bad edit must not lock the operator out)
+CONTROL = frozenset({"status", "reload", "scale", "stop", "request", "send", "logs"})
+
+
+def _version() -> str:
+    try:
+        return version("corral")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corral", description="A supervised worker pool for Redis work.")
+    parser.add_argument("--version", action="version", version=f"corral {_version()}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default="corral.toml", help="config file (default: ./corral.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    scaffold.add_parser(sub)
+    sub.add_parser("run", parents=[common], help="run the supervisor in the foreground")
+    status = sub.add_parser("status", parents=[common], help="show every slot of the running pool")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument("-w", "--watch", action="store_true", help="refresh the table until Ctrl-C")
+    status.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (--watch)")
+    sub.add_parser("reload", parents=[common], help="rolling reload with new code and re-read config")
+    scale = sub.add_parser("scale", parents=[common], help="change the number of slots")
+    scale.add_argument("workers", type=int, help="the new number of slots")
+    stop = sub.add_parser("stop", parents=[common], help="graceful stop of the running pool")
+    stop.add_argument("--no-wait", action="store_true", help="return without waiting for it to exit")
+    stop.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the exit")
+    _child_messages(sub, common)
+    _producers(sub, common)
+    logs = sub.add_parser("logs", parents=[common], help="print (or follow) a slot's log file")
+    logs.add_argument("slot", help="a slot number, or 'supervisor'")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("-n", "--lines", type=int, default=50, help="how many last lines to print first")
+    return parser
+
+
+def _child_messages(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    request = sub.add_parser("request", parents=[common], help="ask one child (IPC request), print its reply")
+    send = sub.add_parser("send", parents=[common], help="tell one child (IPC send, no reply)")
+    for command in (request, send):
+        command.add_argument("slot", type=int, help="the slot whose child is asked")
+        command.add_argument("event", help="the event name its handler is registered for")
+        command.add_argument("data", nargs="?", default="null", help="the data, as JSON (default: null)")
+    request.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
+
+
+def _producers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    enqueue = sub.add_parser("enqueue", parents=[common], help="push a job (JSON) onto a queue")
+    enqueue.add_argument("queue", help="the queue (list key)")
+    enqueue.add_argument("data", help="the job's data, as JSON")
+    enqueue.add_argument("--front", action="store_true", help="next to be taken (priority)")
+    publish = sub.add_parser("publish", parents=[common], help="add an entry (a JSON object) to a stream")
+    publish.add_argument("stream", help="the stream (its shard is chosen by --key when partitioned)")
+    publish.add_argument("data", help='the entry\'s fields, as a JSON object: {"type": "x", "id": "1"}')
+    publish.add_argument("--key", help="partition key (e.g. a game id): one key, one shard, in order")
