@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -91,8 +92,8 @@ def decode_job(raw: bytes, queue: str) -> Job:
         value = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise Malformed(f"not UTF-8: {exc}") from None
-    except ValueError as exc:
-        raise Malformed(f"not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python allows
+        raise Malformed(f"not JSON: {type(exc).__name__}: {exc}") from None
     if isinstance(value, dict) and value.get(ENVELOPE_MARK) == 1 and isinstance(value.get("id"), str):
         attempt = value.get("attempt", 1)
         enqueued_at = value.get("enqueued_at")
@@ -101,10 +102,19 @@ def decode_job(raw: bytes, queue: str) -> Job:
             data=value.get("data"),
             attempt=attempt if type(attempt) is int and attempt > 0 else 1,
             queue=queue,
-            enqueued_at=float(enqueued_at) if isinstance(enqueued_at, int | float) else None,
+            enqueued_at=_timestamp(enqueued_at),
             raw=raw,
         )
     return Job(hashlib.sha1(raw).hexdigest()[:20], value, 1, queue, None, raw)
+
+
+def _timestamp(value: Any) -> float | None:
+    """A finite unix time, or None (a huge integer does not fit a float: OverflowError)."""
+    try:
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    except OverflowError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def decode_fields(raw_fields: dict[bytes, bytes]) -> dict[str, str]:

@@ -9,7 +9,6 @@ membership sweep.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import secrets
 from typing import Any
@@ -104,9 +103,15 @@ class Consumers:
         return await self.partitioned[str(data["stream"])].revoke([int(s) for s in data["shards"]])
 
     async def close(self) -> None:
-        """After a clean stop: leave the member set (nothing of ours is in flight any more)."""
-        with contextlib.suppress(*TRANSIENT):
+        """After a clean stop: jobs a cut-short round left in our processing lists go back to their
+        queues, and then we leave the member set. If that cannot be done (Redis away), the member
+        entry stays: its lease runs out and a sweep recovers what we hold."""
+        try:
+            for queue in self.queues:
+                await queue.put_back()
             await self.membership.leave()
+        except TRANSIENT as exc:
+            self.log.warning("stopping with Redis away ({!r}): a sweep will recover what we hold", exc)
         await self.redis.aclose()
 
     def stats(self) -> dict[str, Any]:

@@ -16,6 +16,11 @@ from corral.workers.messages import Message, decode_fields
 Entry = tuple[bytes, dict[bytes, bytes], int]  # id, raw fields, delivery attempt
 
 
+def is_nogroup(exc: ResponseError) -> bool:
+    """The stream or its consumer group does not exist (any more)."""
+    return str(exc).startswith("NOGROUP")
+
+
 async def create_group(redis: Any, stream: str, group: str, start_id: str) -> None:
     """The consumer group (and the stream: MKSTREAM), unless it exists already."""
     try:
@@ -49,7 +54,7 @@ class EntryUnit(HandlerUnit):
         out: list[Entry] = []
         gone: list[bytes] = []
         for entry_id, fields in entries:
-            if fields is None:
+            if not fields:  # deleted while pending: nil (XAUTOCLAIM) or {} (our own, XREADGROUP 0)
                 gone.append(entry_id)
             else:
                 out.append((entry_id, fields, counts.get(entry_id, 1)))

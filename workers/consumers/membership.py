@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from loguru import logger
+
+from corral.workers.consumers.client import REDIS_DOWN
 from corral.workers.keys import Keys
 
 Recover = Callable[[str], Awaitable[dict[str, int]]]
@@ -37,14 +40,29 @@ class Membership:
         self.idle_sleep_s = ttl_s / 3
         self.recover = recover
         self.members = keys.members(pool)
+        self.failing: set[str] = set()  # members whose recovery failed (logged once)
 
     async def run(self) -> int:
         now_ms = await redis_now_ms(self.redis)
         await self.redis.zadd(self.members, {self.worker_id: now_ms + self.ttl_ms})
         expired = await self.redis.zrangebyscore(self.members, "-inf", now_ms, start=0, num=10)
         for member in expired:
-            await self.recover(member.decode())
+            await self._recover(member.decode())
         return 0
+
+    async def _recover(self, member: str) -> None:
+        """One expired member's recovery; its failure (other than Redis being away) is logged once
+        and retried next round, and never stops our own lease from being renewed."""
+        try:
+            await self.recover(member)
+        except REDIS_DOWN:
+            raise
+        except Exception as exc:
+            if member not in self.failing:
+                self.failing.add(member)
+                logger.bind(member=member).exception("recovering {} failed: {!r}; will retry", member, exc)
+            return
+        self.failing.discard(member)
 
     async def leave(self) -> None:
         await self.redis.zrem(self.members, self.worker_id)

@@ -3,7 +3,11 @@ within one cluster slot (a queue and its bookkeeping keys share its hash tag, se
 
 TAKE = """
 local jobs = redis.call('RPOP', KEYS[1], ARGV[1])
-if jobs then redis.call('LPUSH', KEYS[2], unpack(jobs)) end
+if jobs then
+  for i = 1, #jobs, 1000 do  -- unpack() of more than ~8,000 values fails: after the pop
+    redis.call('LPUSH', KEYS[2], unpack(jobs, i, math.min(i + 999, #jobs)))
+  end
+end
 return jobs
 """
 PROMOTE = """
@@ -16,7 +20,8 @@ return #due
 """
 MOVE_ALL = """
 local n = 0
-while redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'RIGHT') do n = n + 1 end
+-- the newest first, each to the queue's front: the oldest ends up next to be taken again
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
 return n
 """
 ACK = """

@@ -98,6 +98,11 @@ class QueueConsumer(HandlerUnit):
             self.interrupted = True
             raise
 
+    async def put_back(self) -> None:
+        """On the way out: what a cut-short round left behind goes back (see ``_put_back_held``)."""
+        if self.interrupted or self.unacked:
+            await self._put_back_held()
+
     async def _put_back_held(self) -> None:
         """After a round cut short (Redis went away mid-batch, a reply was lost): jobs it took and
         did not settle are still in our processing lists, and nobody recovers a live worker's lists.
@@ -132,13 +137,17 @@ class QueueConsumer(HandlerUnit):
     async def _take_batch(self) -> list[tuple[str, bytes]]:
         queues = self.discovery.rotated()
         per_queue = max(1, -(-self.spec.batch_size // len(queues)))
-        for queue in queues:
-            await self._hold(queue)
         async with self.redis.pipeline(transaction=False) as pipe:
+            # every round, first: a peer that recovered us while our loop stalled deleted the set,
+            # and a processing list nobody knows of is never recovered
+            pipe.sadd(self.keys.held_queues(self.pool, self.worker_id), *queues)
+            self.held.update(queues)
             for queue in queues:
                 await self._take(keys=[queue, self._processing(queue)], args=[per_queue], client=pipe)
             results = await pipe.execute()
-        batch = [(queue, raw) for queue, jobs in zip(queues, results, strict=True) for raw in (jobs or ())]
+        batch = [
+            (queue, raw) for queue, jobs in zip(queues, results[1:], strict=True) for raw in (jobs or ())
+        ]
         if not batch:  # everything is empty: block on one queue (rotating) for up to block_s
             queue = queues[0]
             raw = await self.redis.blmove(queue, self._processing(queue), self.spec.block_s, "RIGHT", "LEFT")
@@ -282,11 +291,6 @@ class QueueConsumer(HandlerUnit):
     async def _refresh_queues(self) -> None:
         for gone in await self.discovery.refresh():  # its list is empty (Redis deleted it)
             self._stats(gone).lag = 0
-
-    async def _hold(self, queue: str) -> None:
-        if queue not in self.held:
-            await self.redis.sadd(self.keys.held_queues(self.pool, self.worker_id), queue)
-            self.held.add(queue)
 
     def _processing(self, queue: str) -> str:
         return self.keys.processing(queue, self.worker_id)

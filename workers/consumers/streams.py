@@ -13,11 +13,12 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from corral.contract import StreamSpec
 from corral.workers.consumers.base import error_summary, run_all
 from corral.workers.consumers.client import REDIS_DOWN
-from corral.workers.consumers.entries import Entry, EntryUnit, create_group
+from corral.workers.consumers.entries import Entry, EntryUnit, create_group, is_nogroup
 from corral.workers.keys import Keys
 from corral.workers.messages import Reject
 
@@ -41,6 +42,19 @@ class StreamConsumer(EntryUnit):
         self.lag = 0
 
     async def run(self) -> int:
+        try:
+            return await self._round()
+        except ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+            # the stream or its group is gone (a restart without persistence, FLUSHALL): make it again
+            self.log.warning(
+                "stream {}: the group {} is gone; creating it again", self.spec.stream, self.spec.group
+            )
+            self._group_ready, self.read_own, self._own_cursor = False, True, b"0"
+            return 0
+
+    async def _round(self) -> int:
         if not self._group_ready:
             await self._create_group()
         if self.unacked:
@@ -149,7 +163,17 @@ class StreamConsumer(EntryUnit):
         self._group_ready = True
 
     async def recover(self, dead_consumer: str) -> int:
-        """Take over a dead consumer's pending entries (handled next round), then delete it."""
+        """Take over a dead consumer's pending entries (handled next round), then delete it. No
+        group (the stream or the group is gone): nothing is pending, nothing to recover."""
+        try:
+            return await self._claim_all_of(dead_consumer)
+        except ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+            self._group_ready = False
+            return 0
+
+    async def _claim_all_of(self, dead_consumer: str) -> int:
         moved = 0
         while True:
             pending = await self.redis.xpending_range(

@@ -8,6 +8,8 @@ import os
 import time
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from corral.workers.messages import HandlerContext, Job, Message, Reject, Requeue
 
 
@@ -152,3 +154,27 @@ async def sleepy_count(job: Job, ctx: HandlerContext) -> None:
 async def sleepy_entry(message: Message, ctx: HandlerContext) -> None:
     await asyncio.sleep(0.2)
     await ctx.redis.hincrby("test:handled_entries", message.fields["n"], 1)
+
+
+async def hold_each_delivery(job: Job, ctx: HandlerContext) -> None:
+    """Delivery n of any job (counted in ``test:seen``) waits until ``test:release:<n>`` exists."""
+    seen = await ctx.redis.incr("test:seen")
+    deadline = time.monotonic() + 30.0
+    while not await ctx.redis.exists(f"test:release:{seen}") and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    await ctx.redis.hincrby("test:handled", job.id, 1)
+
+
+async def redis_away_on_poison(job: Job, ctx: HandlerContext) -> None:
+    """A job whose data is ``"poison"`` raises what a dropped Redis connection raises (the round is
+    interrupted, not failed); the others are counted."""
+    if job.data == "poison":
+        raise RedisConnectionError("simulated: the connection dropped")
+    await ctx.redis.hincrby("test:handled", job.id, 1)
+
+
+async def fail_first_entry_then_record(message: Message, ctx: HandlerContext) -> None:
+    """An entry's first delivery fails; later ones append its fields (JSON) to ``test:fields``."""
+    if await ctx.redis.hincrby("test:deliveries", message.id, 1) == 1:
+        raise RuntimeError("first delivery fails")
+    await ctx.redis.rpush("test:fields", json.dumps(message.fields))

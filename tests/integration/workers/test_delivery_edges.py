@@ -1,0 +1,219 @@
+"""Delivery at its edges (issue: nothing stranded, lost or run twice): each test reproduces a hole
+found against a real server, and failed before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from corral.contract import QueueSpec, StreamSpec, WorkSpec
+from corral.workers.consumers.consumer_set import Consumers
+from corral.workers.consumers.membership import Membership
+from corral.workers.keys import Keys
+from corral.workers.messages import encode_job
+from tests.integration.conftest import KEYS, POOL, H, client, equals, redis_spec, wait_for
+
+
+def queue_work(url: str, **spec: Any) -> WorkSpec:
+    spec.setdefault("block_s", 0.2)
+    return WorkSpec(redis=redis_spec(url), queues=(QueueSpec(**spec),))
+
+
+def test_a_live_worker_recovered_by_a_peer_registers_its_queue_again(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    """A stalled loop lets a peer 'recover' a live worker (deleting its held set); the next job that
+    worker takes must be recoverable again, or a later SIGKILL strands it for good."""
+
+    async def body() -> None:
+        r = client(redis_clean.url)
+        await r.lpush("hq", encode_job({"n": 1}))
+        work = queue_work(redis_clean.url, names=("hq",), handler=f"{H}:hold_each_delivery")
+        a = await local_worker(work, name="a")
+        peer = Consumers(work, redis=r, pool=POOL, worker_id="testhost:test:peer", log=a.consumers.log)
+        held = KEYS.held_queues(POOL, a.worker_id)
+        try:
+            await wait_for(lambda: equals(r.get("test:seen"), b"1"), what="a's first delivery")
+            assert await peer.recover(a.worker_id, force=True) == {"jobs": 1, "entries": 0}
+            assert not await r.exists(held)
+            await r.set("test:release:1", 1)  # a's stalled handler finishes; a takes the job again
+            await wait_for(lambda: equals(r.get("test:seen"), b"2"), what="a's second delivery")
+            assert await r.smembers(held) == {b"hq"}, "the queue a holds again is not registered"
+            assert await peer.recover(a.worker_id, force=True) == {"jobs": 1, "entries": 0}
+            assert await r.llen("hq") == 1  # recoverable: back in the queue
+        finally:
+            await r.set("test:release:2", 1)
+            await r.set("test:release:3", 1)
+            await a.stop()
+        await r.aclose()
+
+    run(body())
+
+
+def test_a_batch_of_ten_thousand_is_taken_whole(redis_clean: Any, local_worker: Any, run: Any) -> None:
+    """Lua's unpack() has a limit near 8,000 values: the take script must not delete what it took."""
+
+    async def body() -> None:
+        r = client(redis_clean.url)
+        jobs = [encode_job({"n": n}) for n in range(10_000)]
+        for start in range(0, len(jobs), 1000):
+            await r.lpush("big", *jobs[start : start + 1000])
+        work = queue_work(redis_clean.url, names=("big",), handler=f"{H}:count_job", batch_size=10_000)
+        worker = await local_worker(work)
+        try:
+            await wait_for(lambda: equals(r.hlen("test:handled"), 10_000), timeout_s=60, what="every job")
+        finally:
+            await worker.stop()
+        assert await r.llen(KEYS.dead("big")) == 0
+        await r.aclose()
+
+    run(body())
+
+
+def test_input_that_breaks_the_decoder_is_dead_lettered_not_retried_forever(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    async def body() -> None:
+        r = client(redis_clean.url)
+        nested = b"[" * 100_000 + b"]" * 100_000  # RecursionError in json.loads
+        huge = json.dumps(
+            {"_corral": 1, "id": "huge", "data": 1, "attempt": 1, "enqueued_at": 10**400}
+        ).encode()
+        await r.lpush("odd", nested, huge, encode_job({"n": "after"}))
+        work = queue_work(redis_clean.url, names=("odd",), handler=f"{H}:record_job")
+        worker = await local_worker(work)
+        try:
+            await wait_for(lambda: equals(r.hlen("test:handled"), 2), what="the decodable jobs")
+            await wait_for(lambda: equals(r.llen(KEYS.dead("odd")), 1), what="the nested one dead-lettered")
+        finally:
+            await worker.stop()
+        [record] = await r.lrange(KEYS.dead("odd"), 0, -1)
+        assert json.loads(record)["error"].startswith("malformed: ")
+        assert await r.llen("odd") == 0
+        await r.aclose()
+
+    run(body())
+
+
+def test_put_back_and_recovery_keep_the_order_of_a_batch(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    async def body() -> None:
+        r = client(redis_clean.url)
+        raws = [encode_job({"n": n}) for n in range(3)]
+        await r.lpush("oq", *raws)  # producers push at the left, the oldest (n=0) is taken first
+        before = await r.lrange("oq", 0, -1)
+        work = queue_work(redis_clean.url, names=("oq",), handler=f"{H}:hold_each_delivery", batch_size=3)
+        a = await local_worker(work, name="a")
+        peer = Consumers(work, redis=r, pool=POOL, worker_id="testhost:test:peer", log=a.consumers.log)
+        try:
+            await wait_for(lambda: equals(r.get("test:seen"), b"1"), what="a holds the batch")
+            assert await r.llen("oq") == 0
+            assert (await peer.recover(a.worker_id, force=True))["jobs"] == 3
+            assert await r.lrange("oq", 0, -1) == before, "recovery reversed the batch"
+        finally:
+            for n in range(1, 8):
+                await r.set(f"test:release:{n}", 1)
+            await a.stop()
+        await r.aclose()
+
+    run(body())
+
+
+def test_a_recovery_that_raises_does_not_stop_the_lease_from_renewing(redis_clean: Any, run: Any) -> None:
+    async def body() -> None:
+        r = client(redis_clean.url)
+        keys = Keys()
+
+        async def recover(member: str) -> dict[str, int]:
+            raise ResponseError("NOGROUP No such key 'gone' or consumer group 'g'")
+
+        unit = Membership(
+            redis=r, keys=keys, pool=POOL, worker_id="testhost:test:me", ttl_s=10, recover=recover
+        )
+        await r.zadd(keys.members(POOL), {"testhost:test:dead": 1})  # a lease that ran out long ago
+        for _ in range(3):
+            await unit.run()  # must not raise: our own lease is renewed whatever a recovery does
+        now_ms = int((await r.time())[0]) * 1000
+        assert await r.zscore(keys.members(POOL), "testhost:test:me") > now_ms
+        await r.aclose()
+
+    run(body())
+
+
+def test_a_stream_whose_group_vanished_is_consumed_again(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    """A server restarted without persistence, or FLUSHALL: the group is gone (NOGROUP)."""
+
+    async def body() -> None:
+        r = client(redis_clean.url)
+        spec = StreamSpec(stream="gs", handler=f"{H}:count_entry", group="g", block_ms=100)
+        worker = await local_worker(WorkSpec(redis=redis_spec(redis_clean.url), streams=(spec,)))
+        try:
+            await r.xadd("gs", {"n": "1"})
+            await wait_for(lambda: equals(r.hlen("test:handled_entries"), 1), what="the first entry")
+            await r.delete("gs")  # the stream and its group are gone
+            await asyncio.sleep(0.3)  # let a round or two meet NOGROUP
+            await r.xadd("gs", {"n": "2"})
+            await wait_for(
+                lambda: equals(r.hlen("test:handled_entries"), 2), timeout_s=10, what="the entry after"
+            )
+        finally:
+            await worker.stop()
+        await r.aclose()
+
+    run(body())
+
+
+def test_a_graceful_stop_after_an_interrupted_round_puts_its_jobs_back(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    async def body() -> None:
+        r = client(redis_clean.url)
+        await r.lpush("iq", encode_job("poison"), encode_job({"n": 1}), encode_job({"n": 2}))
+        work = queue_work(redis_clean.url, names=("iq",), handler=f"{H}:redis_away_on_poison", batch_size=3)
+        worker = await local_worker(work)
+        [consumer] = worker.consumers.queues
+        await wait_for(lambda: consumer.interrupted, what="the round interrupted by 'Redis going away'")
+        await worker.stop()  # graceful, at once
+        processing = KEYS.processing("iq", worker.worker_id)
+        left = await r.llen(processing)
+        back = await r.llen("iq")
+        lease = await r.zscore(KEYS.members(POOL), worker.worker_id)
+        assert left == 0, f"{left} jobs stranded (lease {lease}): nobody would sweep them"
+        assert back == 3 and lease is None  # all put back (poison first, in order), then the member left
+        await r.aclose()
+
+    run(body())
+
+
+def test_an_entry_deleted_while_pending_never_reaches_the_handler(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    async def body() -> None:
+        r = client(redis_clean.url)
+        spec = StreamSpec(stream="ds", handler=f"{H}:fail_first_entry_then_record", group="g", block_ms=100)
+        work = WorkSpec(redis=redis_spec(redis_clean.url), streams=(spec,))
+        entry = await r.xadd("ds", {"n": "1"})
+        first = await local_worker(work, name="a")
+        await wait_for(lambda: equals(r.hget("test:deliveries", entry), b"1"), what="the failed delivery")
+        await first.stop()  # the entry stays pending, ours
+        await r.xdel("ds", entry)
+        again = await local_worker(work, name="a")  # the same consumer: it reads its own pending first
+        try:
+            await wait_for(
+                lambda: equals(r.xpending("ds", "g"), {**PENDING_NONE}), what="the entry acknowledged"
+            )
+        finally:
+            await again.stop()
+        assert await r.lrange("test:fields", 0, -1) == [], "the handler got an empty message"
+        await r.aclose()
+
+    run(body())
+
+
+PENDING_NONE = {"pending": 0, "min": None, "max": None, "consumers": []}
