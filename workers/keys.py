@@ -57,6 +57,10 @@ class Keys:
             return body[:-1]  # <prefix>:{<name>}:retry
         return None
 
+    def deaths(self, queue: str) -> str:
+        """Hash: job (its exact bytes) -> how often a worker holding it died (counted by recovery)."""
+        return self._of(queue, "deaths")
+
     def dead(self, queue: str) -> str:
         """List of jobs that failed ``max_attempts`` times or could not be decoded."""
         return self._of(queue, "dead")

@@ -3,12 +3,17 @@ within one cluster slot (a queue and its bookkeeping keys share its hash tag, se
 
 TAKE = """
 local jobs = redis.call('RPOP', KEYS[1], ARGV[1])
-if jobs then
-  for i = 1, #jobs, 1000 do  -- unpack() of more than ~8,000 values fails: after the pop
-    redis.call('LPUSH', KEYS[2], unpack(jobs, i, math.min(i + 999, #jobs)))
-  end
+if not jobs then return false end
+for i = 1, #jobs, 1000 do  -- unpack() of more than ~8,000 values fails: after the pop
+  redis.call('LPUSH', KEYS[2], unpack(jobs, i, math.min(i + 999, #jobs)))
 end
-return jobs
+if redis.call('EXISTS', KEYS[3]) == 0 then return jobs end
+local deaths = {}  -- some job here killed a worker before: how often, for each job taken
+for i = 1, #jobs, 1000 do
+  local part = redis.call('HMGET', KEYS[3], unpack(jobs, i, math.min(i + 999, #jobs)))
+  for _, count in ipairs(part) do deaths[#deaths + 1] = count or 0 end
+end
+return {jobs, deaths}
 """
 PROMOTE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
@@ -23,6 +28,16 @@ local n = 0
 -- the newest first, each to the queue's front: the oldest ends up next to be taken again
 while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
 return n
+"""
+RECOVER = """
+-- a dead worker's jobs back to the queue's front, in order, each counted as a death
+local n = 0
+while true do
+  local job = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not job then return n end
+  redis.call('HINCRBY', KEYS[3], job, 1)
+  n = n + 1
+end
 """
 ACK = """
 local n = 0

@@ -12,6 +12,7 @@ recovers it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from corral.contract import QueueSpec
 from corral.workers.consumers.base import DeadLetter, HandlerUnit, error_summary, run_all
 from corral.workers.consumers.client import REDIS_DOWN
 from corral.workers.consumers.discovery import QueueSet
-from corral.workers.consumers.queue_scripts import ACK, MOVE_ALL, PROMOTE, TAKE
+from corral.workers.consumers.queue_scripts import ACK, MOVE_ALL, PROMOTE, RECOVER, TAKE
 from corral.workers.keys import Keys
 from corral.workers.messages import Job, Malformed, Reject, Requeue, decode_job, encode_job
 
@@ -80,6 +81,8 @@ class QueueConsumer(HandlerUnit):
         self._take = redis.register_script(TAKE)
         self._promote = redis.register_script(PROMOTE)
         self._move_all = redis.register_script(MOVE_ALL)
+        self._recover = redis.register_script(RECOVER)
+        self.deaths: dict[tuple[str, bytes], int] = {}  # taken jobs whose worker died before
         self._ack_jobs = redis.register_script(ACK)
 
     @property
@@ -143,18 +146,35 @@ class QueueConsumer(HandlerUnit):
             pipe.sadd(self.keys.held_queues(self.pool, self.worker_id), *queues)
             self.held.update(queues)
             for queue in queues:
-                await self._take(keys=[queue, self._processing(queue)], args=[per_queue], client=pipe)
+                keys = [queue, self._processing(queue), self.keys.deaths(queue)]
+                await self._take(keys=keys, args=[per_queue], client=pipe)
             results = await pipe.execute()
         batch = [
-            (queue, raw) for queue, jobs in zip(queues, results[1:], strict=True) for raw in (jobs or ())
+            (queue, raw)
+            for queue, reply in zip(queues, results[1:], strict=True)
+            for raw in self._taken(queue, reply)
         ]
         if not batch:  # everything is empty: block on one queue (rotating) for up to block_s
             queue = queues[0]
             raw = await self.redis.blmove(queue, self._processing(queue), self.spec.block_s, "RIGHT", "LEFT")
             batch = [(queue, raw)] if raw is not None else []
+            if raw is not None and (died := await self.redis.hget(self.keys.deaths(queue), raw)):
+                self.deaths[queue, raw] = int(died)
         for queue, _ in batch:
             self._stats(queue).in_flight += 1
         return batch
+
+    def _taken(self, queue: str, reply: Any) -> list[bytes]:
+        """The jobs of one take; notes those whose worker died before (the reply's second part)."""
+        if not reply:
+            return []
+        if not isinstance(reply[0], list):
+            return list(reply)
+        jobs, deaths = reply
+        for raw, died in zip(jobs, deaths, strict=True):
+            if int(died):
+                self.deaths[queue, raw] = int(died)
+        return list(jobs)
 
     async def _pop_batch(self) -> list[tuple[str, bytes]]:
         """at_most_once: plain RPOP/BRPOP, nothing kept in flight."""
@@ -175,6 +195,12 @@ class QueueConsumer(HandlerUnit):
             await self._settle(queue, raw, Destination.DEAD, record)
             stats.dead += 1
             return
+        died = self.deaths.get((queue, raw), 0)
+        if died:  # its workers died handling it (a kill, a crash, a hung loop): each was an attempt
+            job = dataclasses.replace(job, attempt=job.attempt + died)
+            if job.attempt > self.spec.max_attempts:
+                await self._died_too_often(job, died)
+                return
         try:
             await self.call(job)
         except Requeue as requeue:
@@ -229,7 +255,16 @@ class QueueConsumer(HandlerUnit):
             PUSH[to](pipe, self.keys, queue, payload, due_s)
             if not self.spec.at_most_once:
                 pipe.lrem(self._processing(queue), -1, raw)
+            if self.deaths.pop((queue, raw), 0):
+                pipe.hdel(self.keys.deaths(queue), raw)
             await pipe.execute()
+
+    async def _died_too_often(self, job: Job, died: int) -> None:
+        error = f"its worker died {died} times while handling it (killed, crashed or hung)"
+        self.log.bind(job=job.id).error("queue {}: job {} dead-lettered: {}", job.queue, job.id, error)
+        record = self._dead_letter(job.queue, job, error).queue_record(job.raw)
+        await self._settle(job.queue, job.raw, Destination.DEAD, record)
+        self._stats(job.queue).dead += 1
 
     def _dead_letter(self, queue: str, job: Job | None, error: str) -> DeadLetter:
         return DeadLetter(queue, job.id if job else None, job.attempt if job else None, error, self.worker_id)
@@ -251,7 +286,13 @@ class QueueConsumer(HandlerUnit):
                 for queue, raws in by_queue.items():
                     await self._ack_jobs(keys=[self._processing(queue)], args=raws, client=pipe)
                 await pipe.execute()
+        survivors = [(queue, raw) for queue, raw in self.unacked if self.deaths.pop((queue, raw), 0)]
         self.unacked.clear()
+        if survivors:  # handled at last: their death counts go
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue, raw in survivors:
+                    pipe.hdel(self.keys.deaths(queue), raw)
+                await pipe.execute()
 
     async def _hand_back(self) -> None:
         """Fast stop: acknowledge what was handled, put everything else back at the front."""
@@ -268,7 +309,8 @@ class QueueConsumer(HandlerUnit):
         moved = 0
         for raw_queue in await self.redis.smembers(held_key):
             queue = raw_queue.decode()
-            moved += int(await self._move_all(keys=[self.keys.processing(queue, dead_worker_id), queue]))
+            keys = [self.keys.processing(queue, dead_worker_id), queue, self.keys.deaths(queue)]
+            moved += int(await self._recover(keys=keys))
         await self.redis.delete(held_key)
         return moved
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import time
 from typing import Any
 
@@ -178,3 +179,12 @@ async def fail_first_entry_then_record(message: Message, ctx: HandlerContext) ->
     if await ctx.redis.hincrby("test:deliveries", message.id, 1) == 1:
         raise RuntimeError("first delivery fails")
     await ctx.redis.rpush("test:fields", json.dumps(message.fields))
+
+
+async def kill_own_worker(job: Job, ctx: HandlerContext) -> None:
+    """A job whose data is ``"deadly"`` SIGKILLs the process handling it (as an OOM kill or a
+    segfault would), after counting the delivery and its attempt in ``test:deadly``; others are counted."""
+    if job.data == "deadly":
+        await ctx.redis.rpush("test:deadly", job.attempt)
+        os.kill(os.getpid(), signal.SIGKILL)
+    await ctx.redis.hincrby("test:handled", job.id, 1)

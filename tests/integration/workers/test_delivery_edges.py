@@ -10,6 +10,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from corral.contract import QueueSpec, StreamSpec, WorkSpec
+from corral.supervisor import RestartPolicy
 from corral.workers.consumers.consumer_set import Consumers
 from corral.workers.consumers.membership import Membership
 from corral.workers.keys import Keys
@@ -217,3 +218,35 @@ def test_an_entry_deleted_while_pending_never_reaches_the_handler(
 
 
 PENDING_NONE = {"pending": 0, "min": None, "max": None, "consumers": []}
+
+
+def test_a_job_that_kills_its_worker_is_dead_lettered_after_max_attempts(
+    redis_clean: Any, consumer_pool: Any, run: Any
+) -> None:
+    async def body() -> None:
+        r = client(redis_clean.url)
+        work = queue_work(redis_clean.url, names=("kq",), handler=f"{H}:kill_own_worker", max_attempts=3)
+        cp = consumer_pool(2, work, policy=RestartPolicy(backoff_initial_s=0.05))
+        try:
+            assert await cp.pool.spawn_all()
+            await r.lpush("kq", encode_job("deadly"))
+            record = await wait_for(lambda: r.lindex(KEYS.dead("kq"), 0), timeout_s=30, what="a dead letter")
+            assert [int(a) for a in await r.lrange("test:deadly", 0, -1)] == [
+                1,
+                2,
+                3,
+            ]  # counted across deaths
+            error = json.loads(record)["error"]
+            assert "died" in error and "3" in error, error
+            assert await r.llen("kq") == 0
+            await r.lpush("kq", encode_job({"n": "after"}))
+            await wait_for(
+                lambda: equals(r.hlen("test:handled"), 1), timeout_s=15, what="the pool still works"
+            )
+            assert not any(cp.pool.slots[i].fatal_reason for i in (0, 1))
+            assert not await r.exists(KEYS.deaths("kq")), "the death count outlived the job"
+        finally:
+            await cp.pool.stop(10)
+        await r.aclose()
+
+    run(body())
