@@ -1,9 +1,9 @@
 """``corral init [DIR]``: scaffold a runnable project (a config, a worker module, a systemd unit, a README).
 
 ``scaffold()`` does the work and raises ``ScaffoldError`` for a user mistake; ``add_parser()`` and
-``run()`` are the command-line side, wired into ``corral`` by ``cli.py``. The project runs from its
-folder (``corral run -c DIR/corral.toml``, from anywhere: the children import the worker module from
-the config's folder, ``[paths] python_path``).
+``run()`` are the command-line side, wired into ``corral`` by ``entrypoints/cli/parser.py``. The
+project runs with ``corral run -c DIR/corral.toml`` from anywhere: the children import the worker
+module from the config's folder (``[paths] python_path``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ CONFIG_TEMPLATE = Template("""\
 #   corral run                                           # Ctrl-C (or `corral stop`) stops it
 #   corral enqueue ${name}:jobs '{"hello": 1}' -c corral.toml
 #   corral status -c corral.toml                         # slots, queues, metrics (--json)
-# Every key and its default: the "Configuration" section of corral's README.
+# Every key and its default: docs/configuration.md in corral's repository.
 
 [pool]
 name = "${name}"
@@ -246,7 +246,7 @@ def render_unit(target: Path, name: str) -> str:
         "name": name,
         "dir": str(target),
         "unit_shell": shlex.quote(str(target / UNIT_FILE)),
-        "user": pwd.getpwuid(os.getuid()).pw_name,
+        "user": _user_name(),
         "workdir": _unit_escape(str(target)),
         "exec_start": " ".join(
             _unit_word(word, exec_line=True) for word in (str(corral), "run", "-c", str(target / CONFIG_FILE))
@@ -326,3 +326,11 @@ def _corral_command() -> str:
     if found is not None and Path(found).absolute() == executable:
         return "corral"
     return shlex.quote(str(executable))
+
+
+def _user_name() -> str:
+    """Who runs ``corral init`` (the unit's User=): their name, or their uid without a passwd entry."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())

@@ -1,7 +1,8 @@
 """What a child is started with: its environment (the ``ChildSpec`` of ``corral.contract`` in
 ``SPEC_ENV``, the pool's extra variables, systemd's own variables removed), and the import check the
 supervisor runs in a throwaway child before it starts any (``python -m corral.entrypoints.child
---check``): the supervisor never imports the code its children run."""
+--check``): the supervisor does not import the code its children run (only ``[pool] setup``, the
+parent side of an app, is imported by the supervisor itself)."""
 
 from __future__ import annotations
 
@@ -38,10 +39,12 @@ async def check_imports(spec: ChildSpec, settings: PoolSettings) -> list[str]:
     try:
         output, _ = await asyncio.wait_for(process.communicate(), settings.ready_timeout_s)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
         return [f"importing the worker and handlers took over {settings.ready_timeout_s:g}s"]
+    finally:
+        if process.returncode is None:  # the deadline, or we were cancelled (a stop): not left behind
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await asyncio.shield(process.wait())
     if process.returncode == ExitCode.OK:
         return []
     lines = output.decode("utf-8", "replace").splitlines()

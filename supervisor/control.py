@@ -1,4 +1,4 @@
-"""The control socket: ``corral status|reload|scale|stop`` talk to a running supervisor through it.
+"""The control socket: ``corral status|reload|scale|stop|request|send`` reach a running supervisor.
 
 A Unix stream socket (mode 0600) in the state dir; each connection is an ``corral.ipc.Channel``, so the CLI
 simply sends requests (``status``, ``reload``, ``scale``, ``stop``) and gets replies or typed errors.

@@ -52,7 +52,7 @@ class Supervisor:
         self.pool = WorkerPool(config.pool_name, config.workers, config.worker, self._settings(config))
         self.control = ControlServer(config.control_socket, self._control_handlers())
         self.recovery = Recovery(self.pool) if config.uses_redis else None
-        self.work_totals = WorkTotals()
+        self.work_totals = WorkTotals(self.pool)
         self.rates = Rates()
         self._summary_at = time.monotonic()
         partitioned = {s.stream: s.partitions for s in config.work.streams if s.partitions}
@@ -64,6 +64,7 @@ class Supervisor:
         self._stop_task: asyncio.Task[None] | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self._announced_ready = False
+        self._wrote_pid_file = False
 
     def _settings(self, config: Config) -> PoolSettings:
         work: dict[str, Any] = {}
@@ -82,33 +83,57 @@ class Supervisor:
         )
 
     async def run(self) -> int:
-        """Run until stopped; returns the process exit code."""
-        code = await self._start()
-        if code is not None:
-            await self.control.close()
-            if self.redis_server is not None:
-                await self.redis_server.stop()
-            return code
+        """Run until stopped; returns the process exit code. Whatever happens (a failed start, a
+        Ctrl-C while the start-up checks run), everything started is stopped on the way out."""
         loop = asyncio.get_running_loop()
         for signum, action in SIGNAL_ACTIONS.items():
             loop.add_signal_handler(signum, self.actions.put_nowait, (action, None))
-        logger.info(
-            "corral {} supervisor pid {}: {} slots of {}",
-            self.config.pool_name,
-            os.getpid(),
-            self.config.workers,
-            self.config.worker,
-        )
-        self.pool.on(PoolEvent.EXIT, self._on_exit)
-        spawning = asyncio.create_task(self.pool.spawn_all())
         try:
-            await self._loop()
+            code = await self._start_unless_stopped()
+            if code is not None:
+                self.exit_code = SupervisorExit(code)
+                return code
+            logger.info(
+                "corral {} supervisor pid {}: {} slots of {}",
+                self.config.pool_name,
+                os.getpid(),
+                self.config.workers,
+                self.config.worker,
+            )
+            self.pool.on(PoolEvent.EXIT, self._on_exit)
+            spawning = asyncio.create_task(self.pool.spawn_all())
+            try:
+                await self._loop()
+            finally:
+                spawning.cancel()
+            return self.exit_code
         finally:
-            spawning.cancel()
             for signum in SIGNAL_ACTIONS:
                 loop.remove_signal_handler(signum)
             await self._shutdown()
-        return self.exit_code
+
+    async def _start_unless_stopped(self) -> int | None:
+        """``_start()``, cut short by a stop (TERM, INT, QUIT) that arrives meanwhile: then 0. Other
+        actions wait for the start to finish."""
+        starting = asyncio.ensure_future(self._start())
+        held: list[tuple[Action, Any]] = []
+        while not starting.done():
+            getting = asyncio.ensure_future(self.actions.get())
+            await asyncio.wait([starting, getting], return_when=asyncio.FIRST_COMPLETED)
+            if not getting.done():
+                getting.cancel()
+                break
+            action, arg = getting.result()
+            if action in (Action.STOP, Action.QUIT):
+                logger.info("{} while starting: not starting", action.value)
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+                return SupervisorExit.OK
+            held.append((action, arg))
+        for item in held:
+            self.actions.put_nowait(item)
+        return starting.result()
 
     async def _start(self) -> int | None:
         """Everything before the first child: None when it all went well, else the exit code (the
@@ -117,6 +142,7 @@ class Supervisor:
             self.logs.start()
             await self.control.start()
             self.config.pid_file.write_text(f"{os.getpid()}\n")
+            self._wrote_pid_file = True
             checking = asyncio.ensure_future(self.pool.check_imports())  # meanwhile, Redis starts
             if self.redis_server is not None and self.config.uses_redis:
                 await self.redis_server.start(self.logs.output_sink("redis"))
@@ -143,7 +169,11 @@ class Supervisor:
         try:
             result = load_object(self.config.setup)(self.pool)
             if inspect.isawaitable(result):
-                await result
+                await asyncio.wait_for(result, self.config.pool.ready_timeout_s)
+        except TimeoutError:
+            raise ConfigError(
+                f"pool.setup: {self.config.setup} took over {self.config.pool.ready_timeout_s:g}s"
+            ) from None
         except LoadError as exc:
             raise ConfigError(f"pool.setup: {exc}") from None
         except Exception as exc:
@@ -155,8 +185,9 @@ class Supervisor:
             await self.metrics.close()
         if self.redis_server is not None:
             await self.redis_server.stop()  # last: the workers needed it until they exited
-        with contextlib.suppress(FileNotFoundError):
-            self.config.pid_file.unlink()
+        if self._wrote_pid_file:
+            with contextlib.suppress(FileNotFoundError):
+                self.config.pid_file.unlink()
         logger.info("supervisor exiting with code {}", int(self.exit_code))
         self.logs.close()
 
@@ -232,7 +263,7 @@ class Supervisor:
 
     def _sample_work(self) -> None:
         now = time.monotonic()
-        self.rates.sample(now, self.work_totals.rows(self.pool))
+        self.rates.sample(now, self.work_totals.rows())
         interval_s = self.config.logging.summary_interval_s
         running = self.state is SupervisorState.RUNNING and not self.config.work.empty
         if interval_s and now - self._summary_at >= interval_s and running:
@@ -256,10 +287,11 @@ class Supervisor:
         logger.info("reload: re-reading {}", self.config.path)
         try:
             await self._reload_with(config_module.load(self.config.path))
-        except ConfigError as exc:
+        except (ConfigError, OSError) as exc:
             logger.error("reload aborted, the running pool is kept: {}", exc)
-        self.state = SupervisorState.RUNNING
-        self.notifier.ready(summary(self.pool))
+        finally:
+            self.state = SupervisorState.RUNNING
+            self.notifier.ready(summary(self.pool))
 
     async def _reload_with(self, new: Config) -> None:
         settings = self._settings(new)
@@ -290,11 +322,10 @@ class Supervisor:
         if slot is not None:
             slot.processed_before += int(conn.stats.get("processed", 0))
             slot.failed_before += int(conn.stats.get("failed", 0))
-        self.work_totals.add_exited(conn.stats)
 
     def status(self) -> Status:
         """What ``corral status`` (and the metrics endpoint) shows."""
-        work = self.work_totals.rows(self.pool)
+        work = self.work_totals.rows()
         self.rates.add_to(work)
         return Status(
             pid=os.getpid(),

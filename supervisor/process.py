@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 
+PR_SET_PDEATHSIG = 1
+_PRCTL: Callable[..., int] | None = (
+    ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+)
 OutputSink = Callable[[bytes], None]  # called with each chunk of output, and b"" at its end
 
 
@@ -85,6 +91,13 @@ class ChildProcess:
         self.exited.set_result(code)
 
 
+def _die_with_parent() -> None:
+    """Runs in the forked child before exec: one prctl call, resolved before any fork (no dlopen
+    lock taken after the fork)."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 async def spawn(
     argv: Sequence[str],
     *,
@@ -93,9 +106,11 @@ async def spawn(
     on_output: OutputSink,
     cwd: str | None = None,
     new_session: bool = False,
+    die_with_parent: bool = False,
 ) -> ChildProcess:
     """Start a child with stdout+stderr on a pipe read by the event loop; ``new_session``: in a
-    session (and process group) of its own, out of reach of signals sent to ours."""
+    session (and process group) of its own, out of reach of signals sent to ours; ``die_with_parent``:
+    SIGTERM to it when we die, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``, kept across exec)."""
     loop = asyncio.get_running_loop()
     read_fd, write_fd = os.pipe()
     try:
@@ -109,6 +124,8 @@ async def spawn(
             stderr=write_fd,
             close_fds=True,
             start_new_session=new_session,
+            # the supervisor forks from its one event-loop thread: a preexec_fn is safe here
+            preexec_fn=_die_with_parent if die_with_parent and _PRCTL is not None else None,  # noqa: PLW1509
         )
     except BaseException:
         os.close(read_fd)

@@ -95,11 +95,21 @@ class EmbeddedRedis:
         self._watcher = asyncio.create_task(self._supervise(binary), name="embedded-redis")
 
     async def _launch(self, binary: str) -> None:
+        if _answers(self.socket_path):  # never two servers on one data dir (its append-only file)
+            raise EmbeddedRedisError(
+                f"a Redis server already answers on {self.socket_path} (left by a supervisor that was "
+                "killed?): stop it, then start again"
+            )
         self.socket_path.unlink(missing_ok=True)
         # its own session: a terminal's Ctrl-C or a signal to our process group must not reach it;
         # the supervisor stops it last, after the workers that need it
         self.process = await spawn(
-            self.argv(binary), env={}, pass_fds=[], on_output=self.output, new_session=True
+            self.argv(binary),
+            env={},
+            pass_fds=[],
+            on_output=self.output,
+            new_session=True,
+            die_with_parent=True,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _answers(self.socket_path):

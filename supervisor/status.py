@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+from corral.supervisor.connection import WorkerConnection
+from corral.supervisor.events import PoolEvent
 from corral.supervisor.pool import WorkerPool
 
 
@@ -30,30 +32,42 @@ GAUGES = ("in_flight", "lag")  # in_flight summed over live children; lag: the l
 
 
 class WorkTotals:
-    """Per queue/stream counters of the whole pool, including those of children that exited."""
+    """Per queue/stream counters of the whole pool, including those of children that exited. A child
+    counts from its spawn until its exit is handled (then its last stats join ``before``), so the
+    totals never dip while a child is being stopped or replaced."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: WorkerPool) -> None:
         self.before: dict[str, dict[str, dict[str, int]]] = {"queues": {}, "streams": {}}
+        self.children: set[WorkerConnection] = set()
+        pool.on(PoolEvent.SPAWNING, self.children.add)
+        pool.on(PoolEvent.EXIT, self._exited)
 
-    def add_exited(self, stats: dict[str, Any]) -> None:
-        for kind in ("queues", "streams"):
-            for name, figures in (stats.get(kind) or {}).items():
-                row = self.before[kind].setdefault(name, {})
-                for counter in COUNTERS:
-                    row[counter] = row.get(counter, 0) + int(figures.get(counter, 0))
+    def _exited(self, conn: WorkerConnection) -> None:
+        self.children.discard(conn)
+        for kind, name, figures in _figures(conn):
+            row = self.before[kind].setdefault(name, {})
+            for counter in COUNTERS:
+                row[counter] = row.get(counter, 0) + int(figures.get(counter, 0))
 
-    def rows(self, pool: WorkerPool) -> dict[str, dict[str, dict[str, float]]]:
+    def rows(self) -> dict[str, dict[str, dict[str, float]]]:
         out: dict[str, dict[str, dict[str, float]]] = {
             kind: {name: dict(row) for name, row in rows.items()} for kind, rows in self.before.items()
         }
-        for conn in pool.connections():
-            for kind in ("queues", "streams"):
-                for name, figures in (conn.stats.get(kind) or {}).items():
-                    row = out[kind].setdefault(name, {})
-                    for counter in (*COUNTERS, "in_flight"):
-                        row[counter] = row.get(counter, 0) + int(figures.get(counter, 0))
-                    row["lag"] = max(row.get("lag", 0), int(figures.get("lag", 0)))
+        for conn in self.children:
+            for kind, name, figures in _figures(conn):
+                row = out[kind].setdefault(name, {})
+                for counter in (*COUNTERS, "in_flight"):
+                    row[counter] = row.get(counter, 0) + int(figures.get(counter, 0))
+                row["lag"] = max(row.get("lag", 0), int(figures.get("lag", 0)))
         return out
+
+
+def _figures(conn: WorkerConnection) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (kind, name, figures)
+        for kind in ("queues", "streams")
+        for name, figures in (conn.stats.get(kind) or {}).items()
+    ]
 
 
 class Status(TypedDict):

@@ -81,6 +81,7 @@ def check(spec: ChildSpec) -> list[str]:
 def check_child(raw_spec: str | None) -> int:
     """``python -m corral.entrypoints.child --check``: import what the children will run, then exit
     (the supervisor runs this before it starts any child, so a typo is an error at once)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
     try:
         spec = ChildSpec.from_env(raw_spec)
     except BadChildSpec as exc:

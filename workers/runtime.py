@@ -34,9 +34,10 @@ class ChildRuntime:
         self.consumers: Consumers | None = None
         self.log = logger.bind(worker=spec.slot)
 
-    def request_stop(self, mode: StopMode) -> str:
-        """Graceful: stop taking work and finish what is in flight. Fast (or a second request):
-        cancel the work loop, so consumers hand their in-flight work back."""
+    def request_stop(self, mode: StopMode, escalates: bool = True) -> str:
+        """Graceful: stop taking work and finish what is in flight. Fast, or a later request that
+        ``escalates`` (the stop ladder's SIGTERM after the supervisor's graceful ask): cancel the work
+        loop, so consumers hand their in-flight work back."""
         assert self.stop_mode is not None
         if not self.stop_mode.done():
             self.log.info("stopping ({})", mode)
@@ -44,6 +45,8 @@ class ChildRuntime:
             self.worker.stopping.set()
             if mode is not StopMode.FAST:
                 return "stopping"
+        elif mode is not StopMode.FAST and not escalates:
+            return "stopping"
         if self.run_task is not None and not self.run_task.done():
             self.log.warning("stopping fast: in-flight work is cancelled")
             self.run_task.cancel()
@@ -51,7 +54,11 @@ class ChildRuntime:
 
     def _on_stop(self, data: Any) -> str:
         mode = (data or {}).get("mode") if isinstance(data, dict) else None
-        return self.request_stop(StopMode.FAST if mode == StopMode.FAST else StopMode.GRACEFUL)
+        # a graceful ask after a SIGTERM (a terminal's Ctrl-C or a group TERM reached us and the
+        # supervisor at once) is the same stop, not a second one
+        return self.request_stop(
+            StopMode.FAST if mode == StopMode.FAST else StopMode.GRACEFUL, escalates=False
+        )
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()

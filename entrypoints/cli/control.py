@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import time
 from typing import Any
@@ -36,7 +37,11 @@ async def control(where: Where, args: argparse.Namespace, digest: str | None) ->
             return fail(f"scale needs a number of slots >= 0, got {args.workers}", SupervisorExit.CONFIG)
         print(await call(path, "scale", args.workers))
     elif command == "stop":
-        pid: int = (await call(path, "status"))["pid"]
+        pid = (
+            int(where.pid_file.read_text())
+            if where.pid_file.exists()
+            else (await call(path, "status"))["pid"]
+        )
         await call(path, "stop")
         if not args.no_wait and not await _wait_gone(pid, args.timeout):
             return fail(f"supervisor pid {pid} still running after {args.timeout:g}s", SupervisorExit.FAILED)
@@ -54,7 +59,7 @@ def config_note(status: dict[str, Any], digest: str | None) -> str:
 
 async def status(where: Where, args: argparse.Namespace, digest: str | None) -> int:
     if args.json:
-        print(json.dumps(await call(where.control_socket, "status"), indent=2))
+        print(as_json(await call(where.control_socket, "status"), indent=2))
         return SupervisorExit.OK
     console = Console()
     if not console.is_terminal:  # piped or captured: one line per row, never wrapped at 80 columns
@@ -87,14 +92,31 @@ async def to_child(where: Where, args: argparse.Namespace) -> int:
         )
     except RemoteError as exc:
         return fail(f"{args.command}: {exc.remote_message}", SupervisorExit.FAILED)
-    print(json.dumps(reply))
+    print(as_json(reply))
     return SupervisorExit.OK
+
+
+def as_json(value: Any, indent: int | None = None) -> str:
+    """JSON of what came over IPC (msgpack: bytes stay bytes; shown as text, or base64 if not UTF-8)."""
+
+    def text(obj: Any) -> Any:
+        if isinstance(obj, bytes):
+            try:
+                return obj.decode("utf-8")
+            except UnicodeDecodeError:
+                return {"base64": base64.b64encode(obj).decode()}
+        raise TypeError(f"{type(obj).__name__} is not JSON")
+
+    return json.dumps(value, indent=indent, default=text)
 
 
 async def _wait_gone(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
             return True
         await asyncio.sleep(0.1)
     return False

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from importlib.metadata import PackageNotFoundError, version
 
+import corral
 from corral.entrypoints import scaffold
 
 # commands that talk to a running supervisor: they work from the state dir alone when the config
@@ -12,16 +12,16 @@ from corral.entrypoints import scaffold
 CONTROL = frozenset({"status", "reload", "scale", "stop", "request", "send", "logs"})
 
 
-def _version() -> str:
-    try:
-        return version("corral")
-    except PackageNotFoundError:
-        return "unknown"
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="corral", description="A supervised worker pool for Redis work.")
-    parser.add_argument("--version", action="version", version=f"corral {_version()}")
+    parser.add_argument("--version", action="version", version=f"corral {corral.__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default="corral.toml", help="config file (default: ./corral.toml)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="show every slot of the running pool")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.add_argument("-w", "--watch", action="store_true", help="refresh the table until Ctrl-C")
-    status.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (--watch)")
+    status.add_argument("--interval", type=_positive, default=1.0, help="seconds between refreshes (--watch)")
     sub.add_parser("reload", parents=[common], help="rolling reload with new code and re-read config")
     scale = sub.add_parser("scale", parents=[common], help="change the number of slots")
     scale.add_argument("workers", type=int, help="the new number of slots")

@@ -5,7 +5,10 @@ round, so that no queue starves the others.
 
 A drained list disappears from Redis, so a SCAN no longer finds it; a queue once found is kept (and
 so taken from every round, its next job picked up within ``block_s``) until it has been absent for
-``FORGET_AFTER_S``. Only changes are logged: new queues at INFO, forgotten ones at DEBUG."""
+``FORGET_AFTER_REFRESHES`` refreshes (at least a minute). Retry sets are scanned for at the first
+refresh and every ``RETRY_SCAN_EVERY``-th after it (a queue with retries pending is known already:
+its retry set was made by a consumer that had it). Only changes are logged: new queues at INFO,
+forgotten ones at DEBUG."""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from typing import Any
 from corral.contract import QueueSpec
 from corral.workers.keys import Keys
 
-FORGET_AFTER_S = 600.0  # a discovered queue absent from Redis this long is dropped from the rounds
+FORGET_AFTER_REFRESHES = 12  # a discovered queue absent this many refreshes (>= 60 s) is dropped
+RETRY_SCAN_EVERY = 10
 
 
 class QueueSet:
@@ -28,7 +32,9 @@ class QueueSet:
         self.queues: list[str] = list(spec.names)
         self._last_seen: dict[str, float] = {}  # discovered queue -> when a scan last found it
         self._discovered_at = 0.0
+        self._refreshes = 0
         self._rr = 0
+        self.forget_after_s = max(60.0, FORGET_AFTER_REFRESHES * spec.refresh_s)
 
     async def refresh(self) -> set[str]:
         """Look again (at most every ``refresh_s``); returns the queues dropped from the rounds."""
@@ -43,7 +49,7 @@ class QueueSet:
             found.update(member.decode() for member in await self.redis.smembers(self.spec.registry))
         new = found - set(self._last_seen)
         self._last_seen.update(dict.fromkeys(found, now))
-        gone = {q for q, seen in self._last_seen.items() if now - seen >= FORGET_AFTER_S}
+        gone = {q for q, seen in self._last_seen.items() if now - seen >= self.forget_after_s}
         for queue in gone:
             del self._last_seen[queue]
         if new:
@@ -53,7 +59,7 @@ class QueueSet:
                 "queues {}: {} gone for {:g}s, no longer watched",
                 self.spec.label,
                 sorted(gone),
-                FORGET_AFTER_S,
+                self.forget_after_s,
             )
         self.queues = sorted(set(self.spec.names) | set(self._last_seen))
         return gone
@@ -64,6 +70,9 @@ class QueueSet:
         async for key in self.redis.scan_iter(match=pattern, count=1000, _type="list"):
             if not key.startswith(own):
                 found.add(key.decode())
+        self._refreshes += 1
+        if (self._refreshes - 1) % RETRY_SCAN_EVERY:
+            return found
         # a queue whose list is empty (so gone from Redis) may still have jobs waiting to retry
         async for key in self.redis.scan_iter(match=self.keys.retry_pattern(), count=1000, _type="zset"):
             queue = self.keys.queue_of_retry(key.decode())
