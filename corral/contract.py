@@ -175,6 +175,9 @@ class Check(StrEnum):
     LISTEN = "'host:port' with a port 1-65535"
     REDIS_URL = "a redis://, rediss:// or unix:// URL"
     LOG_LEVEL = "a log level"
+    KEY = "a non-empty Redis key"  # a queue or stream name (each of a list)
+    KEY_PREFIX = "letters, digits, '-', '_', ':' or '.'"  # no glob or hash-tag characters
+    AT_LEAST_ONE = ">= 1"  # a lease: renewed every third of it, so not a busy loop
 
 
 def setting(default: Any = MISSING, check: Check | None = None, *, table: str = "") -> Any:
@@ -186,21 +189,21 @@ def setting(default: Any = MISSING, check: Check | None = None, *, table: str = 
 @dataclass(frozen=True)
 class RedisSpec:
     url: str | None = setting(None, Check.REDIS_URL)  # None: the supervisor's embedded server
-    key_prefix: str = "corral"  # corral's own keys: <prefix>:{<hash tag>}:...
+    key_prefix: str = setting("corral", Check.KEY_PREFIX)  # corral's own keys: <prefix>:{<hash tag>}:...
     socket_timeout_s: float = setting(5.0, Check.POSITIVE)
     connect_timeout_s: float = setting(5.0, Check.POSITIVE)
     health_check_interval_s: float = 15.0
-    member_ttl_s: float = setting(10.0, Check.POSITIVE)  # silent this long: dead, its work recovered
+    member_ttl_s: float = setting(10.0, Check.AT_LEAST_ONE)  # silent this long: dead, work recovered
 
 
 @dataclass(frozen=True)
 class StreamSpec:
-    stream: str  # the literal stream key producers XADD to
+    stream: str = setting(check=Check.KEY)  # the literal stream key producers XADD to
     handler: str = setting(check=Check.IMPORT_PATH)  # f(message) or f(message, ctx), sync or async
     group: str = ""  # consumer group; default: the pool name
     batch_size: int = setting(100, Check.POSITIVE)  # XREADGROUP COUNT
     concurrency: int = setting(1, Check.POSITIVE)  # handlers of a batch at once (partitioned: 1, order)
-    block_ms: int = 1000  # XREADGROUP BLOCK
+    block_ms: int = setting(1000, Check.POSITIVE)  # XREADGROUP BLOCK (below redis.socket_timeout_s)
     max_deliveries: int = setting(5, Check.POSITIVE)  # failed (or delivered) this often: dead-lettered
     min_idle_ms: int = 30_000  # a pending entry idle this long may be claimed by another consumer
     claim_interval_s: float = setting(5.0, Check.POSITIVE)
@@ -213,13 +216,13 @@ class StreamSpec:
 @dataclass(frozen=True)
 class QueueSpec:
     handler: str = setting(check=Check.IMPORT_PATH)  # f(job) or f(job, ctx), sync or async
-    names: tuple[str, ...] = ()  # literal list keys producers LPUSH to
+    names: tuple[str, ...] = setting((), Check.KEY)  # literal list keys producers LPUSH to
     pattern: str | None = None  # discover queues with SCAN MATCH (e.g. "contest:submissions:*")
     registry: str | None = None  # or a set whose members are queue names
     refresh_s: float = setting(5.0, Check.POSITIVE)  # how often discovery runs again
     batch_size: int = setting(50, Check.POSITIVE)  # jobs taken per round trip
     concurrency: int = setting(1, Check.POSITIVE)  # handlers of a batch at once (1: in order)
-    block_s: float = setting(1.0, Check.POSITIVE)  # BLMOVE timeout when every queue is empty
+    block_s: float = setting(1.0, Check.POSITIVE)  # BLMOVE timeout, every queue empty (< socket timeout)
     max_attempts: int = setting(5, Check.POSITIVE)  # failures retried with backoff, then dead-lettered
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 300.0

@@ -242,7 +242,23 @@ def parse_work(data: dict[str, Any], pool_name: str, errors: list[str]) -> WorkS
             errors.append(f"queues[{index}]: needs names, pattern or registry")
         elif queue is not None:
             queues.append(queue)
+    _check_blocking(redis, streams, queues, errors)
     return WorkSpec(redis=redis, streams=tuple(streams), queues=tuple(queues))
+
+
+def _check_blocking(
+    redis: RedisSpec, streams: list[StreamSpec], queues: list[QueueSpec], errors: list[str]
+) -> None:
+    """A blocking read must return before the client's socket timeout, or every idle round would
+    end in a timeout that looks like Redis going away."""
+    limit_s = redis.socket_timeout_s
+    below = f"must be below redis.socket_timeout_s ({limit_s:g} s)"
+    for index, stream in enumerate(streams):
+        if stream.block_ms / 1000 >= limit_s:
+            errors.append(f"streams[{index}].block_ms: {below}, got {stream.block_ms}")
+    for index, queue in enumerate(queues):
+        if queue.block_s >= limit_s:
+            errors.append(f"queues[{index}].block_s: {below}, got {queue.block_s:g}")
 
 
 def _table(data: dict[str, Any], name: str, errors: list[str]) -> dict[str, Any]:

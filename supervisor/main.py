@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -39,6 +40,17 @@ from corral.supervisor.status import Status, WorkTotals, slot_rows, summary
 from corral.supervisor.systemd import Notifier
 
 TICK_S = 1.0
+
+
+def private_dirs(*dirs: Path) -> None:
+    """Job payloads end up in logs, the embedded server's files and the apps' own files: everything
+    the supervisor and its children create is private to the service's user (umask 077), and so are
+    the state and log dirs (0700, made so if they exist)."""
+    os.umask(0o077)
+    for folder in dirs:
+        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(PermissionError):
+            folder.chmod(0o700)
 
 
 class Supervisor:
@@ -139,6 +151,7 @@ class Supervisor:
         """Everything before the first child: None when it all went well, else the exit code (the
         reason printed on stderr: logging may not be set up)."""
         try:
+            private_dirs(self.config.state_dir, self.config.log_dir)
             self.logs.start()
             await self.control.start()
             self.config.pid_file.write_text(f"{os.getpid()}\n")
@@ -316,6 +329,12 @@ class Supervisor:
                 "reload: keeping {} slots set by scale (the config says {})", self.pool.size, new.workers
             )
         self.config = dataclasses.replace(new, **{name: getattr(self.config, name) for name in kept_fields})
+        partitioned = {s.stream: s.partitions for s in new.work.streams if s.partitions}
+        if self.partitions is not None:
+            self.partitions.update(partitioned)
+        elif partitioned:  # the first partitioned stream: an assigner for the children running now
+            self.partitions = PartitionAssigner(self.pool, {})
+            self.partitions.update(partitioned)
 
     def _on_exit(self, conn: Any) -> None:
         slot = self.pool.slots.get(conn.slot)

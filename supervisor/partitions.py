@@ -23,6 +23,7 @@ from corral.supervisor.pool import WorkerPool
 from corral.supervisor.states import WorkerState
 
 Shard = tuple[str, int]  # (stream, shard index)
+RETRY_S = 0.5
 
 
 class PartitionAssigner:
@@ -39,9 +40,7 @@ class PartitionAssigner:
         if not conn.alive:
             for shard in [s for s, owner in self.owners.items() if owner is conn]:
                 del self.owners[shard]  # a dead process consumes nothing
-        self._dirty.set()
-        if self._task is None or self._task.done():
-            self._task = self.pool.spawn_task(self._run())
+        self._kick()
 
     def eligible(self) -> list[WorkerConnection]:
         newest: dict[int, WorkerConnection] = {}
@@ -57,12 +56,28 @@ class PartitionAssigner:
             return {}
         return {(stream, i): conns[i % len(conns)] for stream, p in self.partitions.items() for i in range(p)}
 
+    def update(self, partitions: dict[str, int]) -> None:
+        """A reload changed the partitioned streams (their count, their names): shards that no longer
+        exist are revoked, new ones assigned, by the same revoke-before-assign rebalancing."""
+        if partitions != self.partitions:
+            logger.info("partitions: {} -> {}", self.partitions, partitions)
+            self.partitions = dict(partitions)
+            self._kick()
+
+    def _kick(self) -> None:
+        self._dirty.set()
+        if self._task is None or self._task.done():
+            self._task = self.pool.spawn_task(self._run())
+
     async def _run(self) -> None:
         while self._dirty.is_set() and not self.pool.stopping:
             self._dirty.clear()
-            await self._rebalance(self.desired())
+            if not await self._rebalance(self.desired()):
+                # a child refused (say, one that runs the config before a reload): again, not at once
+                await asyncio.sleep(RETRY_S)
 
-    async def _rebalance(self, desired: dict[Shard, WorkerConnection]) -> None:
+    async def _rebalance(self, desired: dict[Shard, WorkerConnection]) -> bool:
+        """One round of moves; False if some assignment failed (``_dirty`` is set again)."""
         moving = [s for s, owner in self.owners.items() if desired.get(s) is not owner]
         revokes: dict[WorkerConnection, list[Shard]] = defaultdict(list)
         for shard in moving:
@@ -77,13 +92,16 @@ class PartitionAssigner:
         results = await asyncio.gather(
             *(self._send(conn, Event.ASSIGN, shards) for conn, shards in assigns.items())
         )
+        complete = True
         for (conn, shards), ok in zip(assigns.items(), results, strict=True):
             if ok and conn.alive:
                 self.owners.update(dict.fromkeys(shards, conn))
             else:
                 self._dirty.set()  # try again with whoever is eligible then
+                complete = False
         if moving or assigns:
             logger.info("partitions: {}", self.describe())
+        return complete
 
     async def _send(self, conn: WorkerConnection, event: Event, shards: list[Shard]) -> bool:
         by_stream: dict[str, list[int]] = defaultdict(list)

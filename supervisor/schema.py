@@ -113,7 +113,16 @@ def check(value: Any, rule: Check | None) -> str | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         if rule is Check.POSITIVE:
             return "must be > 0" if value <= 0 else None
+        if rule is Check.AT_LEAST_ONE:
+            return "must be >= 1" if value < 1 else None
         return "must be >= 0" if value < 0 else None
+    if isinstance(value, tuple):
+        problems = [check(item, rule) for item in value]
+        return next((f"{problem} (each)" for problem in problems if problem), None)
+    if rule is Check.KEY:
+        return None if value else f"must be {rule.value}"
+    if rule is Check.KEY_PREFIX:
+        return None if value and all(c.isalnum() or c in "-_:." for c in value) else f"must be {rule.value}"
     if rule is Check.IMPORT_PATH:
         module, sep, attr = value.partition(":")
         return None if sep and module and attr else f"must be {rule.value}"

@@ -83,3 +83,15 @@ def test_ctrl_c_during_the_start_up_checks_leaves_nothing_behind(
     assert not valkeys_on(sup.root / "run"), "the embedded server was left running"
     assert not (sup.root / "run" / "corral.pid").exists() and not (sup.root / "run" / "corral.sock").exists()
     assert "Traceback" not in sup.output()
+
+
+def test_state_logs_and_the_server_data_are_private(corral: Callable[..., Corral]) -> None:
+    sup = with_redis(corral).start()
+    sup.wait_all_ready(1, timeout_s=20)
+    state = sup.root / "run"
+    paths = [state, sup.log_dir, state / "redis", *sup.log_dir.glob("*.log"), *(state / "redis").rglob("*")]
+    modes = {str(path.relative_to(sup.root)): path.stat().st_mode & 0o777 for path in paths}
+    assert all(mode & 0o077 == 0 for mode in modes.values()), modes  # nothing for group or others
+    assert modes["run"] == 0o700 and modes["logs"] == 0o700
+    sup.send(signal.SIGTERM)
+    assert sup.wait_exit(30) == 0

@@ -88,3 +88,36 @@ def test_events_of_one_key_stay_in_order_across_reload_and_kill(corral: Callable
     assert wait_until(reported, timeout_s=10, what="the stream's figures in status")["dead"] == 0
     sup.send(signal.SIGTERM)
     assert sup.wait_exit(30) == 0
+
+
+@pytest.mark.e2e
+def test_a_reload_that_changes_partitions_moves_every_shard(corral: Callable[..., Corral]) -> None:
+    """partitions 2 -> 4: the new shards get owners; a renamed stream is consumed, without a storm."""
+    sup = corral(worker="corral.workers.base:BaseWorker", workers=2)
+    sup.config.write_text(
+        CONFIG.replace("workers = 3", "workers = 2").replace("partitions = 8", "partitions = 2")
+    )
+    sup.start()
+    sup.wait_all_ready(2, timeout_s=20)
+    sup.config.write_text(
+        CONFIG.replace("workers = 3", "workers = 2").replace("partitions = 8", "partitions = 4")
+    )
+    assert sup.cli("reload").returncode == 0
+    wait_until(lambda: "reload finished" in sup.log(), 30, what="the reload")
+    client = redis.Redis(unix_socket_path=str(sup.root / "run" / "redis.sock"), socket_timeout=5)
+    keys = [f"k{i}" for i in range(40)]
+    assert {shard_of(k, 4) for k in keys} == {0, 1, 2, 3}
+    for key in keys:
+        publish(client, "games", {"key": key, "seq": "0"}, key=key, partitions=4)
+    wait_until(lambda: all(client.llen(f"test:order:{k}") for k in keys), 20, what="every shard consumed")
+
+    renamed = CONFIG.replace("workers = 3", "workers = 2").replace('stream = "games"', 'stream = "matches"')
+    sup.config.write_text(renamed.replace("partitions = 8", "partitions = 4"))
+    assert sup.cli("reload").returncode == 0
+    wait_until(lambda: sup.log().count("reload finished") == 2, 30, what="the second reload")
+    for key in keys:
+        publish(client, "matches", {"key": key, "seq": "1"}, key=key, partitions=4)
+    wait_until(lambda: all(client.llen(f"test:order:{k}") == 2 for k in keys), 20, what="the renamed stream")
+    assert sup.log().count("partitions:") < 30, "the assigner looped"
+    sup.send(signal.SIGTERM)
+    assert sup.wait_exit(30) == 0

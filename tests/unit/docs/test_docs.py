@@ -128,6 +128,8 @@ def test_documented_defaults_and_constraints_match_the_code(heading: str) -> Non
         numeric = any(t in (int, float) for t in (typing.get_args(hint) or (hint,)))
         if spec_field.metadata.get("check") is Check.POSITIVE:
             assert "> 0" in constraint and ">= 0" not in constraint, f"{heading} {key}: must say '> 0'"
+        elif spec_field.metadata.get("check") is Check.AT_LEAST_ONE:
+            assert ">= 1" in constraint, f"{heading} {key}: must say '>= 1'"
         elif numeric:
             assert ">= 0" in constraint, f"{heading} {key}: must say '>= 0'"
 

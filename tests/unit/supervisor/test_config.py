@@ -148,7 +148,7 @@ max_attempts = 3
         ('[[queues]]\nnames = "q"\nhandler = "a:b"\n', "queues[0].names: must be a list of strings"),
         ('[[queues]]\nnames = ["q"]\nhandler = "a:b"\nbatch_size = 0\n', "queues[0].batch_size: must be > 0"),
         ('[[queues]]\nnames = ["q"]\nhandler = "nope"\n', "queues[0].handler: must be an import path"),
-        ('[[streams]]\nstream = "s"\nhandler = "a:b"\nblock_ms = -1\n', "streams[0].block_ms: must be >= 0"),
+        ('[[streams]]\nstream = "s"\nhandler = "a:b"\nblock_ms = -1\n', "streams[0].block_ms: must be > 0"),
         ('[[streams]]\nstream = "s"\nhandler = "a:b"\nbogus = 1\n', "streams[0].bogus: unknown key"),
         ('[[streams]]\nhandler = "a:b"\n', "streams[0].stream: required"),
         (
@@ -156,6 +156,32 @@ max_attempts = 3
             "redis.url: must start with",
         ),
         ("[pool]\nworkers = 1\n", "pool.worker: required when no [[streams]] or [[queues]]"),
+        ('[[streams]]\nstream = "s"\nhandler = "a:b"\nblock_ms = 0\n', "streams[0].block_ms: must be > 0"),
+        (
+            '[redis]\nsocket_timeout_s = 2\n[[streams]]\nstream = "s"\nhandler = "a:b"\nblock_ms = 2000\n',
+            "streams[0].block_ms: must be below redis.socket_timeout_s (2 s), got 2000",
+        ),
+        (
+            '[[queues]]\nnames = ["q"]\nhandler = "a:b"\nblock_s = 5\n',
+            "queues[0].block_s: must be below redis.",
+        ),
+        (
+            '[[queues]]\nnames = ["q", ""]\nhandler = "a:b"\n',
+            "queues[0].names: must be a non-empty Redis key (each)",
+        ),
+        ('[[streams]]\nstream = ""\nhandler = "a:b"\n', "streams[0].stream: must be a non-empty Redis key"),
+        (
+            '[redis]\nkey_prefix = ""\n[[queues]]\nnames = ["q"]\nhandler = "a:b"\n',
+            "redis.key_prefix: must be",
+        ),
+        (
+            '[redis]\nkey_prefix = "c*"\n[[queues]]\nnames = ["q"]\nhandler = "a:b"\n',
+            "redis.key_prefix: must be",
+        ),
+        (
+            '[redis]\nmember_ttl_s = 0.001\n[[queues]]\nnames = ["q"]\nhandler = "a:b"\n',
+            "redis.member_ttl_s: must be >= 1",
+        ),
     ],
 )
 def test_bad_streams_and_queues_are_named(tmp_path: Path, text: str, expected: str) -> None:
