@@ -49,6 +49,7 @@ class Event(StrEnum):
 
     STOP = "corral.stop"  # supervisor -> child, send: {"mode": StopMode}
     STATS = "corral.stats"  # child -> supervisor, send: the worker's stats() dict, every stats_interval_s
+    RECYCLE = "corral.recycle"  # child -> supervisor, send: {"reason"}: replace me (new child first)
     RECOVER = "corral.recover"  # supervisor -> child, request: {"worker_id": dead worker} -> counts moved
     ASSIGN = "corral.partitions.assign"  # supervisor -> child, request: {"stream", "shards"} -> shards owned
     REVOKE = "corral.partitions.revoke"  # same; answered once the round in progress is acknowledged
@@ -144,6 +145,7 @@ class ChildSpec:
     work: dict[str, Any] = field(default_factory=dict)  # a WorkSpec as JSON (WorkSpec.to_json)
     config_dir: str = ""  # the folder of corral.toml
     state_dir: str = ""
+    sync_threads: int = 8  # the thread pool that runs a child's sync handlers
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -211,6 +213,7 @@ class StreamSpec:
     trim_maxlen: int | None = setting(None, Check.POSITIVE)  # keep about this many, never unacknowledged
     trim_interval_s: float = setting(30.0, Check.POSITIVE)
     partitions: int = 0  # > 0: shards <stream>:0..P-1, each owned by one slot at a time (ordering)
+    timeout_s: float | None = setting(None, Check.POSITIVE)  # a handler running longer: a failed attempt
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,7 @@ class QueueSpec:
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 300.0
     at_most_once: bool = False  # plain RPOP: no processing list, a crash loses the job in hand
+    timeout_s: float | None = setting(None, Check.POSITIVE)  # a handler running longer: a failed attempt
 
     @property
     def label(self) -> str:

@@ -282,6 +282,7 @@ class WorkerPool:
         conn = WorkerConnection(slot.index, slot.generation, process, channel)
         slot.generation += 1
         conn.on(Event.STATS, conn.stats.update)
+        conn.on(Event.RECYCLE, lambda data: self._recycle_asked(conn, data))
         self._events.emit(PoolEvent.SPAWNING, conn)
         self.spawn_task(self._watch(slot, conn))
         return conn
@@ -305,6 +306,7 @@ class WorkerPool:
             work=s.work,
             config_dir=s.config_dir,
             state_dir=s.state_dir,
+            sync_threads=s.sync_threads,
         )
 
     async def check_imports(
@@ -343,6 +345,14 @@ class WorkerPool:
             conn.log.warning(
                 "slot {} pid {} died: {}; {}", slot.index, conn.pid, conn.exit_description(), decision.reason
             )
+
+    def _recycle_asked(self, conn: WorkerConnection, data: Any) -> None:
+        reason = (
+            str((data or {}).get("reason") or "asked by the child") if isinstance(data, dict) else "asked"
+        )
+        if self.slots.get(conn.slot) is not None and self.slots[conn.slot].current is conn:
+            conn.log.warning("slot {} pid {}: recycling: {}", conn.slot, conn.pid, reason)
+            self.request_recycle(conn.slot, reason)
 
     def _announce_killing(self, conn: WorkerConnection) -> None:
         """``killing`` goes out once per child: when we start stopping it, or when it died by itself."""

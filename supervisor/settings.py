@@ -36,6 +36,7 @@ class PoolSettings:
     max_memory_mb: float | None = setting(None, Check.POSITIVE, table="health")  # RSS above: recycled
     max_jobs: int | None = setting(None, Check.POSITIVE, table="health")  # processed above (+ jitter)
     max_jobs_jitter: int = setting(0, table="health")
+    sync_threads: int = setting(8, Check.POSITIVE, table="pool")  # a child's pool for sync handlers
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     options: dict[str, Any] = field(default_factory=dict)  # handed to every child (WorkerContext)
     work: dict[str, Any] = field(default_factory=dict)  # streams/queues/redis (a WorkSpec as JSON)

@@ -19,6 +19,7 @@ from loguru import logger
 from corral.contract import ChildSpec, Event, ExitCode, LoadError, StopMode, WorkSpec
 from corral.ipc import Channel, IPCError
 from corral.workers.base import BaseWorker, WorkerContext
+from corral.workers.consumers.base import HandlerRunner
 from corral.workers.consumers.client import connect
 from corral.workers.consumers.consumer_set import Consumers, new_worker_id
 
@@ -51,6 +52,14 @@ class ChildRuntime:
             self.log.warning("stopping fast: in-flight work is cancelled")
             self.run_task.cancel()
         return "stopping"
+
+    def _ask_recycle(self, reason: str) -> None:
+        """A sync handler is stuck in a thread nothing can stop: ask for a replacement (the
+        supervisor starts one, then stops this child down its ladder)."""
+        self.log.error("{}: asking to be recycled", reason)
+        if self.worker._channel is not None:
+            with contextlib.suppress(IPCError):
+                self.worker.channel.send(Event.RECYCLE, {"reason": reason})
 
     def _on_stop(self, data: Any) -> str:
         mode = (data or {}).get("mode") if isinstance(data, dict) else None
@@ -107,8 +116,14 @@ class ChildRuntime:
                 raise LoadError("streams or queues are declared but no Redis URL was handed to the child")
             return None  # a pool without Redis (no [redis], no streams, no queues)
         self.worker.redis = connect(work.redis)
+        runner = HandlerRunner(self.spec.sync_threads, on_stuck=self._ask_recycle)
         consumers = Consumers(
-            work, redis=self.worker.redis, pool=self.spec.pool, worker_id=context.worker_id, log=self.log
+            work,
+            redis=self.worker.redis,
+            pool=self.spec.pool,
+            worker_id=context.worker_id,
+            log=self.log,
+            runner=runner,
         )
         self.worker.consumer_stats = consumers.stats
         consumers.give_handlers(self.worker)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import inspect
 import json
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,9 +111,62 @@ class DeadLetter:
         }
 
 
+def is_coroutine_function(handler: Handler) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one."""
+    call = type(handler).__call__ if not inspect.isroutine(handler) else None
+    return inspect.iscoroutinefunction(handler) or (call is not None and inspect.iscoroutinefunction(call))
+
+
+class HandlerTimeout(Exception):
+    """A handler ran past its spec's ``timeout_s``: a failed attempt (retried, then dead-lettered)."""
+
+
+class HandlerRunner:
+    """Where a child's handlers run. A coroutine runs on the child's event loop and is cancelled at
+    ``timeout_s``. A plain function runs in the child's thread pool, never on the loop (so heartbeats,
+    leases and other units keep going); one that overruns ``timeout_s`` cannot be stopped: its attempt
+    fails at once, and ``on_stuck`` is told, so that the child is recycled (replacement first)."""
+
+    def __init__(self, threads: int = 8, on_stuck: Callable[[str], None] | None = None) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="handler")
+        self.on_stuck = on_stuck or (lambda _reason: None)
+        self.stuck = 0  # sync handlers still running past their timeout
+
+    async def run(
+        self, handler: Handler, args: tuple[Any, ...], is_async: bool, timeout_s: float | None
+    ) -> Any:
+        if is_async:
+            deadline = asyncio.timeout(timeout_s)
+            try:
+                async with deadline:
+                    return await handler(*args)
+            except TimeoutError:
+                if deadline.expired():
+                    raise HandlerTimeout(f"timed out after {timeout_s:g}s") from None
+                raise
+        future = asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(handler, *args))
+        try:
+            result = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            if future.done():
+                raise  # the handler's own TimeoutError
+            self.stuck += 1
+            self.on_stuck(f"a sync handler ran past its timeout_s ({timeout_s:g}s)")
+            raise HandlerTimeout(
+                f"timed out after {timeout_s:g}s (a sync handler: its thread runs on)"
+            ) from None
+        if inspect.isawaitable(result):  # a plain function that returned a coroutine
+            awaited: Awaitable[Any] = result
+            return await awaited
+        return result
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
 class HandlerUnit:
     """What every consumer has: its spec, client, keys and logger, and its handler (loaded once,
-    with the ``HandlerContext`` it is called with)."""
+    with the ``HandlerContext`` it is called with), run by the child's ``HandlerRunner``."""
 
     def __init__(self, spec: Any, *, redis: Any, keys: Keys, worker_id: str, log: Any) -> None:
         self.spec = spec
@@ -120,12 +175,11 @@ class HandlerUnit:
         self.worker_id = worker_id
         self.log = log
         self.handler, self.takes_ctx = load_handler(spec.handler)
+        self.is_async = is_coroutine_function(self.handler)
         self.ctx = HandlerContext(redis=redis, worker_id=worker_id, log=log)
+        self.runner = HandlerRunner(threads=1)  # replaced by the child's shared one (Consumers)
 
     async def call(self, item: Any) -> Any:
         """Run the handler on one job or message (sync or async, with or without ``ctx``)."""
-        result = self.handler(item, self.ctx) if self.takes_ctx else self.handler(item)
-        if inspect.isawaitable(result):
-            awaited: Awaitable[Any] = result
-            return await awaited
-        return result
+        args = (item, self.ctx) if self.takes_ctx else (item,)
+        return await self.runner.run(self.handler, args, self.is_async, self.spec.timeout_s)

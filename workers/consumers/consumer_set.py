@@ -14,6 +14,7 @@ import secrets
 from typing import Any
 
 from corral.contract import WorkSpec
+from corral.workers.consumers.base import HandlerRunner
 from corral.workers.consumers.client import TRANSIENT
 from corral.workers.consumers.membership import Membership
 from corral.workers.consumers.partitioned import PartitionedStreamConsumer
@@ -29,8 +30,18 @@ def new_worker_id(identity: str) -> str:
 
 
 class Consumers:
-    def __init__(self, work: WorkSpec, *, redis: Any, pool: str, worker_id: str, log: Any) -> None:
+    def __init__(
+        self,
+        work: WorkSpec,
+        *,
+        redis: Any,
+        pool: str,
+        worker_id: str,
+        log: Any,
+        runner: HandlerRunner | None = None,
+    ) -> None:
         self.work = work
+        self.runner = runner or HandlerRunner()
         self.redis = redis
         self.keys = Keys(work.redis.key_prefix)
         self.pool = pool
@@ -52,6 +63,8 @@ class Consumers:
             ttl_s=work.redis.member_ttl_s,
             recover=self.recover,
         )
+        for unit in (*self.queues, *self.streams, *self.partitioned.values()):
+            unit.runner = self.runner
 
     def give_handlers(self, worker: Any) -> None:
         """Handlers see the worker they run in as ``ctx.worker``."""
@@ -113,6 +126,7 @@ class Consumers:
         except TRANSIENT as exc:
             self.log.warning("stopping with Redis away ({!r}): a sweep will recover what we hold", exc)
         await self.redis.aclose()
+        self.runner.close()
 
     def stats(self) -> dict[str, Any]:
         queues = {q: vars(s).copy() for c in self.queues for q, s in c.stats.items()}

@@ -188,3 +188,13 @@ async def kill_own_worker(job: Job, ctx: HandlerContext) -> None:
         await ctx.redis.rpush("test:deadly", job.attempt)
         os.kill(os.getpid(), signal.SIGKILL)
     await ctx.redis.hincrby("test:handled", job.id, 1)
+
+
+async def sleep_async(job: Job) -> None:
+    """Sleeps ``job.data["s"]`` seconds on the loop (a handler that overruns its timeout_s)."""
+    await asyncio.sleep(job.data["s"])
+
+
+def sleep_sync(job: Job) -> None:
+    """Sleeps ``job.data["s"]`` seconds in its thread: it would block a loop it ran on."""
+    time.sleep(job.data["s"])

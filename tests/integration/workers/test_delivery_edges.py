@@ -250,3 +250,62 @@ def test_a_job_that_kills_its_worker_is_dead_lettered_after_max_attempts(
         await r.aclose()
 
     run(body())
+
+
+def test_an_async_handler_past_its_timeout_is_cancelled_and_the_attempt_fails(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    async def body() -> None:
+        r = client(redis_clean.url)
+        await r.lpush("tq", encode_job({"s": 30}))
+        work = queue_work(
+            redis_clean.url, names=("tq",), handler=f"{H}:sleep_async", timeout_s=0.2, max_attempts=2,
+            backoff_initial_s=0.05,
+        )  # fmt: skip
+        worker = await local_worker(work)
+        try:
+            record = await wait_for(lambda: r.lindex(KEYS.dead("tq"), 0), timeout_s=10, what="a dead letter")
+        finally:
+            await worker.stop()
+        letter = json.loads(record)
+        assert letter["attempt"] == 2 and "timed out after 0.2s" in letter["error"], letter
+        await r.aclose()
+
+    run(body())
+
+
+def test_a_sync_handler_runs_off_the_loop_and_an_overrun_recycles_its_child(
+    redis_clean: Any, consumer_pool: Any, run: Any
+) -> None:
+    """A sync handler sleeping 3 s does not stall the child's loop (its heartbeat answers within
+    1 s); past its timeout_s its job fails at once, and the child is replaced."""
+
+    async def body() -> None:
+        r = client(redis_clean.url)
+        work = queue_work(
+            redis_clean.url, names=("sq",), handler=f"{H}:sleep_sync", timeout_s=0.5, max_attempts=1
+        )
+        cp = consumer_pool(1, work, heartbeat_interval_s=0.2, heartbeat_timeout_s=1.0, graceful_timeout_s=1.0)
+        try:
+            assert await cp.pool.spawn_all()
+            first = cp.pid(0)
+            await r.lpush("sq", encode_job({"s": 3}))
+            record = await wait_for(lambda: r.lindex(KEYS.dead("sq"), 0), timeout_s=10, what="the job failed")
+            assert "timed out after 0.5s" in json.loads(record)["error"]
+            await wait_for(
+                lambda: cp.pool.get(0) is not None and cp.pid(0) != first, timeout_s=15, what="recycled"
+            )
+            await wait_for(lambda: cp.pool.wait_ready(0.01), timeout_s=15, what="the replacement ready")
+            assert "no heartbeat answer" not in cp.log(), "the sync handler stalled the loop"
+            assert "asking to be recycled" in cp.log(0)
+            assert cp.pool.slots[0].history.restarts == 0  # a recycle, not a failure
+            await r.lpush("sq", encode_job({"s": 0}))  # the replacement works
+            await wait_for(lambda: equals(r.llen("sq"), 0), what="the next job taken")
+            processing = KEYS.processing("sq", cp.worker_id(0))
+            await wait_for(lambda: equals(r.llen(processing), 0), what="and acknowledged")
+            assert await r.llen(KEYS.dead("sq")) == 1
+        finally:
+            await cp.pool.stop(5)
+        await r.aclose()
+
+    run(body())
