@@ -61,6 +61,10 @@ class Keys:
         """Hash: job (its exact bytes) -> how often a worker holding it died (counted by recovery)."""
         return self._of(queue, "deaths")
 
+    def in_hand(self, queue: str, worker_id: str) -> str:
+        """The suspect job (one a worker died holding before) a worker is handling now, if any."""
+        return f"{self._of(queue, 'inhand')}:{worker_id}"
+
     def dead(self, queue: str) -> str:
         """List of jobs that failed ``max_attempts`` times or could not be decoded."""
         return self._of(queue, "dead")

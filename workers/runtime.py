@@ -99,6 +99,7 @@ class ChildRuntime:
             self.log.exception("start() failed")
             return ExitCode.BOOT_START
         if self.consumers is not None:  # they begin after the worker's own start()
+            await self.consumers.join()  # a lease before any work: what we take is never unowned
             for unit in self.consumers.units():
                 self.worker.manager.register_worker(unit)
             consumers = self.consumers

@@ -18,6 +18,7 @@ from loguru import logger
 from corral.entrypoints import scaffold
 from corral.entrypoints.cli.control import control
 from corral.entrypoints.cli.files import produce, show_logs
+from corral.entrypoints.cli.inspect import inspect
 from corral.entrypoints.cli.parser import CONTROL, build_parser
 from corral.entrypoints.cli.say import fail, warn
 from corral.ipc import IPCError
@@ -70,4 +71,6 @@ def dispatch(args: argparse.Namespace, config: Config | None, where: Where) -> i
         return asyncio.run(Supervisor(config).run())
     if args.command in ("enqueue", "publish"):
         return produce(config, args)
+    if args.command == "inspect":
+        return asyncio.run(inspect(config, args))
     return asyncio.run(control(where, args, config.digest))

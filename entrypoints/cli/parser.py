@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the exit")
     _child_messages(sub, common)
     _producers(sub, common)
+    inspect = sub.add_parser("inspect", parents=[common], help="list work in Redis no live member holds")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     logs = sub.add_parser("logs", parents=[common], help="print (or follow) a slot's log file")
     logs.add_argument("slot", help="a slot number, or 'supervisor'")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")

@@ -9,6 +9,7 @@ membership sweep.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import secrets
 from typing import Any
@@ -114,6 +115,12 @@ class Consumers:
     async def revoke(self, data: dict[str, Any]) -> list[int]:
         """``corral.partitions.revoke``: stop consuming these shards (after the round in progress)."""
         return await self.partitioned[str(data["stream"])].revoke([int(s) for s in data["shards"]])
+
+    async def join(self) -> None:
+        """Take our lease in the member set before any consumer takes work (if Redis is away now,
+        the membership unit takes it on its first round)."""
+        with contextlib.suppress(*TRANSIENT):
+            await self.membership.renew()
 
     async def close(self) -> None:
         """After a clean stop: jobs a cut-short round left in our processing lists go back to their

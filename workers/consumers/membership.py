@@ -42,9 +42,14 @@ class Membership:
         self.members = keys.members(pool)
         self.failing: set[str] = set()  # members whose recovery failed (logged once)
 
-    async def run(self) -> int:
+    async def renew(self) -> int:
+        """Our lease runs for ``ttl_s`` from now (the server's clock); returns now, in ms."""
         now_ms = await redis_now_ms(self.redis)
         await self.redis.zadd(self.members, {self.worker_id: now_ms + self.ttl_ms})
+        return now_ms
+
+    async def run(self) -> int:
+        now_ms = await self.renew()
         expired = await self.redis.zrangebyscore(self.members, "-inf", now_ms, start=0, num=10)
         for member in expired:
             await self._recover(member.decode())

@@ -30,17 +30,46 @@ while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
 return n
 """
 RECOVER = """
--- a dead worker's jobs back to the queue's front, in order, each counted as a death
+-- a dead worker's jobs back to the queue's front, in order, and its death counted: against the
+-- suspect it was handling (KEYS[4], set only while one is in hand), else against every job it held
+local marked = redis.call('GET', KEYS[4])
 local n = 0
 while true do
   local job = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-  if not job then return n end
-  redis.call('HINCRBY', KEYS[3], job, 1)
+  if not job then break end
+  if not marked then redis.call('HINCRBY', KEYS[3], job, 1) end
   n = n + 1
 end
+if marked then
+  redis.call('HINCRBY', KEYS[3], marked, 1)
+  redis.call('DEL', KEYS[4])
+end
+return n
 """
 ACK = """
+-- handled: out of the processing list, and a death count it had goes with it (only if we still
+-- held it: a peer that recovered it from us while we were stalled put it back for another try)
+local counted = redis.call('EXISTS', KEYS[2]) == 1
 local n = 0
-for i = 1, #ARGV do n = n + redis.call('LREM', KEYS[1], -1, ARGV[i]) end
+for i = 1, #ARGV do
+  local removed = redis.call('LREM', KEYS[1], -1, ARGV[i])
+  if removed > 0 and counted then redis.call('HDEL', KEYS[2], ARGV[i]) end
+  n = n + removed
+end
 return n
+"""
+SETTLE = """
+-- one job out of the processing list and to its destination (dead letters, retry set, the queue);
+-- nothing if we no longer hold it (recovered away while we were stalled: it is being tried again)
+if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end
+if ARGV[3] == 'zadd' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+elseif ARGV[3] == 'rpush' then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+else
+  redis.call('LPUSH', KEYS[2], ARGV[2])
+end
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[4])
+return 1
 """

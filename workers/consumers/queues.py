@@ -25,7 +25,7 @@ from corral.contract import QueueSpec
 from corral.workers.consumers.base import DeadLetter, HandlerUnit, error_summary, run_all
 from corral.workers.consumers.client import REDIS_DOWN
 from corral.workers.consumers.discovery import QueueSet
-from corral.workers.consumers.queue_scripts import ACK, MOVE_ALL, PROMOTE, RECOVER, TAKE
+from corral.workers.consumers.queue_scripts import ACK, MOVE_ALL, PROMOTE, RECOVER, SETTLE, TAKE
 from corral.workers.keys import Keys
 from corral.workers.messages import Job, Malformed, Reject, Requeue, decode_job, encode_job
 
@@ -52,11 +52,12 @@ class Destination(Enum):
     BACK = "back"  # back on the queue, the last to be taken
 
 
-PUSH: dict[Destination, Callable[[Any, Keys, str, bytes, float], Any]] = {
-    Destination.DEAD: lambda pipe, keys, queue, payload, _due: pipe.lpush(keys.dead(queue), payload),
-    Destination.RETRY: lambda pipe, keys, queue, payload, due: pipe.zadd(keys.retry(queue), {payload: due}),
-    Destination.FRONT: lambda pipe, _keys, queue, payload, _due: pipe.rpush(queue, payload),
-    Destination.BACK: lambda pipe, _keys, queue, payload, _due: pipe.lpush(queue, payload),
+# destination -> (its key, how the job goes in: the SETTLE script's ARGV[3])
+WHERE: dict[Destination, Callable[[Keys, str], tuple[str, str]]] = {
+    Destination.DEAD: lambda keys, queue: (keys.dead(queue), "lpush"),
+    Destination.RETRY: lambda keys, queue: (keys.retry(queue), "zadd"),
+    Destination.FRONT: lambda _keys, queue: (queue, "rpush"),
+    Destination.BACK: lambda _keys, queue: (queue, "lpush"),
 }
 
 
@@ -84,6 +85,7 @@ class QueueConsumer(HandlerUnit):
         self._recover = redis.register_script(RECOVER)
         self.deaths: dict[tuple[str, bytes], int] = {}  # taken jobs whose worker died before
         self._ack_jobs = redis.register_script(ACK)
+        self._settle_job = redis.register_script(SETTLE)
 
     @property
     def queues(self) -> list[str]:
@@ -129,8 +131,9 @@ class QueueConsumer(HandlerUnit):
         if not batch:
             return 0
         before = self.succeeded
+        suspects = any(item in self.deaths for item in batch)  # one at a time: a death is then attributable
         try:
-            await run_all(batch, self._handle, self.spec.concurrency)
+            await run_all(batch, self._handle, 1 if suspects else self.spec.concurrency)
         finally:
             for queue, _ in batch:
                 self._stats(queue).in_flight = 0
@@ -196,11 +199,14 @@ class QueueConsumer(HandlerUnit):
             stats.dead += 1
             return
         died = self.deaths.get((queue, raw), 0)
-        if died:  # its workers died handling it (a kill, a crash, a hung loop): each was an attempt
+        if died:  # its workers died holding it (a kill, a crash, a hung loop): each was an attempt
             job = dataclasses.replace(job, attempt=job.attempt + died)
             if job.attempt > self.spec.max_attempts:
                 await self._died_too_often(job, died)
                 return
+            # a suspect: marked while in hand, so that if we die now the death is counted against
+            # it alone, not against the innocent jobs of our batch
+            await self.redis.set(self.keys.in_hand(queue, self.worker_id), raw)
         try:
             await self.call(job)
         except Requeue as requeue:
@@ -221,6 +227,8 @@ class QueueConsumer(HandlerUnit):
             return
         stats.processed += 1
         self.succeeded += 1
+        if died:
+            await self.redis.delete(self.keys.in_hand(queue, self.worker_id))
         if not self.spec.at_most_once:
             self.unacked.append((queue, raw))
 
@@ -250,14 +258,23 @@ class QueueConsumer(HandlerUnit):
     async def _settle(
         self, queue: str, raw: bytes, to: Destination, payload: bytes, due_s: float = 0.0
     ) -> None:
-        """Move one job out of the processing list and to ``to``, atomically."""
-        async with self.redis.pipeline(transaction=not self.spec.at_most_once) as pipe:
-            PUSH[to](pipe, self.keys, queue, payload, due_s)
-            if not self.spec.at_most_once:
-                pipe.lrem(self._processing(queue), -1, raw)
-            if self.deaths.pop((queue, raw), 0):
-                pipe.hdel(self.keys.deaths(queue), raw)
-            await pipe.execute()
+        """Move one job out of the processing list and to ``to``, atomically (one script)."""
+        self.deaths.pop((queue, raw), None)
+        key, how = WHERE[to](self.keys, queue)
+        if self.spec.at_most_once:  # no processing list: just where it goes
+            await (
+                self.redis.zadd(key, {payload: due_s})
+                if how == "zadd"
+                else getattr(self.redis, how)(key, payload)
+            )
+            return
+        keys = [
+            self._processing(queue),
+            key,
+            self.keys.deaths(queue),
+            self.keys.in_hand(queue, self.worker_id),
+        ]
+        await self._settle_job(keys=keys, args=[raw, payload, how, due_s])
 
     async def _died_too_often(self, job: Job, died: int) -> None:
         error = f"its worker died {died} times while handling it (killed, crashed or hung)"
@@ -280,19 +297,16 @@ class QueueConsumer(HandlerUnit):
             by_queue.setdefault(queue, []).append(raw)
         if len(by_queue) == 1:
             [(queue, raws)] = by_queue.items()
-            await self._ack_jobs(keys=[self._processing(queue)], args=raws)
+            await self._ack_jobs(keys=[self._processing(queue), self.keys.deaths(queue)], args=raws)
         else:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for queue, raws in by_queue.items():
-                    await self._ack_jobs(keys=[self._processing(queue)], args=raws, client=pipe)
+                    keys = [self._processing(queue), self.keys.deaths(queue)]
+                    await self._ack_jobs(keys=keys, args=raws, client=pipe)
                 await pipe.execute()
-        survivors = [(queue, raw) for queue, raw in self.unacked if self.deaths.pop((queue, raw), 0)]
+        for item in self.unacked:
+            self.deaths.pop(item, None)
         self.unacked.clear()
-        if survivors:  # handled at last: their death counts go
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for queue, raw in survivors:
-                    pipe.hdel(self.keys.deaths(queue), raw)
-                await pipe.execute()
 
     async def _hand_back(self) -> None:
         """Fast stop: acknowledge what was handled, put everything else back at the front."""
@@ -301,6 +315,7 @@ class QueueConsumer(HandlerUnit):
             for queue in self.held:
                 await self._move_all(keys=[self._processing(queue), queue])
         except Exception:
+            self.interrupted = True  # close() tries again, and keeps our lease if it cannot either
             self.log.exception("handing jobs back failed; they stay in the processing list for recovery")
 
     async def recover(self, dead_worker_id: str) -> int:
@@ -309,7 +324,12 @@ class QueueConsumer(HandlerUnit):
         moved = 0
         for raw_queue in await self.redis.smembers(held_key):
             queue = raw_queue.decode()
-            keys = [self.keys.processing(queue, dead_worker_id), queue, self.keys.deaths(queue)]
+            keys = [
+                self.keys.processing(queue, dead_worker_id),
+                queue,
+                self.keys.deaths(queue),
+                self.keys.in_hand(queue, dead_worker_id),
+            ]
             moved += int(await self._recover(keys=keys))
         await self.redis.delete(held_key)
         return moved

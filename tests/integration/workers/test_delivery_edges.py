@@ -309,3 +309,31 @@ def test_a_sync_handler_runs_off_the_loop_and_an_overrun_recycles_its_child(
         await r.aclose()
 
     run(body())
+
+
+def test_the_batch_mates_of_a_job_that_kills_its_worker_are_not_dead_lettered(
+    redis_clean: Any, consumer_pool: Any, run: Any
+) -> None:
+    async def body() -> None:
+        r = client(redis_clean.url)
+        work = queue_work(
+            redis_clean.url, names=("bq",), handler=f"{H}:kill_own_worker", max_attempts=3, batch_size=5
+        )
+        cp = consumer_pool(1, work, policy=RestartPolicy(backoff_initial_s=0.05))
+        try:
+            assert await cp.pool.spawn_all()
+            await r.lpush("bq", encode_job("deadly"), *[encode_job({"n": n}) for n in range(4)])
+            await wait_for(
+                lambda: r.lindex(KEYS.dead("bq"), 0), timeout_s=30, what="the killer dead-lettered"
+            )
+            await wait_for(
+                lambda: equals(r.hlen("test:handled"), 4), timeout_s=15, what="its batch-mates handled"
+            )
+            [record] = await r.lrange(KEYS.dead("bq"), 0, -1)
+            assert json.loads(json.loads(record)["job"])["data"] == "deadly"
+            assert not await r.exists(KEYS.deaths("bq"))
+        finally:
+            await cp.pool.stop(10)
+        await r.aclose()
+
+    run(body())

@@ -1,0 +1,35 @@
+"""Handlers of the fault-sequence pool (imported by its children, by import path).
+
+A job's data is ``{"n": <number>, "kind": "ok" | "poison" | "deadly" | "stall"}``: ``ok`` is counted,
+``poison`` always fails (dead-lettered after max_attempts), ``deadly`` SIGKILLs the process handling
+it (dead-lettered after max_attempts deaths), ``stall`` blocks the child's event loop past its member
+lease (peers recover its work while it is alive) and is then counted. Entries are counted. Counts are
+hashes (number -> times handled), so a lost item (missing) and a duplicate (> 1) both show.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from corral.workers.messages import HandlerContext, Job, Message
+
+JOBS_SEEN = "faults:seen:jobs"
+ENTRIES_SEEN = "faults:seen:entries"
+STALL_S = 2.5  # past member_ttl_s = 1, well below heartbeat_timeout_s
+
+
+async def handle_job(job: Job, ctx: HandlerContext) -> None:
+    kind = job.data["kind"]
+    if kind == "poison":
+        raise ValueError(f"poison job {job.data['n']}")
+    if kind == "deadly":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "stall":
+        time.sleep(STALL_S)  # on purpose: the loop stalls, the lease lapses
+    await ctx.redis.hincrby(JOBS_SEEN, str(job.data["n"]), 1)
+
+
+async def handle_entry(message: Message, ctx: HandlerContext) -> None:
+    await ctx.redis.hincrby(ENTRIES_SEEN, message.fields["n"], 1)
