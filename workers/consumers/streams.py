@@ -9,6 +9,8 @@ stream with the reason. Trimming never drops an entry a group has not acknowledg
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -31,6 +33,7 @@ class StreamConsumer(EntryUnit):
         self.name = f"stream:{spec.stream}"
         self.idle_sleep_s = 0.0  # an empty round already blocked in XREADGROUP
         self.unacked: list[bytes] = []
+        self._keeper: asyncio.Future[None] | None = None  # keeps the batch in hand claimed
         self.read_own = True  # our own pending entries first (claimed ones, failed ones)
         self._claims = 0  # recoveries that claimed entries for us
         self._pass_claims = 0  # ... when the current pass over our own pending entries began
@@ -65,6 +68,8 @@ class StreamConsumer(EntryUnit):
         if not entries:
             return 0
         self.in_flight, before = len(entries), self.processed
+        in_hand = [entry_id for entry_id, _, _ in entries]
+        self._keeper = asyncio.ensure_future(self._keep_claimed(in_hand))
         try:
             await run_all(entries, self._handle, self.spec.concurrency)
         except REDIS_DOWN:
@@ -72,8 +77,23 @@ class StreamConsumer(EntryUnit):
             raise
         finally:
             self.in_flight = 0
+            if self._keeper is not None:
+                self._keeper.cancel()
         await self._ack()
         return self.processed - before  # what the slot counts as processed, as the stream does
+
+    async def _keep_claimed(self, ids: list[bytes]) -> None:
+        """While a batch is in hand, reset its entries' idle time every third of ``min_idle_ms``
+        (XCLAIM to ourselves, JUSTID: no delivery counted), so that no other consumer claims an
+        entry whose handler is merely slow and runs it a second time at once."""
+        interval_s = self.spec.min_idle_ms / 3000
+        while True:
+            await asyncio.sleep(interval_s)
+            unfinished = [entry_id for entry_id in ids if entry_id not in self.unacked]
+            with contextlib.suppress(*REDIS_DOWN):  # the round itself notices an outage
+                await self.redis.xclaim(
+                    self.spec.stream, self.spec.group, self.consumer, 0, unfinished, justid=True
+                )
 
     async def _measure_lag(self) -> None:
         """Every LAG_INTERVAL_S: entries the group has not been given yet (XINFO GROUPS lag)."""

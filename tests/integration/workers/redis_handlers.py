@@ -198,3 +198,10 @@ async def sleep_async(job: Job) -> None:
 def sleep_sync(job: Job) -> None:
     """Sleeps ``job.data["s"]`` seconds in its thread: it would block a loop it ran on."""
     time.sleep(job.data["s"])
+
+
+async def slow_entry(message: Message, ctx: HandlerContext) -> None:
+    """Takes ``fields["s"]`` seconds, then counts the entry (by its ``n``) and who handled it."""
+    await asyncio.sleep(float(message.fields["s"]))
+    await ctx.redis.hincrby("test:handled_entries", message.fields["n"], 1)
+    await ctx.redis.rpush("test:handlers", ctx.worker_id)

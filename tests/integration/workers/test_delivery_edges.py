@@ -337,3 +337,39 @@ def test_the_batch_mates_of_a_job_that_kills_its_worker_are_not_dead_lettered(
         await r.aclose()
 
     run(body())
+
+
+def test_an_entry_in_hand_longer_than_min_idle_is_not_claimed_by_another_worker(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    async def body() -> None:
+        r = client(redis_clean.url)
+        spec = StreamSpec(
+            stream="ls",
+            handler=f"{H}:slow_entry",
+            group="g",
+            block_ms=100,
+            min_idle_ms=300,
+            claim_interval_s=0.1,
+        )
+        work = WorkSpec(redis=redis_spec(redis_clean.url), streams=(spec,))
+        await r.xadd("ls", {"n": "1", "s": "1.5"})  # five times min_idle_ms
+        first = await local_worker(work, name="a")
+        await wait_for(lambda: pending_count(r, "ls", "g"), what="a holds the entry")
+        second = await local_worker(work, name="b")  # idle, claiming every 0.1 s
+        try:
+            await wait_for(lambda: equals(r.hlen("test:handled_entries"), 1), timeout_s=10, what="handled")
+        finally:  # graceful: a claim b made (~300 ms after a's delivery) would be handled to the end
+            await first.stop()
+            await second.stop()
+        assert await r.hget("test:handled_entries", "1") == b"1", await r.lrange("test:handlers", 0, -1)
+        await r.aclose()
+
+    run(body())
+
+
+async def pending_count(r: Any, stream: str, group: str) -> int:
+    try:
+        return int((await r.xpending(stream, group))["pending"])
+    except ResponseError:  # no group yet
+        return 0
