@@ -15,11 +15,12 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from corral.contract import StreamSpec
 from corral.workers.consumers.base import error_summary
 from corral.workers.consumers.client import REDIS_DOWN
-from corral.workers.consumers.entries import Entry, EntryUnit, create_group
+from corral.workers.consumers.entries import Entry, EntryUnit, create_group, is_nogroup
 from corral.workers.keys import Keys
 from corral.workers.messages import Reject
 from corral.workers.producer import shard_name
@@ -57,6 +58,21 @@ class PartitionedStreamConsumer(EntryUnit):
     async def run(self) -> int:
         if not self.owned:
             return 0
+        try:
+            return await self._round()
+        except ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+            # a shard or its group is gone (a restart without persistence, FLUSHALL): make them again
+            self.log.warning("stream {}: a shard's group is gone; creating them again", self.spec.stream)
+            async with self.lock:
+                for shard in self.owned:
+                    await create_group(
+                        self.redis, shard_name(self.spec.stream, shard), self.spec.group, self.spec.start_id
+                    )
+            return 0
+
+    async def _round(self) -> int:
         async with self.lock:
             now = time.monotonic()
             ready = {s for s in self.owned if self.not_before.get(s, 0.0) <= now}
@@ -73,23 +89,40 @@ class PartitionedStreamConsumer(EntryUnit):
             handled = 0
             for raw_stream, entries in reply or []:
                 shard = int(raw_stream.decode().rsplit(":", 1)[1])
-                handled += await self._handle_shard(shard, [(e, f, 1) for e, f in entries])
+                handled += await self._handle_shard(shard, [(e, f, 1) for e, f in entries], fresh=True)
             return handled
 
     async def _drain_backlog(self, shard: int) -> int:
-        """Claim what the shard's group still has pending (a previous owner's, or our failures)."""
+        """What the shard's group still has pending (a previous owner's, or our failures), in order.
+        Taken without counting a delivery (XCLAIM JUSTID): an entry's count is the attempts made on
+        it, so one entry being retried does not use up the attempts of those behind it."""
         stream = shard_name(self.spec.stream, shard)
-        reply = await self.redis.xautoclaim(
-            stream, self.spec.group, self.consumer, 0, "0-0", count=self.spec.batch_size
+        pending = await self.redis.xpending_range(
+            stream, self.spec.group, min="-", max="+", count=self.spec.batch_size
         )
-        entries = await self.with_attempts(stream, reply[1]) if reply[1] else []
-        if not entries:
+        if not pending:
             self.backlog.discard(shard)
             return 0
-        return await self._handle_shard(shard, entries)
+        theirs = [p["message_id"] for p in pending if p["consumer"] != self.consumer.encode()]
+        if theirs:
+            await self.redis.xclaim(stream, self.spec.group, self.consumer, 0, theirs, justid=True)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in pending:
+                pipe.xrange(stream, min=p["message_id"], max=p["message_id"])
+            found = await pipe.execute()
+        entries = [
+            (p["message_id"], rows[0][1], int(p["times_delivered"]) + 1)
+            for p, rows in zip(pending, found, strict=True)
+            if rows
+        ]
+        gone = [p["message_id"] for p, rows in zip(pending, found, strict=True) if not rows]
+        if gone:  # deleted from the stream while pending: nothing to handle
+            await self.redis.xack(stream, self.spec.group, *gone)
+        return await self._handle_shard(shard, entries, fresh=False) if entries else 0
 
-    async def _handle_shard(self, shard: int, entries: list[Entry]) -> int:
-        """Entries of one shard, in order; stop at the first failure (the shard waits for it)."""
+    async def _handle_shard(self, shard: int, entries: list[Entry], fresh: bool) -> int:
+        """Entries of one shard, in order; stop at the first failure (the shard waits for it). An
+        entry's delivery count is kept to the attempts made on it (``fresh``: just read, counted 1)."""
         stream = shard_name(self.spec.stream, shard)
         done: list[bytes] = []
         self.in_flight = len(entries)
@@ -113,6 +146,7 @@ class PartitionedStreamConsumer(EntryUnit):
                     if attempt >= self.spec.max_deliveries:  # the last allowed one: its error at hand
                         await self.dead_letter(stream, entry_id, raw_fields, attempt)
                         continue
+                    await self._count_attempts(stream, entry_id, attempt, entries, fresh)
                     break
                 self.processed += 1
                 done.append(entry_id)
@@ -121,6 +155,19 @@ class PartitionedStreamConsumer(EntryUnit):
             if done:
                 await self.redis.xack(stream, self.spec.group, *done)
         return len(done)
+
+    async def _count_attempts(
+        self, stream: str, failed: bytes, attempt: int, entries: list[Entry], fresh: bool
+    ) -> None:
+        """After a failure: the failed entry counts ``attempt`` deliveries; the fresh entries behind
+        it were read (counted 1) but not tried: back to 0."""
+        ids = [entry_id for entry_id, _, _ in entries]
+        behind = ids[ids.index(failed) + 1 :]
+        group, me = self.spec.group, self.consumer
+        if not fresh:
+            await self.redis.xclaim(stream, group, me, 0, [failed], retrycount=attempt, justid=True)
+        elif behind:
+            await self.redis.xclaim(stream, group, me, 0, behind, retrycount=0, justid=True)
 
     def _failed(self, shard: int, entry_id: bytes, attempt: int, exc: Exception) -> None:
         self.failed += 1

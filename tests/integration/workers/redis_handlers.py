@@ -205,3 +205,10 @@ async def slow_entry(message: Message, ctx: HandlerContext) -> None:
     await asyncio.sleep(float(message.fields["s"]))
     await ctx.redis.hincrby("test:handled_entries", message.fields["n"], 1)
     await ctx.redis.rpush("test:handlers", ctx.worker_id)
+
+
+async def fail_entry_one(message: Message, ctx: HandlerContext) -> None:
+    """Entry ``n=1`` always fails; every delivery's attempt is recorded in ``test:attempts:<n>``."""
+    await ctx.redis.rpush(f"test:attempts:{message.fields['n']}", message.attempt)
+    if message.fields["n"] == "1":
+        raise RuntimeError("entry 1 always fails")

@@ -373,3 +373,57 @@ async def pending_count(r: Any, stream: str, group: str) -> int:
         return int((await r.xpending(stream, group))["pending"])
     except ResponseError:  # no group yet
         return 0
+
+
+def test_a_partition_retrying_one_entry_does_not_count_attempts_against_those_behind_it(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    async def body() -> None:
+        r = client(redis_clean.url)
+        spec = StreamSpec(
+            stream="ps",
+            handler=f"{H}:fail_entry_one",
+            group="g",
+            partitions=1,
+            max_deliveries=3,
+            block_ms=100,
+        )
+        worker = await local_worker(WorkSpec(redis=redis_spec(redis_clean.url), streams=(spec,)))
+        for n in (1, 2, 3):  # one key, one shard: 2 and 3 wait behind 1
+            await r.xadd("ps:0", {"n": str(n)})
+        await worker.consumers.assign({"stream": "ps", "shards": [0]})
+        try:
+            await wait_for(lambda: r.xlen(KEYS.stream_dead("ps")), timeout_s=20, what="entry 1 dead-lettered")
+            await wait_for(lambda: r.llen("test:attempts:3"), timeout_s=10, what="the entries behind it")
+        finally:
+            await worker.stop()
+        assert [int(a) for a in await r.lrange("test:attempts:1", 0, -1)] == [1, 2, 3]
+        assert [int(a) for a in await r.lrange("test:attempts:2", 0, -1)] == [1]  # not dead-lettered
+        assert [int(a) for a in await r.lrange("test:attempts:3", 0, -1)] == [1]
+        assert await r.xlen(KEYS.stream_dead("ps")) == 1
+        await r.aclose()
+
+    run(body())
+
+
+def test_a_partition_whose_group_vanished_is_consumed_again(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    async def body() -> None:
+        r = client(redis_clean.url)
+        spec = StreamSpec(stream="pg", handler=f"{H}:count_entry", group="g", partitions=1, block_ms=100)
+        worker = await local_worker(WorkSpec(redis=redis_spec(redis_clean.url), streams=(spec,)))
+        await worker.consumers.assign({"stream": "pg", "shards": [0]})
+        try:
+            await r.xadd("pg:0", {"n": "1"})
+            await wait_for(lambda: equals(r.hlen("test:handled_entries"), 1), what="the first entry")
+            await r.delete("pg:0")  # the shard and its group are gone
+            await r.xadd("pg:0", {"n": "2"})
+            await wait_for(
+                lambda: equals(r.hlen("test:handled_entries"), 2), timeout_s=10, what="the entry after"
+            )
+        finally:
+            await worker.stop()
+        await r.aclose()
+
+    run(body())
