@@ -190,6 +190,7 @@ def test_no_game_in_two_sets_under_kills_and_reload(
                 os.kill(victim, signal.SIGKILL)
                 kills += 1
             if step == 650:
+                before_reload = {row["pid"] for row in sup.status()["slots"]}
                 sup.send(signal.SIGHUP)
         send_event(client, GameEvent("state_change", "chess", "bogus", new_state="exploded"), partitions=8)
 
@@ -197,6 +198,13 @@ def test_no_game_in_two_sets_under_kills_and_reload(
             return all(where(client, "chess", g) == ([want] if want else []) for g, want in expected.items())
 
         wait_until(settled, timeout_s=30, what="every game in the set its last event says")
+        # the faults happened: the reload replaced every child (and the kills hit children)
+        wait_until(lambda: "reload finished" in sup.log(), 30, what="the reload finished")
+        after_reload = {row["pid"] for row in sup.status()["slots"]}
+        assert not before_reload & after_reload, "the reload replaced no child"
+        # and nothing is left pending on any shard: every handover drained the previous owner
+        pending = {s: client.xpending(f"mm:game-events:{s}", "mm")["pending"] for s in range(8)}
+        assert not any(pending.values()), pending
     finally:
         stop.set()
         watcher.join(timeout=5)

@@ -152,3 +152,11 @@ class StallingStartWorker(GoodWorker):
             self.log.warning("slot {} pid {}: stalling in start()", self.slot, os.getpid())
             await asyncio.sleep(float(self.options.get("stall_s", 60.0)))
         await super().start()
+
+
+class TickOnly(BaseWorker):
+    """No units of work: it only answers ``tick`` (n -> n + 1), as blargbot's example worker does."""
+
+    async def start(self) -> None:
+        self.on("tick", lambda n: n + 1)
+        await super().start()

@@ -48,6 +48,7 @@ def test_events_of_one_key_stay_in_order_across_reload_and_kill(corral: Callable
                 publish(pipe, "games", {"key": key, "seq": str(seq)}, key=key, partitions=8)
             pipe.execute()
         if seq == 20:
+            before_reload = {row["pid"] for row in sup.status()["slots"]}
             sup.send(signal.SIGHUP)
         if seq == 40:
             victim = sup.status()["slots"][1]["pid"]
@@ -58,6 +59,9 @@ def test_events_of_one_key_stay_in_order_across_reload_and_kill(corral: Callable
         return all(len(set(client.lrange(f"test:order:{k}", 0, -1))) == EVENTS_PER_KEY for k in KEYS)
 
     wait_until(handled_everything, timeout_s=30, what="every event handled")
+    wait_until(lambda: "reload finished" in sup.log(), 30, what="the reload finished")
+    after = {row["pid"] for row in sup.status()["slots"]}
+    assert not before_reload & after and not set(killed) & after, "a fault did not happen"
     duplicates = 0
     for key in KEYS:
         seqs = [int(x) for x in client.lrange(f"test:order:{key}", 0, -1)]

@@ -427,3 +427,59 @@ def test_a_partition_whose_group_vanished_is_consumed_again(
         await r.aclose()
 
     run(body())
+
+
+def test_a_revoke_returns_only_once_the_round_in_progress_is_acknowledged(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    async def body() -> None:
+        r = client(redis_clean.url)
+        spec = StreamSpec(
+            stream="hs", handler=f"{H}:block_first_entry", group="g", partitions=1, block_ms=100
+        )
+        worker = await local_worker(WorkSpec(redis=redis_spec(redis_clean.url), streams=(spec,)))
+        await worker.consumers.assign({"stream": "hs", "shards": [0]})
+        await r.xadd("hs:0", {"n": "1"})
+        try:
+            await wait_for(lambda: r.get("test:blocked:1"), what="the round in progress")
+            revoking = asyncio.ensure_future(worker.consumers.revoke({"stream": "hs", "shards": [0]}))
+            done, _ = await asyncio.wait([revoking], timeout=0.5)
+            assert not done, "the revoke did not wait for the round in progress"
+            await r.set("test:release", 1)
+            assert await asyncio.wait_for(revoking, 10) == []
+            assert await pending_count(r, "hs:0", "g") == 0  # acknowledged before the revoke answered
+        finally:
+            await r.set("test:release", 1)
+            await worker.stop()
+        await r.aclose()
+
+    run(body())
+
+
+def test_a_new_owner_handles_what_the_previous_owner_left_pending(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    async def body() -> None:
+        r = client(redis_clean.url)
+        spec = StreamSpec(
+            stream="ns", handler=f"{H}:block_first_entry", group="g", partitions=1, block_ms=100
+        )
+        work = WorkSpec(redis=redis_spec(redis_clean.url), streams=(spec,))
+        first = await local_worker(work, name="a")
+        await first.consumers.assign({"stream": "ns", "shards": [0]})
+        for n in (1, 2, 3):
+            await r.xadd("ns:0", {"n": str(n)})
+        await wait_for(lambda: r.get("test:blocked:1"), what="a holds the batch")
+        await first.stop(fast=True)  # as if killed: what it read stays pending, its consumer's
+        assert await pending_count(r, "ns:0", "g") == 3
+        second = await local_worker(work, name="b")
+        await r.set("test:release", 1)
+        await second.consumers.assign({"stream": "ns", "shards": [0]})
+        try:
+            await wait_for(lambda: equals(r.hlen("test:handled_entries"), 3), timeout_s=10, what="all three")
+            await wait_for(lambda: equals(pending_count(r, "ns:0", "g"), 0), what="nothing pending")
+        finally:
+            await second.stop()
+        await r.aclose()
+
+    run(body())

@@ -1,0 +1,136 @@
+"""A mutation run over the delivery code: each curated mutation (a bug a real change could make) is
+applied alone, the tests that guard that behaviour run, and they must fail. Run by hand:
+
+    .venv/bin/python tests/mutations.py            # every mutation
+    .venv/bin/python tests/mutations.py revoke     # those whose name contains "revoke"
+
+It prints one line per mutation (caught or SURVIVED, with the time) and exits 1 if any survived.
+The source is restored after each mutation, whatever happens.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EDGES = "tests/integration/workers/test_delivery_edges.py"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTATIONS = (
+    Mutation(
+        "queues: skip the acknowledgement",
+        "workers/consumers/queues.py",
+        "await self._ack_jobs(keys=[self._processing(queue), self.keys.deaths(queue)], args=raws)",
+        "pass",
+        ("tests/integration/workers/test_queues.py",),
+    ),
+    Mutation(
+        "queues: skip the put-back of an interrupted round",
+        "workers/consumers/queues.py",
+        "moved = int(await self._move_all(keys=[self._processing(queue), queue]))",
+        "moved = 0",
+        (EDGES, "tests/integration/workers/test_queues.py"),
+    ),
+    Mutation(
+        "queues: recover nothing of a dead worker",
+        "workers/consumers/queues.py",
+        "moved += int(await self._recover(keys=keys))",
+        "moved += 0",
+        ("tests/integration/workers/test_queues.py", EDGES),
+    ),
+    Mutation(
+        "streams: handle every entry twice",
+        "workers/consumers/streams.py",
+        "            await self.call(message)\n",
+        "            await self.call(message)\n            await self.call(message)\n",
+        ("tests/integration/workers/test_streams.py", EDGES),
+    ),
+    Mutation(
+        "streams: recover() moves nothing",
+        "workers/consumers/streams.py",
+        "            return await self._claim_all_of(dead_consumer)",
+        "            return 0",
+        ("tests/integration/workers/test_streams.py",),
+    ),
+    Mutation(
+        "partitions: revoke without waiting for the round in progress",
+        "workers/consumers/partitioned.py",
+        "        async with self.lock:  # waits for the round in progress: acknowledged before we answer",
+        "        if True:",
+        (EDGES,),
+    ),
+    Mutation(
+        "partitions: a new owner never drains the previous owner's pending entries",
+        "workers/consumers/partitioned.py",
+        "            self.backlog.update(shards)",
+        "            pass",
+        (EDGES, "tests/apps/test_matchmaker.py"),
+    ),
+    Mutation(
+        "pool: a reload replaces no child",
+        "supervisor/pool.py",
+        'if not await self._run_slot_task(found, self._replace(found, "reload")):',
+        "if False:",
+        ("tests/e2e/test_partitions.py", "tests/apps/test_matchmaker.py"),
+    ),
+)
+
+
+def run(mutation: Mutation) -> tuple[bool, float]:
+    path = ROOT / mutation.path
+    original = path.read_text()
+    if original.count(mutation.old) != 1:
+        raise SystemExit(f"{mutation.name}: the text to mutate is not in {mutation.path} exactly once")
+    started = time.monotonic()
+    try:
+        path.write_text(original.replace(mutation.old, mutation.new))
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-x",
+                "-p",
+                "no:randomly",
+                "-o",
+                "timeout=90",
+                *mutation.tests,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+    finally:
+        path.write_text(original)
+    return done.returncode != 0, time.monotonic() - started
+
+
+def main(names: list[str]) -> int:
+    chosen = [m for m in MUTATIONS if not names or any(n in m.name for n in names)]
+    survived = 0
+    for mutation in chosen:
+        caught, elapsed_s = run(mutation)
+        survived += not caught
+        print(f"{'caught  ' if caught else 'SURVIVED'} {elapsed_s:6.1f}s  {mutation.name}", flush=True)
+    print(f"{len(chosen) - survived}/{len(chosen)} mutations caught")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
