@@ -240,6 +240,11 @@ def test_no_submission_is_scored_twice_across_kills_and_a_reload(
     elapsed_s = time.monotonic() - started
     status = sup.status()
     assert all(s["state"] == "ready" for s in status["slots"]), status
+    # the faults hit work in hand: a kill found jobs in a processing list, and a recovery moved some
+    assert busy_kills >= 1, "no kill caught a child holding jobs"
+    assert re.search(r"recovered \S+ via slot \d+ in \d+ ms: \{'jobs': [1-9]", sup.log()), (
+        "no recovery moved a job"
+    )
     sup.send(signal.SIGTERM)
     assert sup.wait_exit(30) == 0
 

@@ -146,14 +146,21 @@ def reject_entry(message: Message) -> None:
     raise Reject(f"cannot ever handle {message.fields.get('n')}")
 
 
-async def sleepy_count(job: Job, ctx: HandlerContext) -> None:
-    """0.2 s of (asynchronous) work per job, then counted: shows handlers running side by side."""
+async def _side_by_side(ctx: HandlerContext) -> None:
+    """0.2 s of (asynchronous) work; how many handlers run at once is recorded in ``test:levels``."""
+    await ctx.redis.rpush("test:levels", await ctx.redis.incr("test:running"))
     await asyncio.sleep(0.2)
+    await ctx.redis.decr("test:running")
+
+
+async def sleepy_count(job: Job, ctx: HandlerContext) -> None:
+    """``_side_by_side``, then counted."""
+    await _side_by_side(ctx)
     await ctx.redis.hincrby("test:handled", job.id, 1)
 
 
 async def sleepy_entry(message: Message, ctx: HandlerContext) -> None:
-    await asyncio.sleep(0.2)
+    await _side_by_side(ctx)
     await ctx.redis.hincrby("test:handled_entries", message.fields["n"], 1)
 
 

@@ -544,6 +544,7 @@ def test_concurrency_runs_a_batch_side_by_side(redis_clean: Any, local_worker: A
         finally:
             await worker.stop()
         assert elapsed < 1.2  # 8 x 0.2 s one after another would be 1.6 s; 4 at once, about 0.4 s
+        assert max(int(level) for level in await r.lrange("test:levels", 0, -1)) == 4  # the lanes, exactly
         assert set((await handled(r)).values()) == {1}
         assert await corral_keys(r, "processing") == []
         await r.aclose()

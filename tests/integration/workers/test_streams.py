@@ -378,6 +378,7 @@ def test_concurrency_runs_a_batch_of_entries_side_by_side(
         finally:
             await worker.stop()
         assert elapsed < 1.2  # 8 x 0.2 s one after another would be 1.6 s
+        assert max(int(level) for level in await r.lrange("test:levels", 0, -1)) == 8  # the lanes, exactly
         await r.aclose()
 
     run(body())
