@@ -125,6 +125,9 @@ async def audit(redis: Any, keys: Keys, pool: str, streams: list[tuple[str, str]
     for key, (queue, worker) in found.processing.items():
         if lists.get(key):
             fate, detail = _list_fate(leases.get(worker), now_ms, live, in_held.get((queue, worker), False))
+            unowned = fate == STRANDED and leases.get(worker) is None
+            if unowned and not await _still_unowned(redis, key, worker, found.members):
+                continue  # read mid-recovery (moved, then the member removed) or mid-start: not stranded
             report.holdings.append(Holding(PROCESSING, key, lists[key], worker, fate, detail))
     for where, count, consumer, idle_ms in pending:
         fate, detail = _pending_fate(leases.get(consumer), now_ms, live, pool, idle_ms)
@@ -254,6 +257,17 @@ async def _retries(redis: Any, retry_sets: dict[str, str], now_ms: int) -> list[
 
 
 # -- fates -----------------------------------------------------------------------------------------
+
+
+async def _still_unowned(redis: Any, key: str, worker: str, member_sets: dict[str, str]) -> bool:
+    """One consistent look (MULTI): the list still holds jobs and its worker is in no member set.
+    The separate reads above can straddle a recovery, which moves the list and then drops the member."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.llen(key)
+        for member_key in member_sets.values():
+            pipe.zscore(member_key, worker)
+        length, *scores = await pipe.execute()
+    return bool(length) and all(score is None for score in scores)
 
 
 def _expired(lease: Lease | None, now_ms: int) -> bool:

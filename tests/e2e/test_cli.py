@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.e2e.conftest import CORRAL, Corral, is_gone, reap, wait_until
+from tests.e2e.conftest import CORRAL, Corral, is_gone, reap, run_cli, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -616,3 +616,15 @@ def test_status_watch_redraws_the_table_on_a_terminal(corral: Factory) -> None:
     assert seen.count(b"SLOT") >= 3, seen[-2000:]  # three frames at least
     assert b"ready" in seen and b"Traceback" not in seen
     assert code in (0, 130)
+
+
+def test_a_redis_password_never_appears_in_output(tmp_path: Path) -> None:
+    config = tmp_path / "corral.toml"
+    config.write_text(
+        '[redis]\nurl = "redis://:s3cret-pass@127.0.0.1:1/0"\n[[queues]]\nnames = ["q"]\nhandler = "a:b"\n'
+    )
+    done = run_cli("enqueue", "q", '{"n": 1}', "-c", str(config))  # nothing listens on port 1
+    assert done.returncode == 5 and "redis://:***@127.0.0.1:1/0" in done.stderr, done.stderr
+    assert "s3cret-pass" not in done.stdout + done.stderr
+    inspect = run_cli("inspect", "-c", str(config))
+    assert inspect.returncode == 5 and "s3cret-pass" not in inspect.stdout + inspect.stderr
