@@ -46,9 +46,9 @@ def render(status: dict[str, Any], note: str = "") -> RenderableType:
 def _table(*columns: str, title: str | None = None) -> Table:
     table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
     for name in columns:
-        table.add_column(
-            name, justify="left" if name in ("STATE", "KIND", "NAME", "METRIC", "REASON") else "right"
-        )
+        text = name in ("STATE", "KIND", "NAME", "METRIC", "REASON")
+        # names are never cut short on a narrow terminal: they fold onto a second line instead
+        table.add_column(name, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
     return table
 
 
