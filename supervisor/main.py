@@ -24,6 +24,7 @@ from loguru import logger
 from corral.contract import LoadError, load_object
 from corral.supervisor import config as config_module
 from corral.supervisor.actions import SIGNAL_ACTIONS, Action, SupervisorExit, SupervisorState
+from corral.supervisor.commands import control_handlers
 from corral.supervisor.config import Config, ConfigError, redacted
 from corral.supervisor.control import AlreadyRunning, ControlServer
 from corral.supervisor.events import PoolEvent
@@ -62,7 +63,9 @@ class Supervisor:
         self.redis_url = self.redis_server.url if self.redis_server else config.work.redis.url
         self.actions: asyncio.Queue[tuple[Action, Any]] = asyncio.Queue()
         self.pool = WorkerPool(config.pool_name, config.workers, config.worker, self._settings(config))
-        self.control = ControlServer(config.control_socket, self._control_handlers())
+        self.control = ControlServer(
+            config.control_socket, control_handlers(self.pool, self.actions, self.status)
+        )
         self.recovery = Recovery(self.pool) if config.uses_redis else None
         self.work_totals = WorkTotals(self.pool)
         self.rates = Rates()
@@ -359,47 +362,3 @@ class Supervisor:
             slots=slot_rows(self.pool),
             work=work,
         )
-
-    def _child(self, data: Any) -> tuple[Any, str, Any]:
-        if not isinstance(data, dict) or type(data.get("slot")) is not int or not data.get("event"):
-            raise ValueError(f"needs {{slot, event, data}}, got {data!r}")
-        conn = self.pool.get(data["slot"])
-        if conn is None or not conn.alive:
-            raise ValueError(f"slot {data['slot']} has no running child")
-        return conn, str(data["event"]), data.get("data")
-
-    async def _request_child(self, data: Any) -> Any:
-        """``corral request SLOT EVENT [JSON]``: a request to one child, its reply."""
-        conn, event, payload = self._child(data)
-        return await conn.request(event, payload, float(data.get("timeout_s") or 10.0))
-
-    def _send_child(self, data: Any) -> str:
-        """``corral send SLOT EVENT [JSON]``: fire-and-forget to one child."""
-        conn, event, payload = self._child(data)
-        conn.send(event, payload)
-        return f"sent {event} to slot {conn.slot} (pid {conn.pid})"
-
-    def _control_handlers(self) -> dict[str, Callable[[Any], Any]]:
-        def enqueue(action: Action) -> Callable[[Any], str]:
-            def handler(_data: Any) -> str:
-                self.actions.put_nowait((action, None))
-                return action.value
-
-            return handler
-
-        def scale(data: Any) -> str:
-            if type(data) is not int or data < 0:
-                raise ValueError(f"scale needs a whole number >= 0, got {data!r}")
-            self.actions.put_nowait((Action.SCALE, data))
-            return f"scaling to {data}"
-
-        return {
-            "status": lambda _data: self.status(),
-            "request": self._request_child,
-            "send": self._send_child,
-            "reload": enqueue(Action.RELOAD),
-            "stop": enqueue(Action.STOP),
-            "quit": enqueue(Action.QUIT),
-            "reopen": enqueue(Action.REOPEN),
-            "scale": scale,
-        }
