@@ -83,6 +83,7 @@ def work_table(work: dict[str, dict[str, dict[str, Any]]]) -> Table | None:
     table = _table(
         "KIND", "NAME", "PROCESSED", "/S", "FAILED", "FAILED/S", "RETRIED", "DEAD", "IN FLIGHT", "LAG"
     )
+    table.columns[1].min_width = min(max(len(name) for _, name, _ in rows), 48)  # whole names first
     for kind, name, f in rows:
         table.add_row(
             kind,
@@ -116,6 +117,7 @@ def app_table(slots: list[dict[str, Any]]) -> Table | None:
         return None
     metrics = sorted({key for values in per_slot.values() for key in values})
     table = _table("METRIC", *(f"SLOT {slot}" for slot in per_slot), title="APP METRICS")
+    table.columns[0].min_width = min(max(len(metric) for metric in metrics), 48)
     for metric in metrics[:MAX_APP_ROWS]:
         table.add_row(metric, *(str(values.get(metric, "")) for values in per_slot.values()))
     if len(metrics) > MAX_APP_ROWS:
