@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -44,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,7 @@ from loguru import logger  # noqa: E402
 
 from bench import peers  # noqa: E402
 from bench.handlers import COUNTER  # noqa: E402
+from bench.report import Result, Targets, median_run, rate_text, report  # noqa: E402
 from corral.contract import QueueSpec, RedisSpec, StreamSpec, WorkSpec  # noqa: E402
 from corral.supervisor.pool import WorkerPool  # noqa: E402
 from corral.supervisor.redis_server import find_server  # noqa: E402
@@ -76,29 +76,6 @@ BASELINES = _HERE / "baselines.py"
 TARGET_VS_PEER = 3.0
 TARGET_VS_RAW_QUEUE = 1.5
 TARGET_VS_RAW_STREAM = 0.9
-
-
-@dataclass
-class Result:
-    system: str
-    kind: str  # "queue" | "stream"
-    n: int
-    done: int = 0
-    seconds: float = 0.0  # the measured span (see `clock`)
-    clock: str = ""  # "push": from the first push; "first job": from the first completed job
-    startup_s: float | None = None  # peers: workers started -> first job done
-    enqueue_s: float | None = None  # peers: enqueueing N jobs with their own client
-    error: str | None = None
-    worker_cpu_us: float | None = None  # CPU of all worker processes per job (user+system)
-    server_cpu_us: float | None = None  # CPU of valkey-server per job
-
-    @property
-    def finished(self) -> bool:
-        return self.error is None
-
-    @property
-    def rate(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
 
 
 # -- the server --------------------------------------------------------------------------------------
@@ -454,133 +431,6 @@ def run_peer(setup: Setup, peer: peers.Peer, deadline_s: float) -> Result:
 # -- the report ---------------------------------------------------------------------------------------
 
 
-def rate_text(result: Result | None) -> str:
-    if result is None:
-        return "-"
-    if not result.done:
-        return "error"
-    text = f"{result.rate:,.0f}"
-    return text if result.finished else f"DNF {text}"
-
-
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if a and b else "-"
-
-
-def median_run(runs: list[Result]) -> Result:
-    return sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
-
-
-def report(runs: dict[str, list[Result]], peer_runs: list[Result], args: Any) -> dict[str, Any]:
-    cq, cs = median_run(runs["corral queue"]), median_run(runs["corral stream"])
-    rq, rs, ras = (median_run(runs[f"raw {mode}"]) for mode in RAW_SYSTEMS)
-    best = max((p for p in peer_runs if p.finished), key=lambda p: p.rate, default=None)
-    best_rate = best.rate if best else 0.0
-    header = ("system", "queue jobs/s", "stream entries/s", "vs best peer", "vs raw")
-    rows = [
-        (
-            f"corral (queue / stream), concurrency {CONCURRENCY[0]}",
-            rate_text(cq),
-            rate_text(cs),
-            ratio(cq.rate, best_rate),
-            f"{ratio(cq.rate, rq.rate)} / {ratio(cs.rate, rs.rate)}",
-        ),
-        (
-            "raw redis-py (per-job BLMOVE / batched XREADGROUP)",
-            rate_text(rq),
-            rate_text(rs),
-            ratio(rq.rate, best_rate),
-            "1.00x / 1.00x",
-        ),
-        (
-            "raw redis.asyncio (batched XREADGROUP)",
-            "-",
-            rate_text(ras),
-            "-",
-            f"- / {ratio(ras.rate, rs.rate)}",
-        ),
-    ]
-    rows += [
-        (p.system, rate_text(p), "-", ratio(p.rate, best_rate) if p.finished else "-", ratio(p.rate, rq.rate))
-        for p in peer_runs
-    ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        rest = [f"{cell:>{width}}" for cell, width in zip(cells[1:], widths[1:], strict=True)]
-        return " | ".join([f"{cells[0]:<{widths[0]}}", *rest])
-
-    repeated = "".join(
-        f" ({p.label.split()[0]}: median of {p.reps})" for p in peers.PEERS if p.reps > 1 and not args.quick
-    )
-    print()
-    print(
-        f"corral throughput bench ({args.mode}: {args.n:,} jobs, {WORKERS} worker processes each, python "
-        f"{platform.python_version()}, {os.cpu_count()} CPUs, load avg {args.load:.2f} at start, "
-        f"{os.getloadavg()[0]:.2f} at end, {args.transport})"
-    )
-    print(
-        f"corral and raw: median of {args.reps}, timed from the first push; peers: one run each{repeated}, "
-        "timed from their first completed job (their enqueueing and start-up are not counted)"
-    )
-    print(line(header))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(line(row))
-    targets = [
-        (
-            f"corral queue >= {TARGET_VS_PEER:g}x best peer" + (f" ({best.system})" if best else ""),
-            cq.rate / best_rate if best_rate else None,
-            TARGET_VS_PEER,
-        ),
-        (
-            f"corral queue >= {TARGET_VS_RAW_QUEUE:g}x raw per-job BLMOVE loop",
-            cq.rate / rq.rate,
-            TARGET_VS_RAW_QUEUE,
-        ),
-        (
-            f"corral stream >= {TARGET_VS_RAW_STREAM:.0%} of raw batched XREADGROUP loop",
-            cs.rate / rs.rate,
-            TARGET_VS_RAW_STREAM,
-        ),
-    ]
-    print()
-    verdicts = []
-    width = max(len(text) for text, _, _ in targets)
-    for text, value, target in targets:
-        ok = value is not None and value >= target and cq.finished and cs.finished
-        verdict = "SKIP" if value is None else ("PASS" if ok else "FAIL")
-        verdicts.append({"target": text, "value": value, "result": verdict})
-        print(f"{text:<{width}}  {'-' if value is None else f'{value:.2f}x':>6}  {verdict}")
-    print()
-    print(
-        "CPU per job (user+system, from the first job on), in microseconds: worker processes | valkey-server"
-    )
-    for r in [cq, cs, rq, rs, ras, *peer_runs]:
-        if r.worker_cpu_us is not None and r.server_cpu_us is not None:
-            print(f"  {r.system:<{widths[0]}} {r.worker_cpu_us:7.0f} | {r.server_cpu_us:5.0f}")
-    for r in [cq, cs, rq, rs, ras, *peer_runs]:
-        if r.error:
-            print(f"note: {r.system}: {r.error}")
-    return {
-        "mode": args.mode,
-        "n": args.n,
-        "workers": WORKERS,
-        "reps": args.reps,
-        "transport": args.transport,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "load_avg_1m": args.load,
-        "load_avg_1m_end": os.getloadavg()[0],
-        "table": [dict(zip(header, row, strict=True)) for row in rows],
-        "targets": verdicts,
-        "runs": [
-            {**asdict(r), "rate": r.rate, "finished": r.finished}
-            for r in [*(r for group in runs.values() for r in group), *peer_runs]
-        ],
-    }
-
-
 # -- main ---------------------------------------------------------------------------------------------
 
 
@@ -670,7 +520,16 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"logs kept in {workdir}", file=sys.stderr)
-    result = report(runs, peer_runs, args)
+    targets = Targets(TARGET_VS_PEER, TARGET_VS_RAW_QUEUE, TARGET_VS_RAW_STREAM)
+    result = report(
+        runs,
+        peer_runs,
+        args,
+        targets,
+        concurrency=CONCURRENCY[0],
+        raw_modes=list(RAW_SYSTEMS),
+        workers=WORKERS,
+    )
     print(f"(whole run {time.monotonic() - began:.0f}s)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
