@@ -232,9 +232,10 @@ async def _held(redis: Any, keys: Keys, wanted: list[tuple[str, str, str]]) -> d
         async with redis.pipeline(transaction=False) as pipe:
             for queue, worker, pool in chunk:
                 pipe.sismember(keys.held_queues(pool, worker), queue)
+                pipe.sismember(keys.holders(queue), worker)
             replies = await pipe.execute()
-        for (queue, worker, _), reply in zip(chunk, replies, strict=True):
-            held[queue, worker] = bool(reply)
+        for (queue, worker, _), in_set, in_holders in zip(chunk, replies[::2], replies[1::2], strict=True):
+            held[queue, worker] = bool(in_set) or bool(in_holders)
     return held
 
 

@@ -61,6 +61,11 @@ class Keys:
         """Hash: job (its exact bytes) -> how often a worker holding it died (counted by recovery)."""
         return self._of(queue, "deaths")
 
+    def holders(self, queue: str) -> str:
+        """Set of the workers that took jobs of ``queue`` (registered by the take itself, in the
+        queue's own slot): with the pool's held-queues sets, how recovery finds a processing list."""
+        return self._of(queue, "holders")
+
     def in_hand(self, queue: str, worker_id: str) -> str:
         """The suspect job (one a worker died holding before) a worker is handling now, if any."""
         return f"{self._of(queue, 'inhand')}:{worker_id}"

@@ -129,6 +129,8 @@ class Consumers:
         try:
             for queue in self.queues:
                 await queue.put_back()
+            for queue in self.queues:
+                await queue.release()
             await self.membership.leave()
         except TRANSIENT as exc:
             self.log.warning("stopping with Redis away ({!r}): a sweep will recover what we hold", exc)

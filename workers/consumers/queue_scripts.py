@@ -4,6 +4,7 @@ within one cluster slot (a queue and its bookkeeping keys share its hash tag, se
 TAKE = """
 local jobs = redis.call('RPOP', KEYS[1], ARGV[1])
 if not jobs then return false end
+redis.call('SADD', KEYS[4], ARGV[2])  -- in the same step as the move: recovery can always find it
 for i = 1, #jobs, 1000 do  -- unpack() of more than ~8,000 values fails: after the pop
   redis.call('LPUSH', KEYS[2], unpack(jobs, i, math.min(i + 999, #jobs)))
 end
@@ -44,6 +45,7 @@ if marked then
   redis.call('HINCRBY', KEYS[3], marked, 1)
   redis.call('DEL', KEYS[4])
 end
+redis.call('SREM', KEYS[5], ARGV[1])
 return n
 """
 ACK = """

@@ -149,8 +149,8 @@ class QueueConsumer(HandlerUnit):
             pipe.sadd(self.keys.held_queues(self.pool, self.worker_id), *queues)
             self.held.update(queues)
             for queue in queues:
-                keys = [queue, self._processing(queue), self.keys.deaths(queue)]
-                await self._take(keys=keys, args=[per_queue], client=pipe)
+                keys = [queue, self._processing(queue), self.keys.deaths(queue), self.keys.holders(queue)]
+                await self._take(keys=keys, args=[per_queue, self.worker_id], client=pipe)
             results = await pipe.execute()
         batch = [
             (queue, raw)
@@ -160,6 +160,8 @@ class QueueConsumer(HandlerUnit):
         if not batch:  # everything is empty: block on one queue (rotating) for up to block_s
             queue = queues[0]
             raw = await self.redis.blmove(queue, self._processing(queue), self.spec.block_s, "RIGHT", "LEFT")
+            if raw is not None:  # (the round's held-queues entry covers the moment in between)
+                await self.redis.sadd(self.keys.holders(queue), self.worker_id)
             batch = [(queue, raw)] if raw is not None else []
             if raw is not None and (died := await self.redis.hget(self.keys.deaths(queue), raw)):
                 self.deaths[queue, raw] = int(died)
@@ -322,17 +324,37 @@ class QueueConsumer(HandlerUnit):
         """Put a dead worker's in-flight jobs of every queue it held back at the front of them."""
         held_key = self.keys.held_queues(self.pool, dead_worker_id)
         moved = 0
-        for raw_queue in await self.redis.smembers(held_key):
-            queue = raw_queue.decode()
+        for queue in await self._queues_held_by(dead_worker_id):
             keys = [
                 self.keys.processing(queue, dead_worker_id),
                 queue,
                 self.keys.deaths(queue),
                 self.keys.in_hand(queue, dead_worker_id),
+                self.keys.holders(queue),
             ]
-            moved += int(await self._recover(keys=keys))
+            moved += int(await self._recover(keys=keys, args=[dead_worker_id]))
         await self.redis.delete(held_key)
         return moved
+
+    async def _queues_held_by(self, worker_id: str) -> set[str]:
+        """Its held-queues set, and the queues we know whose holders name it (the take registers
+        there atomically: a held-queues set deleted by a peer's recovery does not lose it)."""
+        queues = {q.decode() for q in await self.redis.smembers(self.keys.held_queues(self.pool, worker_id))}
+        others = [q for q in self.queues if q not in queues]
+        if others:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue in others:
+                    pipe.sismember(self.keys.holders(queue), worker_id)
+                queues.update(q for q, member in zip(others, await pipe.execute(), strict=True) if member)
+        return queues
+
+    async def release(self) -> None:
+        """A clean exit with nothing held: out of the holders of the queues we took from."""
+        if self.held and not self.spec.at_most_once:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue in self.held:
+                    pipe.srem(self.keys.holders(queue), self.worker_id)
+                await pipe.execute()
 
     async def _promote_due(self) -> None:
         """Every PROMOTE_INTERVAL_S: due retries back onto their queues, and the queues' lengths."""

@@ -43,8 +43,13 @@ def test_a_live_worker_recovered_by_a_peer_registers_its_queue_again(
             await r.set("test:release:1", 1)  # a's stalled handler finishes; a takes the job again
             await wait_for(lambda: equals(r.get("test:seen"), b"2"), what="a's second delivery")
             assert await r.smembers(held) == {b"hq"}, "the queue a holds again is not registered"
+            # the take itself registered a, in the queue's slot: even with the held-queues set gone
+            # again (a second peer's recovery racing a's next round), a's list is found
+            assert await r.sismember(KEYS.holders("hq"), a.worker_id)
+            await r.delete(held)
             assert await peer.recover(a.worker_id, force=True) == {"jobs": 1, "entries": 0}
             assert await r.llen("hq") == 1  # recoverable: back in the queue
+            assert not await r.sismember(KEYS.holders("hq"), a.worker_id)  # recovery took it out
         finally:
             await r.set("test:release:2", 1)
             await r.set("test:release:3", 1)
