@@ -47,7 +47,7 @@ MUTATIONS = (
     Mutation(
         "queues: recover nothing of a dead worker",
         "workers/consumers/queues.py",
-        "moved += int(await self._recover(keys=keys))",
+        "moved += int(await self._recover(keys=keys, args=[dead_worker_id]))",
         "moved += 0",
         ("tests/integration/workers/test_queues.py", EDGES),
     ),
