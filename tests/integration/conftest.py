@@ -50,6 +50,19 @@ async def wait_for(
         await asyncio.sleep(interval_s)
 
 
+def kill_children(pids: list[int], timeout_s: float = 10.0) -> None:
+    """Teardown of the pool fixtures: SIGKILL each of ``pids`` still alive and wait for it."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        try:
+            psutil.Process(pid).wait(timeout=timeout_s)
+        except psutil.NoSuchProcess:
+            pass
+
+
 async def equals(coro: Awaitable[Any], expected: Any) -> bool:
     """For ``wait_for``: ``await coro == expected``."""
     return bool(await coro == expected)
@@ -111,15 +124,7 @@ def consumer_pool() -> Iterator[Callable[..., ConsumerPool]]:
         return ConsumerPool(pool, Recovery(pool), output)
 
     yield make
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
-        try:
-            psutil.Process(pid).wait(timeout=10)
-        except psutil.NoSuchProcess:
-            pass
+    kill_children(pids)
 
 
 # -- consumers in this process ---------------------------------------------------------------------

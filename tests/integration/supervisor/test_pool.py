@@ -14,6 +14,7 @@ import pytest
 
 from corral.contract import ExitCode
 from corral.supervisor import PoolEvents, RestartPolicy, WorkerConnection, WorkerPool, WorkerState
+from tests.integration.conftest import kill_children, wait_for
 
 APPS = "tests.integration.supervisor.pool_apps"
 
@@ -31,23 +32,7 @@ def make_pool() -> Iterator[Callable[..., WorkerPool]]:
         return pool
 
     yield make
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
-        try:
-            psutil.Process(pid).wait(timeout=10)
-        except psutil.NoSuchProcess:
-            pass
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
+    kill_children(pids)
 
 
 def gone(pid: int) -> bool:
@@ -76,12 +61,12 @@ def test_spawn_request_both_ways_and_pool_events(make_pool: Callable[..., Worker
             assert conn is not None
             assert await conn.request("ask_parent", 42) == ["parent", 42]
             conn.send("tell_parent", "hello")
-            await wait_until(lambda: told == [(1, "hello")], what="the child's send, with its connection")
+            await wait_for(lambda: told == [(1, "hello")], what="the child's send, with its connection")
             # a handler attached later reaches present and future children, and detaches on kill
             events.on("late", lambda _conn, _data: "late!")
             old_pid = conn.pid
             os.kill(old_pid, signal.SIGKILL)
-            await wait_until(lambda: (c := pool.get(1)) is not None and c.pid != old_pid
+            await wait_for(lambda: (c := pool.get(1)) is not None and c.pid != old_pid
                              and c.state is WorkerState.READY, what="replacement")  # fmt: skip
             new = pool.get(1)
             assert new is not None
@@ -104,7 +89,7 @@ def test_sigkilled_child_is_replaced_and_reaped(make_pool: Callable[..., WorkerP
             victim = pool.get(0)
             assert victim is not None
             os.kill(victim.pid, signal.SIGKILL)
-            await wait_until(lambda: (c := pool.get(0)) is not None and c.pid != victim.pid
+            await wait_for(lambda: (c := pool.get(0)) is not None and c.pid != victim.pid
                              and c.state is WorkerState.READY, what="replacement")  # fmt: skip
             assert gone(victim.pid)
             assert victim.process.returncode == -signal.SIGKILL
@@ -129,7 +114,7 @@ def test_scale_up_and_down(make_pool: Callable[..., WorkerPool], run: Any) -> No
             assert await pool.wait_ready(20)
             pids = {i: pool.get(i).pid for i in range(3)}  # type: ignore[union-attr]
             pool.scale(1)
-            await wait_until(lambda: sorted(pool.slots) == [0], what="slots 1 and 2 retired")
+            await wait_for(lambda: sorted(pool.slots) == [0], what="slots 1 and 2 retired")
             assert gone(pids[1]) and gone(pids[2])
             assert pool.get(0).pid == pids[0]  # type: ignore[union-attr]
         finally:
@@ -153,7 +138,7 @@ def test_rolling_reload_new_child_ready_before_old_is_stopped(
             ready_counts: list[int] = []
             sampler = asyncio.create_task(_sample_ready(pool, ready_counts))
             assert await pool.reload()
-            await wait_until(lambda: all(gone(p) for p in old.values()), what="old children gone")
+            await wait_for(lambda: all(gone(p) for p in old.values()), what="old children gone")
             sampler.cancel()
             new = {i: pool.get(i).pid for i in range(3)}  # type: ignore[union-attr]
             assert not set(new.values()) & set(old.values())
@@ -198,7 +183,7 @@ def test_second_escalation_skips_ahead(make_pool: Callable[..., WorkerPool], run
         conn = pool.get(0)
         assert conn is not None
         stopping = asyncio.create_task(pool.stop(graceful_timeout_s=30))
-        await wait_until(lambda: conn.state is WorkerState.STOPPING, what="stopping")
+        await wait_for(lambda: conn.state is WorkerState.STOPPING, what="stopping")
         started = time.monotonic()
         pool.skip_ahead()  # past the graceful deadline: SIGTERM (ignored by a blocked loop)
         await asyncio.sleep(0.2)
@@ -218,14 +203,12 @@ def test_ready_timeout_kills_and_counts_a_failure(make_pool: Callable[..., Worke
         try:
             started = time.monotonic()
             assert not await pool.spawn_all(timeout_s=1.5)
-            await wait_until(lambda: len(exits) == 1, what="the slow child killed")
+            await wait_for(lambda: len(exits) == 1, what="the slow child killed")
             assert 0.9 < time.monotonic() - started < 5
             assert exits[0].process.returncode == -signal.SIGKILL
             assert exits[0].fail_reason == "not ready within 1s"
             assert pool.slots[0].history.restarts == 1
-            await wait_until(
-                lambda: (c := pool.get(0)) is not None and c.pid != exits[0].pid, what="a new try"
-            )
+            await wait_for(lambda: (c := pool.get(0)) is not None and c.pid != exits[0].pid, what="a new try")
         finally:
             await pool.stop(2)
 
@@ -279,7 +262,7 @@ def test_max_jobs_recycles_with_the_new_child_ready_first(
             assert await pool.spawn_all()
             first = pool.get(0)
             assert first is not None
-            await wait_until(lambda: ("killing", first.pid) in order, 20, "recycling")
+            await wait_for(lambda: ("killing", first.pid) in order, 20, "recycling")
             # the child that replaced the first is the next one to become ready (a later recycle of
             # that one, under load, must not be mistaken for it)
             readies = [pid for event, pid in order if event == "ready"]
