@@ -37,12 +37,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,11 +56,11 @@ import redis  # noqa: E402
 from loguru import logger  # noqa: E402
 
 from bench import peers  # noqa: E402
-from bench.handlers import COUNTER  # noqa: E402
+from bench.harness import check_alive, measured, stop_processes, wait_until, watch  # noqa: E402
 from bench.report import Result, Targets, median_run, rate_text, report  # noqa: E402
+from bench.server import Server  # noqa: E402
 from corral.contract import QueueSpec, RedisSpec, StreamSpec, WorkSpec  # noqa: E402
 from corral.supervisor.pool import WorkerPool  # noqa: E402
-from corral.supervisor.redis_server import find_server  # noqa: E402
 from corral.workers.messages import encode_job  # noqa: E402
 
 WORKERS = 2
@@ -71,81 +69,13 @@ STREAM = "bench:stream"
 GROUP = "bench"
 READY = "bench:ready"
 CHUNK = 1000  # jobs per LPUSH, commands per pipeline round trip
-POLL_S = 0.002
 BASELINES = _HERE / "baselines.py"
 TARGET_VS_PEER = 3.0
 TARGET_VS_RAW_QUEUE = 1.5
 TARGET_VS_RAW_STREAM = 0.9
 
 
-# -- the server --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class Server:
-    """A private valkey-server on 127.0.0.1 (TCP) and a Unix socket; no persistence."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.socket_path = workdir / "redis.sock"
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def tcp_url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def unix_url(self) -> str:
-        return f"unix://{self.socket_path}"
-
-    def start(self) -> None:
-        binary = find_server()
-        self.port = free_port()
-        argv = [
-            binary,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--unixsocket",
-            str(self.socket_path),
-        ]
-        argv += ["--unixsocketperm", "700", "--dir", str(self.workdir), "--save", "", "--appendonly", "no"]
-        with (self.workdir / "valkey.log").open("wb") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10.0
-        while True:
-            try:
-                if self.client().ping():
-                    return
-            except redis.RedisError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{binary} did not start; see {self.workdir / 'valkey.log'}") from None
-                time.sleep(0.02)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+# -- the setup --------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -178,118 +108,6 @@ def push(client: redis.Redis, kind: str, items: list[Any]) -> None:
                 for fields in chunk:
                     pipe.xadd(STREAM, fields)
             pipe.execute()
-
-
-@dataclass
-class Watch:
-    first_t: float | None = None  # perf_counter of the first non-zero reading
-    first_count: int = 0
-    end_t: float = 0.0
-    count: int = 0
-    cpu_first: tuple[float, float] = (0.0, 0.0)  # CPU seconds (workers, server) at the first reading
-    cpu_end: tuple[float, float] = (0.0, 0.0)
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User+system CPU of these processes, their live descendants and their reaped children."""
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            top = psutil.Process(pid)
-            times = top.cpu_times()
-            total += times.user + times.system + times.children_user + times.children_system
-            for child in top.children(recursive=True):
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    total += sum(child.cpu_times()[:2])
-    return total
-
-
-def watch(
-    client: redis.Redis,
-    n: int,
-    *,
-    limits_s: tuple[float, float],
-    workers: list[int],
-    server: int,
-    check: Callable[[], None],
-) -> Watch:
-    """Poll the counter until it reaches ``n``; ``limits_s``: at most this long for the first job to
-    complete, then at most this long from there. ``check`` raises if a worker died. The CPU used by
-    the ``workers`` (pids) and the ``server`` is sampled at the first reading and the last."""
-    seen, started = Watch(), time.perf_counter()
-    startup_s, deadline_s = limits_s
-    while True:
-        seen.count, seen.end_t = int(client.get(COUNTER) or 0), time.perf_counter()
-        if seen.count and seen.first_t is None:
-            seen.first_t, seen.first_count = seen.end_t, seen.count
-            seen.cpu_first = (cpu_seconds(workers), cpu_seconds([server]))
-        done = seen.count >= n
-        if done or (seen.first_t is not None and seen.end_t - seen.first_t > deadline_s):
-            seen.cpu_end = (cpu_seconds(workers), cpu_seconds([server]))
-            return seen
-        if seen.first_t is None and seen.end_t - started > startup_s:
-            raise TimeoutError(f"no job done within {startup_s:g}s")
-        check()
-        time.sleep(POLL_S)
-
-
-def check_alive(procs: list[subprocess.Popen[bytes]], what: str) -> Callable[[], None]:
-    def check() -> None:
-        dead = [p for p in procs if p.poll() is not None]
-        if dead:
-            raise RuntimeError(f"{what}: worker pid {dead[0].pid} exited with code {dead[0].returncode}")
-
-    return check
-
-
-def wait_until(done: Callable[[], bool], timeout_s: float, what: str, check: Callable[[], None]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        check()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout_s:g}s")
-        time.sleep(0.01)
-
-
-def stop_processes(procs: list[subprocess.Popen[bytes]], group: bool = False) -> None:
-    """SIGTERM each process (its whole process group: it was started in a session of its own), then
-    SIGKILL whatever is left of it and its descendants after 10 s; by pid, checked by psutil."""
-    family: list[psutil.Process] = []
-    for proc in procs:
-        if proc.poll() is not None:
-            continue
-        with contextlib.suppress(psutil.NoSuchProcess):
-            family += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        with contextlib.suppress(ProcessLookupError):
-            if group:
-                os.killpg(proc.pid, signal.SIGTERM)
-            else:
-                proc.terminate()
-    _, alive = psutil.wait_procs(family, timeout=10.0)
-    for leftover in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            leftover.kill()
-    psutil.wait_procs(alive, timeout=5.0)
-    for proc in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5.0)
-
-
-def measured(result: Result, seen: Watch, since: float | None = None) -> Result:
-    """The span and count: from ``since`` (the first push) or else from the first completed job."""
-    if since is not None:
-        result.clock, result.done, result.seconds = "push", seen.count, seen.end_t - since
-    else:
-        assert seen.first_t is not None
-        result.clock, result.done = "first job", seen.count - seen.first_count
-        result.seconds = seen.end_t - seen.first_t
-    if seen.count < result.n and result.error is None:
-        result.error = f"DNF: {seen.count:,} of {result.n:,} done at the deadline"
-    jobs = seen.count - seen.first_count  # CPU is sampled from the first reading on
-    if jobs > 0:
-        result.worker_cpu_us = (seen.cpu_end[0] - seen.cpu_first[0]) / jobs * 1e6
-        result.server_cpu_us = (seen.cpu_end[1] - seen.cpu_first[1]) / jobs * 1e6
-    return result
 
 
 # -- raw redis-py -----------------------------------------------------------------------------------
