@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from loguru import logger
 
-from corral.contract import RedisSpec, WorkSpec
+from corral.contract import QueueSpec, RedisSpec, WorkSpec
 from corral.supervisor import WorkerPool
 from corral.supervisor.recovery import Recovery
 from corral.workers.consumers.consumer_set import Consumers
@@ -79,6 +79,12 @@ def redis_spec(url: str, **overrides: Any) -> RedisSpec:
 
 
 # -- pools of real children ------------------------------------------------------------------------
+
+
+def queue_work(url: str, **spec: Any) -> WorkSpec:
+    """One ``[[queues]]`` spec on the server at ``url``; a short ``block_s`` unless given."""
+    spec.setdefault("block_s", 0.2)
+    return WorkSpec(redis=redis_spec(url), queues=(QueueSpec(**spec),))
 
 
 @dataclass

@@ -9,18 +9,13 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from corral.contract import QueueSpec, StreamSpec, WorkSpec
+from corral.contract import StreamSpec, WorkSpec
 from corral.supervisor import RestartPolicy
 from corral.workers.consumers.consumer_set import Consumers
 from corral.workers.consumers.membership import Membership
 from corral.workers.keys import Keys
 from corral.workers.messages import encode_job
-from tests.integration.conftest import KEYS, POOL, H, client, equals, redis_spec, wait_for
-
-
-def queue_work(url: str, **spec: Any) -> WorkSpec:
-    spec.setdefault("block_s", 0.2)
-    return WorkSpec(redis=redis_spec(url), queues=(QueueSpec(**spec),))
+from tests.integration.conftest import KEYS, POOL, H, client, equals, queue_work, redis_spec, wait_for
 
 
 def test_a_live_worker_recovered_by_a_peer_registers_its_queue_again(

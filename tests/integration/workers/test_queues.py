@@ -24,16 +24,12 @@ from tests.integration.conftest import (
     at_least,
     client,
     equals,
+    queue_work,
     redis_spec,
     wait_for,
 )
 
 Pool = Callable[..., ConsumerPool]
-
-
-def queue_work(url: str, **spec: Any) -> WorkSpec:
-    spec.setdefault("block_s", 0.2)
-    return WorkSpec(redis=redis_spec(url), queues=(QueueSpec(**spec),))
 
 
 def job_id(raw: bytes | str, queue: str = "q") -> str:
