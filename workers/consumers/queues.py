@@ -160,11 +160,15 @@ class QueueConsumer(HandlerUnit):
         if not batch:  # everything is empty: block on one queue (rotating) for up to block_s
             queue = queues[0]
             raw = await self.redis.blmove(queue, self._processing(queue), self.spec.block_s, "RIGHT", "LEFT")
-            if raw is not None:  # (the round's held-queues entry covers the moment in between)
-                await self.redis.sadd(self.keys.holders(queue), self.worker_id)
-            batch = [(queue, raw)] if raw is not None else []
-            if raw is not None and (died := await self.redis.hget(self.keys.deaths(queue), raw)):
+            if raw is None:
+                return []
+            async with self.redis.pipeline(transaction=False) as pipe:  # one round trip for both
+                pipe.sadd(self.keys.holders(queue), self.worker_id)  # (the round's held-queues
+                pipe.hget(self.keys.deaths(queue), raw)  # entry covers the moment in between)
+                _, died = await pipe.execute()
+            if died:
                 self.deaths[queue, raw] = int(died)
+            batch = [(queue, raw)]
         for queue, _ in batch:
             self._stats(queue).in_flight += 1
         return batch
