@@ -90,6 +90,8 @@ class StreamConsumer(EntryUnit):
         while True:
             await asyncio.sleep(interval_s)
             unfinished = [entry_id for entry_id in ids if entry_id not in self.unacked]
+            if not unfinished:  # all handled: the round is about to acknowledge them
+                continue
             with contextlib.suppress(*REDIS_DOWN):  # the round itself notices an outage
                 await self.redis.xclaim(
                     self.spec.stream, self.spec.group, self.consumer, 0, unfinished, justid=True

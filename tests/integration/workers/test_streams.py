@@ -3,6 +3,7 @@ cases, pools of real children (with exit-triggered recovery) for crashes."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -11,7 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from loguru import logger
+
 from corral.contract import StreamSpec, WorkSpec
+from corral.workers.consumers.streams import StreamConsumer
 from tests.integration.conftest import (
     KEYS,
     POOL,
@@ -379,6 +383,24 @@ def test_concurrency_runs_a_batch_of_entries_side_by_side(
             await worker.stop()
         assert elapsed < 1.2  # 8 x 0.2 s one after another would be 1.6 s
         assert max(int(level) for level in await r.lrange("test:levels", 0, -1)) == 8  # the lanes, exactly
+        await r.aclose()
+
+    run(body())
+
+
+def test_the_claim_keeper_outlives_a_batch_whose_entries_are_all_handled(redis_clean: Any, run: Any) -> None:
+    """The keeper wakes between the last entry handled and the end of the round: nothing is left to
+    keep claimed, and it must not die of an empty XCLAIM."""
+
+    async def body() -> None:
+        r = client(redis_clean.url)
+        spec = StreamSpec(stream="ks", handler=f"{H}:count_entry", group="g", min_idle_ms=30)
+        consumer = StreamConsumer(spec, redis=r, keys=KEYS, worker_id="w1", log=logger)
+        consumer.unacked.append(b"1-0")
+        keeper = asyncio.ensure_future(consumer._keep_claimed([b"1-0"]))
+        done, _ = await asyncio.wait([keeper], timeout=0.2)  # about 20 wake-ups
+        keeper.cancel()
+        assert not done, keeper.exception()
         await r.aclose()
 
     run(body())
