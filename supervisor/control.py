@@ -86,14 +86,18 @@ class NotRunning(Exception):
 async def call(path: Path, event: str, data: Any = None, timeout_s: float = 10.0) -> Any:
     """One request to a running supervisor. Raises ``NotRunning`` or an ``ipc`` error."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)  # a blocking connect (a full backlog) would not let Ctrl-C through
     try:
-        sock.connect(str(path))
+        await asyncio.get_running_loop().sock_connect(sock, str(path))
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         sock.close()
         raise NotRunning(f"no supervisor is running (nothing answers on {path})") from exc
     except PermissionError as exc:
         sock.close()
         raise NotRunning(f"not allowed to use the control socket {path}: {exc}") from exc
+    except BaseException:
+        sock.close()
+        raise
     channel = await Channel.open(sock, name="control-client")
     try:
         return await channel.request(event, data, timeout_s)

@@ -593,6 +593,23 @@ def test_the_cli_reaches_a_running_pool_when_the_config_on_disk_is_broken(corral
     assert c.cli("logs", "7").returncode == 1  # no such log file
 
 
+def drain_until_exit(
+    proc: subprocess.Popen[bytes], controller: int, timeout_s: float
+) -> tuple[bytes, int | None]:
+    """Read the terminal, as a real one is read, until ``proc`` exits: what was read, and its exit
+    code, or None if it had not exited within ``timeout_s`` (it is then SIGKILLed and reaped)."""
+    read, deadline = b"", time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.1)
+        with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
+            read += os.read(controller, 65536) if ready else b""
+    code = proc.poll()
+    if code is None:
+        proc.kill()
+        proc.wait(10)
+    return read, code
+
+
 def test_status_watch_redraws_the_table_on_a_terminal(corral: Factory) -> None:
     c = corral(f"{APPS}:GoodWorker", workers=2).start()
     c.wait_all_ready(2)
@@ -611,8 +628,10 @@ def test_status_watch_redraws_the_table_on_a_terminal(corral: Factory) -> None:
                 seen += os.read(controller, 65536)
     finally:
         watch.send_signal(signal.SIGINT)  # Ctrl-C ends it
-        code = watch.wait(10)
+        tail, code = drain_until_exit(watch, controller, timeout_s=10)
+        seen += tail
         os.close(controller)
+    assert code is not None, f"still running 10 s after Ctrl-C; its last output: {seen[-2000:]!r}"
     assert seen.count(b"SLOT") >= 3, seen[-2000:]  # three frames at least
     assert b"ready" in seen and b"Traceback" not in seen
     assert code in (0, 130)
