@@ -13,7 +13,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -593,6 +593,18 @@ def test_the_cli_reaches_a_running_pool_when_the_config_on_disk_is_broken(corral
     assert c.cli("logs", "7").returncode == 1  # no such log file
 
 
+@contextlib.contextmanager
+def ctrl_c_as_on_a_terminal() -> Iterator[None]:
+    """A shell without job control starts background commands with SIGINT ignored, and the
+    ignoring is inherited (CI may run us so): children started inside get the default Ctrl-C a
+    terminal gives them."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def drain_until_exit(
     proc: subprocess.Popen[bytes], controller: int, timeout_s: float
 ) -> tuple[bytes, int | None]:
@@ -614,10 +626,11 @@ def test_status_watch_redraws_the_table_on_a_terminal(corral: Factory) -> None:
     c = corral(f"{APPS}:GoodWorker", workers=2).start()
     c.wait_all_ready(2)
     controller, terminal = pty.openpty()  # rich redraws only on a terminal
-    watch = subprocess.Popen(
-        [*CORRAL, "status", "--watch", "--interval", "0.2", "-c", str(c.config)],
-        stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, start_new_session=True,
-    )  # fmt: skip
+    with ctrl_c_as_on_a_terminal():
+        watch = subprocess.Popen(
+            [*CORRAL, "status", "--watch", "--interval", "0.2", "-c", str(c.config)],
+            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, start_new_session=True,
+        )  # fmt: skip
     os.close(terminal)
     seen = b""
     try:
