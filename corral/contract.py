@@ -175,7 +175,7 @@ class Check(StrEnum):
     IMPORT_PATH = "an import path 'package.module:attr'"
     NAME = "letters, digits, '-', '_' or '.'"
     LISTEN = "'host:port' with a port 1-65535"
-    REDIS_URL = "a redis://, rediss:// or unix:// URL"
+    REDIS_URL = "a redis://, rediss://, unix:// or redis+sentinel:// URL"
     LOG_LEVEL = "a log level"
     KEY = "a non-empty Redis key"  # a queue or stream name (each of a list)
     KEY_PREFIX = "letters, digits, '-', '_', ':' or '.'"  # no glob or hash-tag characters
@@ -196,6 +196,9 @@ class RedisSpec:
     connect_timeout_s: float = setting(5.0, Check.POSITIVE)
     health_check_interval_s: float = 15.0
     member_ttl_s: float = setting(10.0, Check.AT_LEAST_ONE)  # silent this long: dead, work recovered
+    cluster: bool | None = None  # None: ask the server (INFO cluster); true/false: don't ask
+    wait_replicas: int = 0  # > 0: after each take and ack, WAIT for this many replicas (failover-safe)
+    wait_timeout_ms: int = setting(1000, Check.POSITIVE)  # how long that WAIT may take
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,7 @@ class QueueSpec:
     backoff_max_s: float = 300.0
     at_most_once: bool = False  # plain RPOP: no processing list, a crash loses the job in hand
     timeout_s: float | None = setting(None, Check.POSITIVE)  # a handler running longer: a failed attempt
+    shards: int = setting(1, Check.AT_LEAST_ONE)  # > 1: each name is that many lists (cluster slots)
 
     @property
     def label(self) -> str:

@@ -25,6 +25,7 @@ from corral.supervisor.settings import PoolSettings
 from corral.supervisor.states import RestartPolicy
 
 REDIS_URL_ENV = "CORRAL_REDIS_URL"  # overrides [redis] url: secrets stay out of the file
+HOST_ENV = "CORRAL_HOST"  # overrides [pool] host: one file for every host of a deployment
 DEFAULT_WORKER = "corral.workers.base:BaseWorker"  # runs just the declared streams and queues
 
 
@@ -196,8 +197,13 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         worker = DEFAULT_WORKER
     logging = LogSettings(**values["logging", LogSettings])
     logging = dataclasses.replace(logging, level=logging.level.upper())
+    pool_values = values["pool", PoolSettings]
+    if os.environ.get(HOST_ENV):
+        pool_values = {**pool_values, "host": os.environ[HOST_ENV]}
+        if schema.check(pool_values["host"], Check.NAME):
+            errors.append(f"{HOST_ENV}: must be {Check.NAME.value}, got {pool_values['host']!r}")
     settings = PoolSettings(
-        **values["pool", PoolSettings],
+        **pool_values,
         **values["health", PoolSettings],
         policy=RestartPolicy(**values["restart", RestartPolicy]),
         options=tables["options"],
@@ -238,12 +244,24 @@ def parse_work(data: dict[str, Any], pool_name: str, errors: list[str]) -> WorkS
             streams.append(dataclasses.replace(stream, group=stream.group or pool_name))
     for index, table in enumerate(_array(data, "queues", errors)):
         queue = schema.build(QueueSpec, table, f"queues[{index}]", errors)
-        if queue is not None and not (queue.names or queue.pattern or queue.registry):
-            errors.append(f"queues[{index}]: needs names, pattern or registry")
-        elif queue is not None:
+        problem = queue_problem(queue) if queue is not None else "invalid"
+        if problem is None and queue is not None:
             queues.append(queue)
+        elif queue is not None:
+            errors.append(f"queues[{index}]{problem}")
     _check_blocking(redis, streams, queues, errors)
     return WorkSpec(redis=redis, streams=tuple(streams), queues=tuple(queues))
+
+
+def queue_problem(queue: QueueSpec) -> str | None:
+    """What is wrong with a well-typed ``[[queues]]`` table as a whole (``.key: text``), or None."""
+    if not (queue.names or queue.pattern or queue.registry):
+        return ": needs names, pattern or registry"
+    if queue.shards > 1 and not queue.names:
+        return ".shards: spreads the listed names; a pattern or registry finds its lists itself"
+    if queue.shards > 1 and any("{" in name or "}" in name for name in queue.names):
+        return ".shards: a sharded queue's name cannot hold '{' or '}' (each shard gets its own hash tag)"
+    return None
 
 
 def _check_blocking(

@@ -19,7 +19,7 @@ from typing import Any
 from corral.contract import Check
 
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
-URL_SCHEMES = ("redis://", "rediss://", "unix://")
+URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 
 
 def keys_of(cls: type[Any], table: str = "") -> dict[str, dataclasses.Field[Any]]:

@@ -46,7 +46,7 @@ class PoolSettings:
     log_level: str = "INFO"
     log_json: bool = False
     stats_interval_s: float = 1.0
-    host: str | None = None  # identity prefix; default: this machine's host name
+    host: str | None = setting(None, Check.NAME, table="pool")  # identity; default: the host name
     python: str = sys.executable
     bootstrap: tuple[str, ...] = ("-m", CHILD_MODULE)
     cwd: str | None = None

@@ -144,6 +144,8 @@ def loguru_records() -> Iterator[LogCapture]:
 class RedisServer:
     """A private ``valkey-server`` on a Unix socket, append-only persistence on (restartable)."""
 
+    kind = "standalone"
+
     def __init__(self, workdir: Path) -> None:
         from corral.supervisor.redis_server import find_server
 
@@ -228,3 +230,43 @@ def redis_clean(redis_server: RedisServer) -> RedisServer:
 
 def server_down(server: RedisServer) -> bool:
     return server.proc is None or server.proc.poll() is not None
+
+
+# -- the other topologies: a Valkey Cluster and a Sentinel-watched primary ----------------------
+
+TOPOLOGIES = ("standalone", "cluster", "sentinel")
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster() -> Iterator[Any]:
+    """3 primaries + 3 replicas on loopback ports, for the session (started on first use)."""
+    from tests.servers import Cluster
+
+    cluster = Cluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_sentinel() -> Iterator[Any]:
+    """A primary, a replica and 3 Sentinels, for the session (started on first use)."""
+    from tests.servers import Sentinels
+
+    sentinels = Sentinels().start()
+    try:
+        yield sentinels
+    finally:
+        sentinels.stop()
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def redis_any(request: pytest.FixtureRequest) -> Any:
+    """Each topology in turn, emptied: ``.url`` (what a user would configure), ``.client()``."""
+    if request.param == "standalone":
+        return request.getfixturevalue("redis_clean")
+    topology = request.getfixturevalue(f"valkey_{request.param}")
+    topology.heal()
+    topology.flushall()
+    return topology

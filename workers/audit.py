@@ -261,14 +261,14 @@ async def _retries(redis: Any, retry_sets: dict[str, str], now_ms: int) -> list[
 
 
 async def _still_unowned(redis: Any, key: str, worker: str, member_sets: dict[str, str]) -> bool:
-    """One consistent look (MULTI): the list still holds jobs and its worker is in no member set.
-    The separate reads above can straddle a recovery, which moves the list and then drops the member."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.llen(key)
+    """A second look, in an order that cannot straddle a recovery (which moves the list, then drops
+    the member): first that the worker is in no member set, then that its list still holds jobs.
+    (Not one MULTI: on a cluster the list and the member sets live in different slots.)"""
+    async with redis.pipeline(transaction=False) as pipe:
         for member_key in member_sets.values():
             pipe.zscore(member_key, worker)
-        length, *scores = await pipe.execute()
-    return bool(length) and all(score is None for score in scores)
+        scores = await pipe.execute()
+    return all(score is None for score in scores) and bool(await redis.llen(key))
 
 
 def _expired(lease: Lease | None, now_ms: int) -> bool:

@@ -10,6 +10,9 @@ Pool-wide keys (the member registry) are tagged ``{pool:<name>}``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 
 def hash_tag(name: str) -> str:
@@ -20,6 +23,33 @@ def hash_tag(name: str) -> str:
         if end > start + 1:
             return name[start + 1 : end]
     return name
+
+
+@lru_cache(maxsize=1024)
+def queue_shards(queue: str, shards: int) -> tuple[str, ...]:
+    """The lists of a queue spread over ``shards`` cluster slots: ``<queue>{<queue>#<i>[.<n>]}``.
+
+    Shard ``i``'s hash tag is the first of ``<queue>#<i>``, ``<queue>#<i>.1``, ... whose slot lies in
+    the ``i``-th of ``shards`` equal ranges of the 16384 slots, so on a cluster whose primaries hold
+    equal ranges (what ``--cluster create`` makes) the shards land on different primaries. The same
+    names on every host and in every language that computes CRC16 slots; ``corral shards`` lists them.
+    """
+    if shards <= 1:
+        return (queue,)
+    names = []
+    for shard in range(shards):
+        low, high = (
+            shard * REDIS_CLUSTER_HASH_SLOTS // shards,
+            (shard + 1) * REDIS_CLUSTER_HASH_SLOTS // shards,
+        )
+        salt = 0
+        while True:
+            tag = f"{queue}#{shard}" + (f".{salt}" if salt else "")
+            if low <= key_slot(tag.encode()) < high:
+                break
+            salt += 1
+        names.append(f"{queue}{{{tag}}}")
+    return tuple(names)
 
 
 @dataclass(frozen=True)
@@ -77,7 +107,8 @@ class Keys:
     # -- streams --------------------------------------------------------------------------------
 
     def stream_dead(self, stream: str) -> str:
-        """Stream of entries delivered more than ``max_deliveries`` times, with the reason."""
+        """Stream of entries delivered more than ``max_deliveries`` times, with the reason: one per
+        stream key, so a partitioned stream has one per shard (``<stream>:<shard>``, in its slot)."""
         return self._of(stream, "dead")
 
     # -- the pool -------------------------------------------------------------------------------

@@ -1,16 +1,23 @@
-"""Producing work: ``enqueue`` a job onto a queue, ``publish`` an entry to a (partitioned) stream.
+"""Producing work: ``enqueue`` a job onto a (sharded) queue, ``publish`` an entry to a (partitioned)
+stream.
 
-Sync (redis-py ``Redis``) and async (``redis.asyncio.Redis``: ``aenqueue``/``apublish``) variants.
-Foreign producers need none of this: a bare JSON value LPUSHed onto a queue is a valid job, and a
-partitioned stream's shard for a key is ``crc32(utf-8 key) % partitions``, named ``<stream>:<shard>``.
+Sync (redis-py ``Redis`` or ``RedisCluster``) and async (``aenqueue``/``apublish``) variants.
+Foreign producers need none of this: a bare JSON value LPUSHed onto a queue is a valid job; a sharded
+queue's lists are named by ``keys.queue_shards`` (``corral shards QUEUE`` prints them) and any of
+them will do, or ``crc32(utf-8 key) % shards`` to keep a key's jobs on one list; a partitioned
+stream's shard for a key is ``crc32(utf-8 key) % partitions``, named ``<stream>:<shard>``.
 """
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from typing import Any
 
+from corral.workers.keys import queue_shards
 from corral.workers.messages import encode_job
+
+_turns = itertools.count()  # round-robin over a sharded queue's lists, when no key is given
 
 
 def shard_of(key: str, partitions: int) -> int:
@@ -45,17 +52,42 @@ def entry_fields(data: dict[str, Any]) -> dict[str, str | bytes]:
     return fields
 
 
-def enqueue(redis: Any, queue: str, data: Any, *, front: bool = False, job_id: str | None = None) -> str:
+def queue_key(queue: str, shards: int = 1, key: str | None = None) -> str:
+    """The list a job goes to: the queue itself, or one of its shards (by ``key``, else in turn)."""
+    if shards <= 1:
+        return queue
+    shard = shard_of(key, shards) if key is not None else next(_turns) % shards
+    return queue_shards(queue, shards)[shard]
+
+
+def enqueue(
+    redis: Any,
+    queue: str,
+    data: Any,
+    *,
+    front: bool = False,
+    job_id: str | None = None,
+    shards: int = 1,
+    key: str | None = None,
+) -> str:
+    """Push a job; ``shards``: the queue's ``shards`` setting (``key`` keeps a key's jobs on one)."""
     raw = encode_job(data, job_id)
-    (redis.rpush if front else redis.lpush)(queue, raw)
+    (redis.rpush if front else redis.lpush)(queue_key(queue, shards, key), raw)
     return _id_of(raw)
 
 
 async def aenqueue(
-    redis: Any, queue: str, data: Any, *, front: bool = False, job_id: str | None = None
+    redis: Any,
+    queue: str,
+    data: Any,
+    *,
+    front: bool = False,
+    job_id: str | None = None,
+    shards: int = 1,
+    key: str | None = None,
 ) -> str:
     raw = encode_job(data, job_id)
-    await (redis.rpush if front else redis.lpush)(queue, raw)
+    await (redis.rpush if front else redis.lpush)(queue_key(queue, shards, key), raw)
     return _id_of(raw)
 
 

@@ -20,8 +20,8 @@ from corral.contract import ChildSpec, Event, ExitCode, LoadError, StopMode, Wor
 from corral.ipc import Channel, IPCError
 from corral.workers.base import BaseWorker, WorkerContext
 from corral.workers.consumers.base import HandlerRunner
-from corral.workers.consumers.client import connect
 from corral.workers.consumers.consumer_set import Consumers, new_worker_id
+from corral.workers.topology import connect
 
 
 class ChildRuntime:
@@ -86,7 +86,7 @@ class ChildRuntime:
         )
         self.worker.bind(context, channel)
         try:
-            self.consumers = self._make_consumers(context)
+            self.consumers = await self._make_consumers(context)
         except LoadError as exc:
             self.log.error("boot failed: {}", exc)
             return ExitCode.BOOT_IMPORT
@@ -110,13 +110,13 @@ class ChildRuntime:
             await BaseWorker.start(self.worker)
         return await self._work(channel)
 
-    def _make_consumers(self, context: WorkerContext) -> Consumers | None:
+    async def _make_consumers(self, context: WorkerContext) -> Consumers | None:
         work = WorkSpec.from_json(self.spec.work)
         if work.redis.url is None:
             if not work.empty:
                 raise LoadError("streams or queues are declared but no Redis URL was handed to the child")
             return None  # a pool without Redis (no [redis], no streams, no queues)
-        self.worker.redis = connect(work.redis)
+        self.worker.redis = await connect(work.redis)
         runner = HandlerRunner(self.spec.sync_threads, on_stuck=self._ask_recycle)
         consumers = Consumers(
             work,

@@ -11,23 +11,24 @@ import time
 from typing import Any
 
 import psutil
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.live import Live
 
+from corral.entrypoints.cli.fleet import fleet_of, fleet_parts
 from corral.entrypoints.cli.say import fail
 from corral.entrypoints.cli.view import render
 from corral.ipc import RemoteError
 from corral.supervisor.actions import SupervisorExit
-from corral.supervisor.config import Where
+from corral.supervisor.config import Config, Where
 from corral.supervisor.control import call
 
 
-async def control(where: Where, args: argparse.Namespace, digest: str | None) -> int:
-    """``digest``: of the config on disk, when it validates (None: it does not)."""
+async def control(where: Where, args: argparse.Namespace, config: Config | None) -> int:
+    """``config``: the config on disk, when it validates (None: it does not)."""
     path = where.control_socket
     command = args.command
     if command == "status":
-        return await status(where, args, digest)
+        return await status(where, args, config)
     if command in ("request", "send"):
         return await to_child(where, args)
     if command == "reload":
@@ -57,23 +58,28 @@ def config_note(status: dict[str, Any], digest: str | None) -> str:
     return ""
 
 
-async def status(where: Where, args: argparse.Namespace, digest: str | None) -> int:
+async def status(where: Where, args: argparse.Namespace, config: Config | None) -> int:
+    digest = config.digest if config is not None else None
     if args.json:
-        print(as_json(await call(where.control_socket, "status"), indent=2))
+        current = await call(where.control_socket, "status")
+        fleet = await fleet_of(config)
+        print(as_json({**current, "fleet": fleet} if fleet is not None else current, indent=2))
         return SupervisorExit.OK
     console = Console()
     if not console.is_terminal:  # piped or captured: one line per row, never wrapped at 80 columns
         console = Console(width=200)
-    if not args.watch:
+
+    async def view() -> RenderableType:
         current = await call(where.control_socket, "status")
-        console.print(render(current, config_note(current, digest)))
+        return render(current, config_note(current, digest), fleet_parts(await fleet_of(config)))
+
+    if not args.watch:
+        console.print(await view())
         return SupervisorExit.OK
-    current = await call(where.control_socket, "status")
-    with Live(render(current, config_note(current, digest)), console=console, auto_refresh=False) as live:
+    with Live(await view(), console=console, auto_refresh=False) as live:
         while True:
             await asyncio.sleep(args.interval)
-            current = await call(where.control_socket, "status")
-            live.update(render(current, config_note(current, digest)), refresh=True)
+            live.update(await view(), refresh=True)
 
 
 async def to_child(where: Where, args: argparse.Namespace) -> int:

@@ -7,9 +7,9 @@ Exit 0 when nothing is stranded, 1 when something is, 5 when Redis cannot be rea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -24,6 +24,7 @@ from corral.supervisor.config import Config, redacted
 from corral.workers.audit import Report, audit
 from corral.workers.keys import Keys
 from corral.workers.producer import shard_name
+from corral.workers.topology import connect
 
 
 def audited_streams(config: Config) -> list[tuple[str, str]]:
@@ -40,7 +41,8 @@ def audited_streams(config: Config) -> list[tuple[str, str]]:
 
 async def inspect(config: Config, args: argparse.Namespace) -> int:
     url = config.redis_url
-    client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    spec = dataclasses.replace(config.work.redis, url=url, socket_timeout_s=5.0, connect_timeout_s=5.0)
+    client = await connect(spec)
     try:
         keys = Keys(config.work.redis.key_prefix)
         report = await audit(client, keys, config.pool_name, audited_streams(config))

@@ -17,7 +17,7 @@ from loguru import logger
 
 from corral.entrypoints import scaffold
 from corral.entrypoints.cli.control import control
-from corral.entrypoints.cli.files import produce, show_logs
+from corral.entrypoints.cli.files import produce, show_logs, show_shards
 from corral.entrypoints.cli.inspect import inspect
 from corral.entrypoints.cli.parser import CONTROL, build_parser
 from corral.entrypoints.cli.say import fail, warn
@@ -71,6 +71,8 @@ def dispatch(args: argparse.Namespace, config: Config | None, where: Where) -> i
         return asyncio.run(Supervisor(config).run())
     if args.command in ("enqueue", "publish"):
         return produce(config, args)
+    if args.command == "shards":
+        return show_shards(config, args.queue)
     if args.command == "inspect":
         return asyncio.run(inspect(config, args))
-    return asyncio.run(control(where, args, config.digest))
+    return asyncio.run(control(where, args, config))

@@ -26,7 +26,9 @@ def duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def render(status: dict[str, Any], note: str = "") -> RenderableType:
+def render(
+    status: dict[str, Any], note: str = "", extra: list[RenderableType] | None = None
+) -> RenderableType:
     head = (
         f"pool {status['pool']}  supervisor pid {status['pid']}  {status['state']}  "
         f"up {duration(status['uptime_s'])}  rss {status['rss_bytes'] / 2**20:.1f} MB"
@@ -38,22 +40,23 @@ def render(status: dict[str, Any], note: str = "") -> RenderableType:
     apps = app_table(status["slots"])
     if apps is not None:
         parts.append(apps)
+    parts.extend(extra or [])
     if note:
         parts.append(Text(note))
     return Group(*parts)
 
 
-def _table(*columns: str, title: str | None = None) -> Table:
+def table_of(*columns: str, title: str | None = None) -> Table:
     table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
     for name in columns:
-        text = name in ("STATE", "KIND", "NAME", "METRIC", "REASON")
+        text = name in ("STATE", "KIND", "NAME", "METRIC", "REASON", "HOST", "WORKER IDS", "KEY", "SERVER")
         # names are never cut short on a narrow terminal: they fold onto a second line instead
         table.add_column(name, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
     return table
 
 
 def slots_table(slots: list[dict[str, Any]]) -> Table:
-    table = _table(
+    table = table_of(
         "SLOT", "STATE", "PID", "UPTIME", "RSS MB", "CPU %", "PROCESSED", "FAILED", "RESTARTS", "REASON"
     )
     for row in slots:
@@ -80,7 +83,7 @@ def work_table(work: dict[str, dict[str, dict[str, Any]]]) -> Table | None:
     ]
     if not rows:
         return None
-    table = _table(
+    table = table_of(
         "KIND", "NAME", "PROCESSED", "/S", "FAILED", "FAILED/S", "RETRIED", "DEAD", "IN FLIGHT", "LAG"
     )
     table.columns[1].min_width = min(max(len(name) for _, name, _ in rows), 48)  # whole names first
@@ -116,7 +119,7 @@ def app_table(slots: list[dict[str, Any]]) -> Table | None:
     if not per_slot:
         return None
     metrics = sorted({key for values in per_slot.values() for key in values})
-    table = _table("METRIC", *(f"SLOT {slot}" for slot in per_slot), title="APP METRICS")
+    table = table_of("METRIC", *(f"SLOT {slot}" for slot in per_slot), title="APP METRICS")
     table.columns[0].min_width = min(max(len(metric) for metric in metrics), 48)
     for metric in metrics[:MAX_APP_ROWS]:
         table.add_row(metric, *(str(values.get(metric, "")) for values in per_slot.values()))

@@ -37,7 +37,8 @@ from corral.entrypoints.pairing.lua import (
 from corral.entrypoints.pairing.model import PairingOptions
 from corral.entrypoints.pairing.pairer import Pairer
 from corral.workers import BaseWorker
-from corral.workers.consumers.client import TRANSIENT, connect
+from corral.workers.consumers.client import TRANSIENT
+from corral.workers.topology import Kind, connect, kind_of_client
 
 # Redis away (restart, dropped connection): a round is interrupted, not failed; the manager retries
 REDIS_AWAY = TRANSIENT
@@ -129,7 +130,13 @@ class PairingWorker(BaseWorker):
             url = os.environ.get("CORRAL_REDIS_URL") or options.redis_url
             if not url:
                 raise ValueError("options.redis_url (or CORRAL_REDIS_URL) is required")
-            self.redis = connect(RedisSpec(url=url))
+            self.redis = await connect(RedisSpec(url=url))
+        if kind_of_client(self.redis) is Kind.CLUSTER:
+            raise ValueError(
+                "the pairing app cannot run on a Redis Cluster: each pairing moves the tickets of "
+                "several players in one script, and their keys live in different slots; use a "
+                "standalone server or a Sentinel-watched primary"
+            )
         self.pairer = Pairer(
             self.redis, self.context.worker_id, self.context.host, options=options, log=self.log
         )

@@ -34,13 +34,29 @@ EVENTS_PER_KEY = 60
 
 
 @pytest.mark.e2e
-def test_events_of_one_key_stay_in_order_across_reload_and_kill(corral: Callable[..., Corral]) -> None:
+@pytest.mark.parametrize("where", ["embedded", "cluster"])
+def test_events_of_one_key_stay_in_order_across_reload_and_kill(
+    corral: Callable[..., Corral], request: pytest.FixtureRequest, where: str
+) -> None:
+    """On the embedded server, and on a Valkey Cluster given by one node's URL (the 8 shards live
+    on several primaries: a worker reads them slot by slot)."""
     sup = corral(worker="corral.workers.base:BaseWorker", workers=3)
-    sup.config.write_text(CONFIG)
+    client: Any
+    if where == "cluster":
+        cluster = request.getfixturevalue("valkey_cluster")
+        cluster.heal()
+        cluster.flushall()
+        sup.config.write_text(CONFIG + f'[redis]\nurl = "{cluster.url}"\n')
+        client = cluster.client()
+        owners = {cluster.node_of(shard_name("games", shard)).port for shard in range(8)}
+        assert len(owners) >= 2, "the shards should spread over the primaries"
+    else:
+        sup.config.write_text(CONFIG)
+        client = redis.Redis(unix_socket_path=str(sup.root / "run" / "redis.sock"), socket_timeout=5)
     sup.start()
     status = sup.wait_all_ready(3, timeout_s=20)
-    assert status["redis_url"] == f"unix://{sup.root / 'run' / 'redis.sock'}"  # the embedded default
-    client = redis.Redis(unix_socket_path=str(sup.root / "run" / "redis.sock"), socket_timeout=5)
+    if where == "embedded":
+        assert status["redis_url"] == f"unix://{sup.root / 'run' / 'redis.sock'}"  # the default
     killed: list[int] = []
     for seq in range(EVENTS_PER_KEY):
         with client.pipeline(transaction=False) as pipe:

@@ -14,7 +14,6 @@ from typing import Any
 
 import psutil
 import pytest
-import redis.asyncio as aioredis
 from loguru import logger
 
 from corral.contract import QueueSpec, RedisSpec, WorkSpec
@@ -23,6 +22,8 @@ from corral.supervisor.recovery import Recovery
 from corral.workers.consumers.consumer_set import Consumers
 from corral.workers.keys import Keys
 from corral.workers.manager import WorkerManager
+from corral.workers.topology import connect
+from tests.servers import async_client
 
 CONSUMER_WORKER = "corral.workers.base:BaseWorker"
 H = "tests.integration.workers.redis_handlers"
@@ -174,7 +175,7 @@ def local_worker() -> Callable[..., Awaitable[LocalWorker]]:
 
     async def make(work: WorkSpec, name: str = "w1", start: bool = True) -> LocalWorker:
         assert work.redis.url is not None
-        client = aioredis.from_url(work.redis.url)
+        client = await connect(work.redis)
         worker_id = f"testhost:{POOL}:{name}"
         consumers = Consumers(work, redis=client, pool=POOL, worker_id=worker_id, log=logger)
         worker = LocalWorker(consumers)
@@ -183,5 +184,6 @@ def local_worker() -> Callable[..., Awaitable[LocalWorker]]:
     return make
 
 
-def client(url: str) -> aioredis.Redis:
-    return aioredis.from_url(url)
+def client(url: str) -> Any:
+    """The test's own async client: plain, cluster or Sentinel-managed, as ``url`` needs."""
+    return async_client(url)

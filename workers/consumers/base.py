@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.contract import LoadError, load_object
+from corral.contract import LoadError, RedisSpec, load_object
+from corral.workers.durability import Durability
 from corral.workers.keys import Keys
 from corral.workers.messages import HandlerContext
 
@@ -178,6 +179,7 @@ class HandlerUnit:
         self.is_async = is_coroutine_function(self.handler)
         self.ctx = HandlerContext(redis=redis, worker_id=worker_id, log=log)
         self.runner = HandlerRunner(threads=1)  # replaced by the child's shared one (Consumers)
+        self.durable = Durability(redis, RedisSpec())  # off; Consumers sets the [redis] one
 
     async def call(self, item: Any) -> Any:
         """Run the handler on one job or message (sync or async, with or without ``ctx``)."""

@@ -21,6 +21,7 @@ from corral.workers.consumers.membership import Membership
 from corral.workers.consumers.partitioned import PartitionedStreamConsumer
 from corral.workers.consumers.queues import QueueConsumer
 from corral.workers.consumers.streams import StreamConsumer
+from corral.workers.durability import Durability
 from corral.workers.keys import Keys
 
 RECOVERY_LOCK_MS = 60_000
@@ -66,6 +67,7 @@ class Consumers:
         )
         for unit in (*self.queues, *self.streams, *self.partitioned.values()):
             unit.runner = self.runner
+            unit.durable = Durability(redis, work.redis)
 
     def give_handlers(self, worker: Any) -> None:
         """Handlers see the worker they run in as ``ctx.worker``."""

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from corral.contract import QueueSpec
-from corral.workers.keys import Keys
+from corral.workers.keys import Keys, queue_shards
 
 FORGET_AFTER_REFRESHES = 12  # a discovered queue absent this many refreshes (>= 60 s) is dropped
 RETRY_SCAN_EVERY = 10
@@ -29,7 +29,8 @@ class QueueSet:
         self.redis = redis
         self.keys = keys
         self.log = log
-        self.queues: list[str] = list(spec.names)
+        self.named = [shard for name in spec.names for shard in queue_shards(name, spec.shards)]
+        self.queues: list[str] = list(self.named)
         self._last_seen: dict[str, float] = {}  # discovered queue -> when a scan last found it
         self._discovered_at = 0.0
         self._refreshes = 0
@@ -61,7 +62,7 @@ class QueueSet:
                 sorted(gone),
                 self.forget_after_s,
             )
-        self.queues = sorted(set(self.spec.names) | set(self._last_seen))
+        self.queues = sorted(set(self.named) | set(self._last_seen))
         return gone
 
     async def _matching(self, pattern: str) -> set[str]:

@@ -70,9 +70,7 @@ class EntryUnit(HandlerUnit):
         )
         letter = DeadLetter(stream, entry_id.decode(), attempt, reason, self.worker_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(
-                self.keys.stream_dead(self.spec.stream), letter.stream_record(raw_fields, self.spec.group)
-            )
+            pipe.xadd(self.keys.stream_dead(stream), letter.stream_record(raw_fields, self.spec.group))
             pipe.xack(stream, self.spec.group, entry_id)
             await pipe.execute()
         self.dead += 1

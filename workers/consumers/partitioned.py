@@ -24,6 +24,7 @@ from corral.workers.consumers.entries import Entry, EntryUnit, create_group, is_
 from corral.workers.keys import Keys
 from corral.workers.messages import Reject
 from corral.workers.producer import shard_name
+from corral.workers.topology import by_slot
 
 MAX_RETRY_DELAY_S = 5.0
 
@@ -37,6 +38,7 @@ class PartitionedStreamConsumer(EntryUnit):
         self.backlog: set[int] = set()  # shards whose pending entries must be handled first
         self.not_before: dict[int, float] = {}  # shard -> retry time after a failed entry
         self.lock = asyncio.Lock()
+        self._turn = 0  # on a cluster: whose slot the next blocking read waits on
 
     async def assign(self, shards: list[int]) -> list[int]:
         async with self.lock:
@@ -82,15 +84,32 @@ class PartitionedStreamConsumer(EntryUnit):
             fresh = sorted(ready - self.backlog)
             if not fresh:
                 return 0
-            streams = {shard_name(self.spec.stream, s): ">" for s in fresh}
-            reply = await self.redis.xreadgroup(
-                self.spec.group, self.consumer, streams, count=self.spec.batch_size, block=self.spec.block_ms
-            )
             handled = 0
-            for raw_stream, entries in reply or []:
+            for raw_stream, entries in await self._read_fresh(fresh):
                 shard = int(raw_stream.decode().rsplit(":", 1)[1])
                 handled += await self._handle_shard(shard, [(e, f, 1) for e, f in entries], fresh=True)
             return handled
+
+    async def _read_fresh(self, shards: list[int]) -> list[Any]:
+        """New entries of these shards: one XREADGROUP, blocking up to ``block_ms``. On a cluster
+        the shards live in several slots: one read per slot at once without blocking, and if all
+        are empty one blocking read, of each slot in turn, for its share of ``block_ms``."""
+        groups = by_slot(self.redis, [shard_name(self.spec.stream, s) for s in shards])
+        if len(groups) == 1:
+            return await self._xread(groups[0], self.spec.block_ms)
+        replies = await asyncio.gather(*(self._xread(group, None) for group in groups))
+        found = [item for reply in replies for item in reply]
+        if found:
+            return found
+        self._turn = (self._turn + 1) % len(groups)
+        return await self._xread(groups[self._turn], max(1, self.spec.block_ms // len(groups)))
+
+    async def _xread(self, names: list[str], block_ms: int | None) -> list[Any]:
+        streams = dict.fromkeys(names, ">")
+        reply = await self.redis.xreadgroup(
+            self.spec.group, self.consumer, streams, count=self.spec.batch_size, block=block_ms
+        )
+        return list(reply or [])
 
     async def _drain_backlog(self, shard: int) -> int:
         """What the shard's group still has pending (a previous owner's, or our failures), in order.

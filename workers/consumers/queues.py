@@ -28,6 +28,7 @@ from corral.workers.consumers.discovery import QueueSet
 from corral.workers.consumers.queue_scripts import ACK, MOVE_ALL, PROMOTE, RECOVER, SETTLE, TAKE
 from corral.workers.keys import Keys
 from corral.workers.messages import Job, Malformed, Reject, Requeue, decode_job, encode_job
+from corral.workers.scripts import Script
 
 PROMOTE_INTERVAL_S = 0.5
 
@@ -79,13 +80,13 @@ class QueueConsumer(HandlerUnit):
         self.interrupted = False  # the last round raised: our processing lists may hold strays
         self.discovery = QueueSet(spec, redis=redis, keys=keys, log=log)
         self._promoted_at = 0.0
-        self._take = redis.register_script(TAKE)
-        self._promote = redis.register_script(PROMOTE)
-        self._move_all = redis.register_script(MOVE_ALL)
-        self._recover = redis.register_script(RECOVER)
+        self._take = Script(redis, TAKE)
+        self._promote = Script(redis, PROMOTE)
+        self._move_all = Script(redis, MOVE_ALL)
+        self._recover = Script(redis, RECOVER)
         self.deaths: dict[tuple[str, bytes], int] = {}  # taken jobs whose worker died before
-        self._ack_jobs = redis.register_script(ACK)
-        self._settle_job = redis.register_script(SETTLE)
+        self._ack_jobs = Script(redis, ACK)
+        self._settle_job = Script(redis, SETTLE)
 
     @property
     def queues(self) -> list[str]:
@@ -151,7 +152,7 @@ class QueueConsumer(HandlerUnit):
             for queue in queues:
                 keys = [queue, self._processing(queue), self.keys.deaths(queue), self.keys.holders(queue)]
                 await self._take(keys=keys, args=[per_queue, self.worker_id], client=pipe)
-            results = await pipe.execute()
+            results = await self.durable.execute(pipe, queues)
         batch = [
             (queue, raw)
             for queue, reply in zip(queues, results[1:], strict=True)
@@ -159,7 +160,7 @@ class QueueConsumer(HandlerUnit):
         ]
         if not batch:  # everything is empty: block on one queue (rotating) for up to block_s
             queue = queues[0]
-            raw = await self.redis.blmove(queue, self._processing(queue), self.spec.block_s, "RIGHT", "LEFT")
+            raw = await self._blmove(queue)
             if raw is None:
                 return []
             async with self.redis.pipeline(transaction=False) as pipe:  # one round trip for both
@@ -172,6 +173,15 @@ class QueueConsumer(HandlerUnit):
         for queue, _ in batch:
             self._stats(queue).in_flight += 1
         return batch
+
+    async def _blmove(self, queue: str) -> bytes | None:
+        args = (queue, self._processing(queue), self.spec.block_s, "RIGHT", "LEFT")
+        if not self.durable.on:
+            return await self.redis.blmove(*args)  # type: ignore[no-any-return]
+        async with self.redis.pipeline(transaction=False) as pipe:  # WAIT on the same connection
+            pipe.blmove(*args)
+            [raw] = await self.durable.execute(pipe, [queue])
+        return raw  # type: ignore[no-any-return]
 
     def _taken(self, queue: str, reply: Any) -> list[bytes]:
         """The jobs of one take; notes those whose worker died before (the reply's second part)."""
@@ -301,7 +311,7 @@ class QueueConsumer(HandlerUnit):
         by_queue: dict[str, list[bytes]] = {}
         for queue, raw in self.unacked:
             by_queue.setdefault(queue, []).append(raw)
-        if len(by_queue) == 1:
+        if len(by_queue) == 1 and not self.durable.on:
             [(queue, raws)] = by_queue.items()
             await self._ack_jobs(keys=[self._processing(queue), self.keys.deaths(queue)], args=raws)
         else:
@@ -309,7 +319,7 @@ class QueueConsumer(HandlerUnit):
                 for queue, raws in by_queue.items():
                     keys = [self._processing(queue), self.keys.deaths(queue)]
                     await self._ack_jobs(keys=keys, args=raws, client=pipe)
-                await pipe.execute()
+                await self.durable.execute(pipe, list(by_queue))
         for item in self.unacked:
             self.deaths.pop(item, None)
         self.unacked.clear()

@@ -34,9 +34,8 @@ class StreamConsumer(EntryUnit):
         self.idle_sleep_s = 0.0  # an empty round already blocked in XREADGROUP
         self.unacked: list[bytes] = []
         self._keeper: asyncio.Future[None] | None = None  # keeps the batch in hand claimed
-        self.read_own = True  # our own pending entries first (claimed ones, failed ones)
-        self._claims = 0  # recoveries that claimed entries for us
-        self._pass_claims = 0  # ... when the current pass over our own pending entries began
+        self.read_own = False  # a pass over our own pending entries first (after an outage)
+        self._recovered: dict[bytes, int] = {}  # claimed for us by a recovery -> its deliveries then
         self._own_cursor = b"0"  # how far the pass over our own pending entries got
         self._group_ready = False
         self._claimed_at = 0.0
@@ -110,9 +109,9 @@ class StreamConsumer(EntryUnit):
 
     async def _read(self) -> list[Entry]:
         spec = self.spec
+        if self._recovered:
+            return await self._deliver_recovered()
         if self.read_own:
-            if self._own_cursor == b"0":  # a pass begins: note the recoveries seen so far
-                self._pass_claims = self._claims
             reply = await self.redis.xreadgroup(
                 spec.group, self.consumer, {spec.stream: self._own_cursor}, count=spec.batch_size
             )
@@ -122,9 +121,7 @@ class StreamConsumer(EntryUnit):
                 # (a retry storm) but like any failure, by XAUTOCLAIM once idle for min_idle_ms
                 self._own_cursor = entries[-1][0]
                 return await self.with_attempts(self.spec.stream, entries)
-            self._own_cursor = b"0"
-            if self._pass_claims == self._claims:  # else a recovery claimed entries for us during
-                self.read_own = False  # the pass, maybe behind its cursor: one more pass
+            self._own_cursor, self.read_own = b"0", False
         if time.monotonic() - self._claimed_at >= spec.claim_interval_s:
             self._claimed_at = time.monotonic()
             claimed = await self._claim_idle()
@@ -134,6 +131,23 @@ class StreamConsumer(EntryUnit):
             spec.group, self.consumer, {spec.stream: ">"}, count=spec.batch_size, block=spec.block_ms
         )
         return [(entry_id, fields, 1) for entry_id, fields in (reply[0][1] if reply else [])]
+
+    async def _deliver_recovered(self) -> list[Entry]:
+        """A dead consumer's entries, precisely (XCLAIM counts the delivery); not one that was
+        delivered to us since (by a pass over what we hold, after an outage): its count moved."""
+        spec = self.spec
+        batch = dict(list(self._recovered.items())[: spec.batch_size])
+        for entry_id in batch:
+            del self._recovered[entry_id]
+        first, last = min(batch), max(batch)
+        pending = await self.redis.xpending_range(
+            spec.stream, spec.group, min=first, max=last, count=len(batch) * 2, consumername=self.consumer
+        )
+        due = [p["message_id"] for p in pending if batch.get(p["message_id"]) == p["times_delivered"]]
+        if not due:
+            return []
+        claimed = await self.redis.xclaim(spec.stream, spec.group, self.consumer, 0, due)
+        return await self.with_attempts(spec.stream, [(i, f) for i, f in claimed if f])
 
     async def _claim_idle(self) -> list[Entry]:
         reply = await self.redis.xautoclaim(
@@ -176,9 +190,15 @@ class StreamConsumer(EntryUnit):
         self.unacked.append(entry_id)
 
     async def _ack(self) -> None:
-        if self.unacked:
+        if not self.unacked:
+            return
+        if self.durable.on:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xack(self.spec.stream, self.spec.group, *self.unacked)
+                await self.durable.execute(pipe, [self.spec.stream])
+        else:
             await self.redis.xack(self.spec.stream, self.spec.group, *self.unacked)
-            self.unacked.clear()
+        self.unacked.clear()
 
     async def _create_group(self) -> None:
         await create_group(self.redis, self.spec.stream, self.spec.group, self.spec.start_id)
@@ -196,6 +216,9 @@ class StreamConsumer(EntryUnit):
             return 0
 
     async def _claim_all_of(self, dead_consumer: str) -> int:
+        """Its pending entries become ours (JUSTID: no delivery counted yet), handled first from the
+        next round on, each delivered once, by id: not by a pass over all we hold, which would
+        also re-read at once what just failed in our hands."""
         moved = 0
         while True:
             pending = await self.redis.xpending_range(
@@ -205,11 +228,9 @@ class StreamConsumer(EntryUnit):
                 break
             ids = [p["message_id"] for p in pending]
             await self.redis.xclaim(self.spec.stream, self.spec.group, self.consumer, 0, ids, justid=True)
+            self._recovered.update((p["message_id"], p["times_delivered"]) for p in pending)
             moved += len(ids)
         await self.redis.xgroup_delconsumer(self.spec.stream, self.spec.group, dead_consumer)
-        if moved:
-            self._claims += 1
-            self.read_own = True
         return moved
 
     async def _maybe_trim(self) -> None:

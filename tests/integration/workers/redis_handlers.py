@@ -219,3 +219,11 @@ async def fail_entry_one(message: Message, ctx: HandlerContext) -> None:
     await ctx.redis.rpush(f"test:attempts:{message.fields['n']}", message.attempt)
     if message.fields["n"] == "1":
         raise RuntimeError("entry 1 always fails")
+
+
+def note_to_file(job: Job) -> None:
+    """Append the job's ``n`` to a file of this process in ``job.data["out"]``: a record of what was
+    handled that no Redis failover can lose (the failover tests count from these files)."""
+    with open(os.path.join(job.data["out"], str(os.getpid())), "a") as handle:
+        handle.write(f"{job.data['n']}\n")
+    time.sleep(0.0005)  # a busy queue, not a drained one, when its primary is killed

@@ -54,14 +54,14 @@ def test_processing_keys_are_parsed_back_whatever_the_queue_name() -> None:
     assert parse_processing(keys, "other:{jobs}:processing:w") is None
 
 
-def test_work_of_a_live_worker_is_held(redis_clean: Any, local_worker: Any, run: Any) -> None:
+def test_work_of_a_live_worker_is_held(redis_any: Any, local_worker: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         await r.lpush("aq", b'{"n": 1}', b'{"n": 2}')
         await r.xgroup_create("as", "grp", id="0", mkstream=True)
         await r.xadd("as", {"n": "1"})
         work = WorkSpec(
-            redis=redis_spec(redis_clean.url),
+            redis=redis_spec(redis_any.url),
             queues=(QueueSpec(names=("aq",), handler=f"{H}:block_all", block_s=0.2, batch_size=2),),
             streams=(StreamSpec(stream="as", group="grp", handler=f"{H}:block_first_entry", block_ms=100),),
         )
@@ -92,9 +92,9 @@ def test_work_of_a_live_worker_is_held(redis_clean: Any, local_worker: Any, run:
     run(body())
 
 
-def test_an_expired_member_s_list_will_be_swept_and_is(redis_clean: Any, local_worker: Any, run: Any) -> None:
+def test_an_expired_member_s_list_will_be_swept_and_is(redis_any: Any, local_worker: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         processing = KEYS.processing("bq", GHOST)
         await r.lpush(processing, b'{"n": 1}', b'{"n": 2}')
         await r.sadd(KEYS.held_queues(POOL, GHOST), "bq")
@@ -113,7 +113,7 @@ def test_an_expired_member_s_list_will_be_swept_and_is(redis_clean: Any, local_w
         assert 5000 <= ago_ms < 15_000
         # and it is: a live worker's sweep moves the jobs back, and they are handled
         work = WorkSpec(
-            redis=redis_spec(redis_clean.url),
+            redis=redis_spec(redis_any.url),
             queues=(QueueSpec(names=("bq",), handler=f"{H}:count_job", block_s=0.2),),
         )
         worker = await local_worker(work)
@@ -128,9 +128,9 @@ def test_an_expired_member_s_list_will_be_swept_and_is(redis_clean: Any, local_w
     run(body())
 
 
-def test_a_list_a_sweep_would_not_find_is_stranded(redis_clean: Any, run: Any) -> None:
+def test_a_list_a_sweep_would_not_find_is_stranded(redis_any: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         processing = KEYS.processing("hq", GHOST)
         await r.lpush(processing, b'{"n": 1}')
         await join(r, GHOST, -1000)  # expired, but its held-queues set does not name the queue
@@ -144,16 +144,14 @@ def test_a_list_a_sweep_would_not_find_is_stranded(redis_clean: Any, run: Any) -
     run(body())
 
 
-def test_a_list_of_a_worker_in_no_member_set_is_stranded(
-    redis_clean: Any, local_worker: Any, run: Any
-) -> None:
+def test_a_list_of_a_worker_in_no_member_set_is_stranded(redis_any: Any, local_worker: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         processing = KEYS.processing("cq", GHOST)
         await r.lpush(processing, b'{"n": 1}', b'{"n": 2}', b'{"n": 3}')
         await r.sadd(KEYS.held_queues(POOL, GHOST), "cq")  # even so: nothing sweeps a non-member
         work = WorkSpec(
-            redis=redis_spec(redis_clean.url, member_ttl_s=1.0),
+            redis=redis_spec(redis_any.url, member_ttl_s=1.0),
             queues=(QueueSpec(names=("cq",), handler=f"{H}:count_job", block_s=0.2),),
         )
         worker = await local_worker(work)
@@ -175,10 +173,10 @@ def test_a_list_of_a_worker_in_no_member_set_is_stranded(
 
 
 def test_entries_of_a_consumer_in_no_member_set_are_claimable(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         await r.xgroup_create("ds", "grp", id="0", mkstream=True)
         for n in range(3):
             await r.xadd("ds", {"n": str(n)})
@@ -193,7 +191,7 @@ def test_entries_of_a_consumer_in_no_member_set_are_claimable(
             min_idle_ms=2000,
             claim_interval_s=0.1,
         )
-        worker = await local_worker(WorkSpec(redis=redis_spec(redis_clean.url), streams=(spec,)))
+        worker = await local_worker(WorkSpec(redis=redis_spec(redis_any.url), streams=(spec,)))
         try:
             await wait_for(lambda: r.zscore(KEYS.members(POOL), worker.worker_id), what="a live member")
             report = await audit(r, KEYS, POOL, [("ds", "grp")])
@@ -212,9 +210,9 @@ def test_entries_of_a_consumer_in_no_member_set_are_claimable(
     run(body())
 
 
-def test_retry_sets_are_reported_with_their_first_due_time(redis_clean: Any, run: Any) -> None:
+def test_retry_sets_are_reported_with_their_first_due_time(redis_any: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         due = time.time() + 30
         await r.zadd(KEYS.retry("contest:{x}:1"), {b'{"n": 1}': due, b'{"n": 2}': due + 10})
         report = await audit(r, KEYS, POOL, [])
@@ -234,11 +232,11 @@ def test_retry_sets_are_reported_with_their_first_due_time(redis_clean: Any, run
     run(body())
 
 
-def test_members_of_another_pool_on_the_same_prefix_count(redis_clean: Any, run: Any) -> None:
+def test_members_of_another_pool_on_the_same_prefix_count(redis_any: Any, run: Any) -> None:
     """A processing list is stranded only when its worker is in no member set at all."""
 
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         other = "billing:worker:0:0a0a0a"
         await r.lpush(KEYS.processing("eq", other), b"1")
         await r.zadd(KEYS.members("billing"), {other: await redis_now_ms(r) + 60_000})
@@ -251,15 +249,15 @@ def test_members_of_another_pool_on_the_same_prefix_count(redis_clean: Any, run:
 
 
 def test_nothing_is_ever_stranded_around_a_sigkilled_worker(
-    redis_clean: Any, consumer_pool: Any, run: Any
+    redis_any: Any, consumer_pool: Any, run: Any
 ) -> None:
     """A child killed holding a job and an entry: at every moment until both are handled again the
     audit finds nothing stranded, and in the end nothing held."""
 
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         work = WorkSpec(
-            redis=redis_spec(redis_clean.url),
+            redis=redis_spec(redis_any.url),
             queues=(QueueSpec(names=("kq",), handler=f"{H}:block_first", block_s=0.2),),
             streams=(
                 StreamSpec(

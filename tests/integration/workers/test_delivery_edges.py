@@ -19,15 +19,15 @@ from tests.integration.conftest import KEYS, POOL, H, client, equals, queue_work
 
 
 def test_a_live_worker_recovered_by_a_peer_registers_its_queue_again(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     """A stalled loop lets a peer 'recover' a live worker (deleting its held set); the next job that
     worker takes must be recoverable again, or a later SIGKILL strands it for good."""
 
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         await r.lpush("hq", encode_job({"n": 1}))
-        work = queue_work(redis_clean.url, names=("hq",), handler=f"{H}:hold_each_delivery")
+        work = queue_work(redis_any.url, names=("hq",), handler=f"{H}:hold_each_delivery")
         a = await local_worker(work, name="a")
         peer = Consumers(work, redis=r, pool=POOL, worker_id="testhost:test:peer", log=a.consumers.log)
         held = KEYS.held_queues(POOL, a.worker_id)
@@ -54,15 +54,15 @@ def test_a_live_worker_recovered_by_a_peer_registers_its_queue_again(
     run(body())
 
 
-def test_a_batch_of_ten_thousand_is_taken_whole(redis_clean: Any, local_worker: Any, run: Any) -> None:
+def test_a_batch_of_ten_thousand_is_taken_whole(redis_any: Any, local_worker: Any, run: Any) -> None:
     """Lua's unpack() has a limit near 8,000 values: the take script must not delete what it took."""
 
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         jobs = [encode_job({"n": n}) for n in range(10_000)]
         for start in range(0, len(jobs), 1000):
             await r.lpush("big", *jobs[start : start + 1000])
-        work = queue_work(redis_clean.url, names=("big",), handler=f"{H}:count_job", batch_size=10_000)
+        work = queue_work(redis_any.url, names=("big",), handler=f"{H}:count_job", batch_size=10_000)
         worker = await local_worker(work)
         try:
             await wait_for(lambda: equals(r.hlen("test:handled"), 10_000), timeout_s=60, what="every job")
@@ -75,16 +75,16 @@ def test_a_batch_of_ten_thousand_is_taken_whole(redis_clean: Any, local_worker: 
 
 
 def test_input_that_breaks_the_decoder_is_dead_lettered_not_retried_forever(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         nested = b"[" * 100_000 + b"]" * 100_000  # RecursionError in json.loads
         huge = json.dumps(
             {"_corral": 1, "id": "huge", "data": 1, "attempt": 1, "enqueued_at": 10**400}
         ).encode()
         await r.lpush("odd", nested, huge, encode_job({"n": "after"}))
-        work = queue_work(redis_clean.url, names=("odd",), handler=f"{H}:record_job")
+        work = queue_work(redis_any.url, names=("odd",), handler=f"{H}:record_job")
         worker = await local_worker(work)
         try:
             await wait_for(lambda: equals(r.hlen("test:handled"), 2), what="the decodable jobs")
@@ -99,15 +99,13 @@ def test_input_that_breaks_the_decoder_is_dead_lettered_not_retried_forever(
     run(body())
 
 
-def test_put_back_and_recovery_keep_the_order_of_a_batch(
-    redis_clean: Any, local_worker: Any, run: Any
-) -> None:
+def test_put_back_and_recovery_keep_the_order_of_a_batch(redis_any: Any, local_worker: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         raws = [encode_job({"n": n}) for n in range(3)]
         await r.lpush("oq", *raws)  # producers push at the left, the oldest (n=0) is taken first
         before = await r.lrange("oq", 0, -1)
-        work = queue_work(redis_clean.url, names=("oq",), handler=f"{H}:hold_each_delivery", batch_size=3)
+        work = queue_work(redis_any.url, names=("oq",), handler=f"{H}:hold_each_delivery", batch_size=3)
         a = await local_worker(work, name="a")
         peer = Consumers(work, redis=r, pool=POOL, worker_id="testhost:test:peer", log=a.consumers.log)
         try:
@@ -124,9 +122,9 @@ def test_put_back_and_recovery_keep_the_order_of_a_batch(
     run(body())
 
 
-def test_a_recovery_that_raises_does_not_stop_the_lease_from_renewing(redis_clean: Any, run: Any) -> None:
+def test_a_recovery_that_raises_does_not_stop_the_lease_from_renewing(redis_any: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         keys = Keys()
 
         async def recover(member: str) -> dict[str, int]:
@@ -145,15 +143,13 @@ def test_a_recovery_that_raises_does_not_stop_the_lease_from_renewing(redis_clea
     run(body())
 
 
-def test_a_stream_whose_group_vanished_is_consumed_again(
-    redis_clean: Any, local_worker: Any, run: Any
-) -> None:
+def test_a_stream_whose_group_vanished_is_consumed_again(redis_any: Any, local_worker: Any, run: Any) -> None:
     """A server restarted without persistence, or FLUSHALL: the group is gone (NOGROUP)."""
 
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         spec = StreamSpec(stream="gs", handler=f"{H}:count_entry", group="g", block_ms=100)
-        worker = await local_worker(WorkSpec(redis=redis_spec(redis_clean.url), streams=(spec,)))
+        worker = await local_worker(WorkSpec(redis=redis_spec(redis_any.url), streams=(spec,)))
         try:
             await r.xadd("gs", {"n": "1"})
             await wait_for(lambda: equals(r.hlen("test:handled_entries"), 1), what="the first entry")
@@ -171,12 +167,12 @@ def test_a_stream_whose_group_vanished_is_consumed_again(
 
 
 def test_a_graceful_stop_after_an_interrupted_round_puts_its_jobs_back(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         await r.lpush("iq", encode_job("poison"), encode_job({"n": 1}), encode_job({"n": 2}))
-        work = queue_work(redis_clean.url, names=("iq",), handler=f"{H}:redis_away_on_poison", batch_size=3)
+        work = queue_work(redis_any.url, names=("iq",), handler=f"{H}:redis_away_on_poison", batch_size=3)
         worker = await local_worker(work)
         [consumer] = worker.consumers.queues
         await wait_for(lambda: consumer.interrupted, what="the round interrupted by 'Redis going away'")
@@ -193,12 +189,12 @@ def test_a_graceful_stop_after_an_interrupted_round_puts_its_jobs_back(
 
 
 def test_an_entry_deleted_while_pending_never_reaches_the_handler(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         spec = StreamSpec(stream="ds", handler=f"{H}:fail_first_entry_then_record", group="g", block_ms=100)
-        work = WorkSpec(redis=redis_spec(redis_clean.url), streams=(spec,))
+        work = WorkSpec(redis=redis_spec(redis_any.url), streams=(spec,))
         entry = await r.xadd("ds", {"n": "1"})
         first = await local_worker(work, name="a")
         await wait_for(lambda: equals(r.hget("test:deliveries", entry), b"1"), what="the failed delivery")
@@ -221,11 +217,11 @@ PENDING_NONE = {"pending": 0, "min": None, "max": None, "consumers": []}
 
 
 def test_a_job_that_kills_its_worker_is_dead_lettered_after_max_attempts(
-    redis_clean: Any, consumer_pool: Any, run: Any
+    redis_any: Any, consumer_pool: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
-        work = queue_work(redis_clean.url, names=("kq",), handler=f"{H}:kill_own_worker", max_attempts=3)
+        r = client(redis_any.url)
+        work = queue_work(redis_any.url, names=("kq",), handler=f"{H}:kill_own_worker", max_attempts=3)
         cp = consumer_pool(2, work, policy=RestartPolicy(backoff_initial_s=0.05))
         try:
             assert await cp.pool.spawn_all()
@@ -253,13 +249,13 @@ def test_a_job_that_kills_its_worker_is_dead_lettered_after_max_attempts(
 
 
 def test_an_async_handler_past_its_timeout_is_cancelled_and_the_attempt_fails(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         await r.lpush("tq", encode_job({"s": 30}))
         work = queue_work(
-            redis_clean.url, names=("tq",), handler=f"{H}:sleep_async", timeout_s=0.2, max_attempts=2,
+            redis_any.url, names=("tq",), handler=f"{H}:sleep_async", timeout_s=0.2, max_attempts=2,
             backoff_initial_s=0.05,
         )  # fmt: skip
         worker = await local_worker(work)
@@ -275,15 +271,15 @@ def test_an_async_handler_past_its_timeout_is_cancelled_and_the_attempt_fails(
 
 
 def test_a_sync_handler_runs_off_the_loop_and_an_overrun_recycles_its_child(
-    redis_clean: Any, consumer_pool: Any, run: Any
+    redis_any: Any, consumer_pool: Any, run: Any
 ) -> None:
     """A sync handler sleeping 3 s does not stall the child's loop (its heartbeat answers within
     1 s); past its timeout_s its job fails at once, and the child is replaced."""
 
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         work = queue_work(
-            redis_clean.url, names=("sq",), handler=f"{H}:sleep_sync", timeout_s=0.5, max_attempts=1
+            redis_any.url, names=("sq",), handler=f"{H}:sleep_sync", timeout_s=0.5, max_attempts=1
         )
         cp = consumer_pool(1, work, heartbeat_interval_s=0.2, heartbeat_timeout_s=1.0, graceful_timeout_s=1.0)
         try:
@@ -312,12 +308,12 @@ def test_a_sync_handler_runs_off_the_loop_and_an_overrun_recycles_its_child(
 
 
 def test_the_batch_mates_of_a_job_that_kills_its_worker_are_not_dead_lettered(
-    redis_clean: Any, consumer_pool: Any, run: Any
+    redis_any: Any, consumer_pool: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         work = queue_work(
-            redis_clean.url, names=("bq",), handler=f"{H}:kill_own_worker", max_attempts=3, batch_size=5
+            redis_any.url, names=("bq",), handler=f"{H}:kill_own_worker", max_attempts=3, batch_size=5
         )
         cp = consumer_pool(1, work, policy=RestartPolicy(backoff_initial_s=0.05))
         try:
@@ -340,10 +336,10 @@ def test_the_batch_mates_of_a_job_that_kills_its_worker_are_not_dead_lettered(
 
 
 def test_an_entry_in_hand_longer_than_min_idle_is_not_claimed_by_another_worker(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         spec = StreamSpec(
             stream="ls",
             handler=f"{H}:slow_entry",
@@ -352,7 +348,7 @@ def test_an_entry_in_hand_longer_than_min_idle_is_not_claimed_by_another_worker(
             min_idle_ms=300,
             claim_interval_s=0.1,
         )
-        work = WorkSpec(redis=redis_spec(redis_clean.url), streams=(spec,))
+        work = WorkSpec(redis=redis_spec(redis_any.url), streams=(spec,))
         await r.xadd("ls", {"n": "1", "s": "1.5"})  # five times min_idle_ms
         first = await local_worker(work, name="a")
         await wait_for(lambda: pending_count(r, "ls", "g"), what="a holds the entry")
@@ -376,10 +372,10 @@ async def pending_count(r: Any, stream: str, group: str) -> int:
 
 
 def test_a_partition_retrying_one_entry_does_not_count_attempts_against_those_behind_it(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         spec = StreamSpec(
             stream="ps",
             handler=f"{H}:fail_entry_one",
@@ -388,31 +384,33 @@ def test_a_partition_retrying_one_entry_does_not_count_attempts_against_those_be
             max_deliveries=3,
             block_ms=100,
         )
-        worker = await local_worker(WorkSpec(redis=redis_spec(redis_clean.url), streams=(spec,)))
+        worker = await local_worker(WorkSpec(redis=redis_spec(redis_any.url), streams=(spec,)))
         for n in (1, 2, 3):  # one key, one shard: 2 and 3 wait behind 1
             await r.xadd("ps:0", {"n": str(n)})
         await worker.consumers.assign({"stream": "ps", "shards": [0]})
         try:
-            await wait_for(lambda: r.xlen(KEYS.stream_dead("ps")), timeout_s=20, what="entry 1 dead-lettered")
+            await wait_for(
+                lambda: r.xlen(KEYS.stream_dead("ps:0")), timeout_s=20, what="entry 1 dead-lettered"
+            )
             await wait_for(lambda: r.llen("test:attempts:3"), timeout_s=10, what="the entries behind it")
         finally:
             await worker.stop()
         assert [int(a) for a in await r.lrange("test:attempts:1", 0, -1)] == [1, 2, 3]
         assert [int(a) for a in await r.lrange("test:attempts:2", 0, -1)] == [1]  # not dead-lettered
         assert [int(a) for a in await r.lrange("test:attempts:3", 0, -1)] == [1]
-        assert await r.xlen(KEYS.stream_dead("ps")) == 1
+        assert await r.xlen(KEYS.stream_dead("ps:0")) == 1
         await r.aclose()
 
     run(body())
 
 
 def test_a_partition_whose_group_vanished_is_consumed_again(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         spec = StreamSpec(stream="pg", handler=f"{H}:count_entry", group="g", partitions=1, block_ms=100)
-        worker = await local_worker(WorkSpec(redis=redis_spec(redis_clean.url), streams=(spec,)))
+        worker = await local_worker(WorkSpec(redis=redis_spec(redis_any.url), streams=(spec,)))
         await worker.consumers.assign({"stream": "pg", "shards": [0]})
         try:
             await r.xadd("pg:0", {"n": "1"})
@@ -430,14 +428,14 @@ def test_a_partition_whose_group_vanished_is_consumed_again(
 
 
 def test_a_revoke_returns_only_once_the_round_in_progress_is_acknowledged(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         spec = StreamSpec(
             stream="hs", handler=f"{H}:block_first_entry", group="g", partitions=1, block_ms=100
         )
-        worker = await local_worker(WorkSpec(redis=redis_spec(redis_clean.url), streams=(spec,)))
+        worker = await local_worker(WorkSpec(redis=redis_spec(redis_any.url), streams=(spec,)))
         await worker.consumers.assign({"stream": "hs", "shards": [0]})
         await r.xadd("hs:0", {"n": "1"})
         try:
@@ -457,14 +455,14 @@ def test_a_revoke_returns_only_once_the_round_in_progress_is_acknowledged(
 
 
 def test_a_new_owner_handles_what_the_previous_owner_left_pending(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         spec = StreamSpec(
             stream="ns", handler=f"{H}:block_first_entry", group="g", partitions=1, block_ms=100
         )
-        work = WorkSpec(redis=redis_spec(redis_clean.url), streams=(spec,))
+        work = WorkSpec(redis=redis_spec(redis_any.url), streams=(spec,))
         first = await local_worker(work, name="a")
         await first.consumers.assign({"stream": "ns", "shards": [0]})
         for n in (1, 2, 3):

@@ -47,11 +47,11 @@ async def handled(redis: Any, key: str = "test:handled") -> dict[str, int]:
 # -- in process ----------------------------------------------------------------------------------
 
 
-def test_malformed_jobs_are_dead_lettered_at_once(redis_clean: Any, local_worker: Any, run: Any) -> None:
+def test_malformed_jobs_are_dead_lettered_at_once(redis_any: Any, local_worker: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         await r.lpush("mq", b"\xff\xfe{}", b"{not json", b'{"ok": 1}')
-        worker = await local_worker(queue_work(redis_clean.url, names=("mq",), handler=f"{H}:record_job"))
+        worker = await local_worker(queue_work(redis_any.url, names=("mq",), handler=f"{H}:record_job"))
         try:
             dead = await wait_for(lambda: at_least(r.lrange(KEYS.dead("mq"), 0, -1), 2), what="both dead")
             await wait_for(lambda: r.hlen("test:handled"), what="the valid job handled")
@@ -75,15 +75,15 @@ def test_malformed_jobs_are_dead_lettered_at_once(redis_clean: Any, local_worker
 
 
 def test_failing_job_is_retried_with_backoff_then_dead_lettered(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         bare = b'{"task": "bare"}'
         envelope = encode_job({"task": "env"}, job_id="env-1", attempt=2)
         await r.lpush("fq", bare, envelope)
         work = queue_work(
-            redis_clean.url,
+            redis_any.url,
             names=("fq",),
             handler=f"{H}:fail_recording",
             max_attempts=3,
@@ -132,14 +132,14 @@ def test_failing_job_is_retried_with_backoff_then_dead_lettered(
     run(body())
 
 
-def test_requeue_front_and_back(redis_clean: Any, local_worker: Any, run: Any) -> None:
+def test_requeue_front_and_back(redis_any: Any, local_worker: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         for where, expected in (("front", ["1", "2", "3"]), ("back", ["2", "3", "1"])):
             queue = f"rq:{where}"
             for n in (1, 2, 3):  # LPUSH: job 1 is the first to be taken
                 await r.lpush(queue, json.dumps({"n": n, "requeue": where if n == 1 else None}))
-            work = queue_work(redis_clean.url, names=(queue,), handler=f"{H}:requeue_once", batch_size=1)
+            work = queue_work(redis_any.url, names=(queue,), handler=f"{H}:requeue_once", batch_size=1)
             worker = await local_worker(work, name=f"w-{where}")
             try:
                 order = await wait_for(
@@ -158,11 +158,11 @@ def test_requeue_front_and_back(redis_clean: Any, local_worker: Any, run: Any) -
     run(body())
 
 
-def test_at_most_once_keeps_nothing_in_flight(redis_clean: Any, local_worker: Any, run: Any) -> None:
+def test_at_most_once_keeps_nothing_in_flight(redis_any: Any, local_worker: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         await r.lpush("amo", *(json.dumps({"n": n}) for n in range(3)))
-        work = queue_work(redis_clean.url, names=("amo",), handler=f"{H}:block_all", at_most_once=True)
+        work = queue_work(redis_any.url, names=("amo",), handler=f"{H}:block_all", at_most_once=True)
         worker = await local_worker(work)
         try:
             await wait_for(lambda: r.llen("test:started"), what="the first job started")
@@ -180,15 +180,15 @@ def test_at_most_once_keeps_nothing_in_flight(redis_clean: Any, local_worker: An
     run(body())
 
 
-def test_pattern_and_registry_discovery(redis_clean: Any, local_worker: Any, run: Any) -> None:
+def test_pattern_and_registry_discovery(redis_any: Any, local_worker: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         await r.lpush("contest:submissions:1", '"s1"')
         await r.lpush("contest:other", '"not mine"')
         await r.sadd("test:registry", "reg:a")
         await r.lpush("reg:a", '"r1"')
         work = WorkSpec(
-            redis=redis_spec(redis_clean.url),
+            redis=redis_spec(redis_any.url),
             queues=(
                 QueueSpec(
                     handler=f"{H}:record_job", pattern="contest:submissions:*", refresh_s=0.3, block_s=0.1
@@ -223,16 +223,16 @@ def test_pattern_and_registry_discovery(redis_clean: Any, local_worker: Any, run
 
 
 def test_a_drained_pattern_queue_gets_its_next_job_within_the_block_time(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     """A drained list is gone from Redis, so the next SCAN does not find it: its next job must still be
     picked up within the block time, not at the discovery after next (refresh_s = 1.5 here)."""
 
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         await r.lpush("drained:a", '"first"')
         spec = QueueSpec(handler=f"{H}:record_job", pattern="drained:*", refresh_s=1.5, block_s=0.2)
-        worker = await local_worker(WorkSpec(redis=redis_spec(redis_clean.url), queues=(spec,)))
+        worker = await local_worker(WorkSpec(redis=redis_spec(redis_any.url), queues=(spec,)))
         [consumer] = worker.consumers.queues
         try:
             await wait_for(lambda: equals(r.hlen("test:handled"), 1), what="the first job")
@@ -252,15 +252,15 @@ def test_a_drained_pattern_queue_gets_its_next_job_within_the_block_time(
 
 
 def test_discovery_keeps_queues_whose_jobs_wait_for_a_retry(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         queues = ("retry:q:1", "retry:q:{7}")
         for queue in queues:
             await r.lpush(queue, json.dumps({"q": queue}))
         work = queue_work(
-            redis_clean.url,
+            redis_any.url,
             pattern="retry:q:*",
             handler=f"{H}:fail_first",
             refresh_s=0.1,
@@ -295,16 +295,16 @@ async def processing_lengths(r: Any) -> dict[str, int]:
 
 
 def test_foreign_and_envelope_jobs_are_handled_exactly_once_across_workers(
-    redis_clean: Any, consumer_pool: Pool, run: Any
+    redis_any: Any, consumer_pool: Pool, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         values = [json.dumps({"n": n}) for n in range(250)] + ['"a string"', "42", "[1, 2]", "null", "3.5"]
         early, late = values[:100], values[100:]
         for i, raw in enumerate(early):  # as redis-cli LPUSH would: bare JSON, no envelope
             await r.lpush("q:a" if i % 2 else "q:b", raw)
         envelopes = [encode_job({"env": n}, job_id=f"env-{n}", attempt=2) for n in range(20)]
-        cp = consumer_pool(3, queue_work(redis_clean.url, names=("q:a", "q:b"), handler=f"{H}:record_job",
+        cp = consumer_pool(3, queue_work(redis_any.url, names=("q:a", "q:b"), handler=f"{H}:record_job",
                                          batch_size=10))  # fmt: skip
         try:
             assert await cp.pool.spawn_all()
@@ -337,11 +337,11 @@ async def _empty_processing(r: Any) -> bool:
 
 
 def test_job_of_a_sigkilled_worker_is_handled_again_promptly(
-    redis_clean: Any, consumer_pool: Pool, run: Any
+    redis_any: Any, consumer_pool: Pool, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
-        cp = consumer_pool(2, queue_work(redis_clean.url, names=("jobs",), handler=f"{H}:block_first"))
+        r = client(redis_any.url)
+        cp = consumer_pool(2, queue_work(redis_any.url, names=("jobs",), handler=f"{H}:block_first"))
         try:
             assert await cp.pool.spawn_all()
             raw = json.dumps({"victim": True})
@@ -387,12 +387,12 @@ def _stop_requests_seen(cp: ConsumerPool, mode: str) -> bool:
     return all(f"stopping ({mode})" in cp.log(slot) for slot in range(cp.pool.size))
 
 
-def test_graceful_stop_finishes_the_batch_in_hand(redis_clean: Any, consumer_pool: Pool, run: Any) -> None:
+def test_graceful_stop_finishes_the_batch_in_hand(redis_any: Any, consumer_pool: Pool, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         raws = [json.dumps({"n": n}) for n in range(20)]
         await r.lpush("jobs", *raws)
-        cp = consumer_pool(2, queue_work(redis_clean.url, names=("jobs",), handler=f"{H}:block_all",
+        cp = consumer_pool(2, queue_work(redis_any.url, names=("jobs",), handler=f"{H}:block_all",
                                          batch_size=5))  # fmt: skip
         conns: list[Any] = []
         try:
@@ -418,13 +418,13 @@ def test_graceful_stop_finishes_the_batch_in_hand(redis_clean: Any, consumer_poo
     run(body())
 
 
-def test_fast_stop_hands_jobs_back(redis_clean: Any, consumer_pool: Pool, run: Any) -> None:
+def test_fast_stop_hands_jobs_back(redis_any: Any, consumer_pool: Pool, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         raws = [json.dumps({"n": n}) for n in range(20)]
         await r.lpush("jobs", *raws)
         # the handlers spin on Redis commands: the cancellation must get through all the same
-        cp = consumer_pool(2, queue_work(redis_clean.url, names=("jobs",), handler=f"{H}:spin_all",
+        cp = consumer_pool(2, queue_work(redis_any.url, names=("jobs",), handler=f"{H}:spin_all",
                                          batch_size=5))  # fmt: skip
         conns: list[Any] = []
         try:
@@ -502,12 +502,12 @@ async def _more_than(coro: Any, n: int) -> bool:
 
 
 def test_a_rejected_job_is_dead_lettered_at_once_without_retries(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         await r.lpush("rq", *(json.dumps({"n": n}) for n in range(4)))
-        work = queue_work(redis_clean.url, names=("rq",), handler=f"{H}:reject_odd", max_attempts=5)
+        work = queue_work(redis_any.url, names=("rq",), handler=f"{H}:reject_odd", max_attempts=5)
         worker = await local_worker(work)
         try:
             dead = await wait_for(lambda: at_least(r.lrange(KEYS.dead("rq"), 0, -1), 2), what="two rejected")
@@ -525,12 +525,12 @@ def test_a_rejected_job_is_dead_lettered_at_once_without_retries(
     run(body())
 
 
-def test_concurrency_runs_a_batch_side_by_side(redis_clean: Any, local_worker: Any, run: Any) -> None:
+def test_concurrency_runs_a_batch_side_by_side(redis_any: Any, local_worker: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         await r.lpush("cq", *(json.dumps({"n": n}) for n in range(8)))
         work = queue_work(
-            redis_clean.url, names=("cq",), handler=f"{H}:sleepy_count", batch_size=8, concurrency=4
+            redis_any.url, names=("cq",), handler=f"{H}:sleepy_count", batch_size=8, concurrency=4
         )
         started = time.monotonic()
         worker = await local_worker(work)

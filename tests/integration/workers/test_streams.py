@@ -53,13 +53,13 @@ async def attempts_of(r: Any, key: str = "test:entry_attempts") -> dict[str, lis
 # -- in process ----------------------------------------------------------------------------------
 
 
-def test_group_is_created_with_mkstream_and_start_id(redis_clean: Any, local_worker: Any, run: Any) -> None:
+def test_group_is_created_with_mkstream_and_start_id(redis_any: Any, local_worker: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         for n in range(3):
             await r.xadd("s:dollar", {"n": f"old-{n}"})
         work = WorkSpec(
-            redis=redis_spec(redis_clean.url),
+            redis=redis_spec(redis_any.url),
             streams=(
                 StreamSpec(stream="s:new", handler=f"{H}:count_entry", block_ms=100),  # group: the pool's
                 StreamSpec(stream="s:dollar", handler=f"{H}:count_entry", start_id="$", block_ms=100),
@@ -95,13 +95,13 @@ async def _no_pending(r: Any, streams: tuple[str, ...], group: str = "grp") -> b
 
 
 def test_failing_entries_are_claimed_after_min_idle_then_dead_lettered(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         ids = [(await r.xadd("fs", {"n": str(n), "payload": f"p{n}"})).decode() for n in range(2)]
         work = stream_work(
-            redis_clean.url,
+            redis_any.url,
             stream="fs",
             handler=f"{H}:fail_entry_recording",
             max_deliveries=3,
@@ -137,23 +137,23 @@ def test_failing_entries_are_claimed_after_min_idle_then_dead_lettered(
 
 
 def test_failures_of_claimed_entries_also_wait_for_min_idle(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     """Entries recovered from a dead consumer are read first; when they fail they must not be read
     again at once, round after round, but like any failure after ``min_idle_ms``."""
 
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         await r.xgroup_create("rs", "grp", id="0", mkstream=True)
         ids = [(await r.xadd("rs", {"n": str(n)})).decode() for n in range(2)]
         ghost = f"testhost:{POOL}:ghost"
         await r.xreadgroup("grp", ghost, {"rs": ">"})  # a consumer that took them and died
         work = stream_work(
-            redis_clean.url,
+            redis_any.url,
             stream="rs",
             handler=f"{H}:fail_entry_recording",
             max_deliveries=3,
-            min_idle_ms=400,
+            min_idle_ms=1000,  # longer than setting up a cluster client: no XAUTOCLAIM first
             claim_interval_s=0.1,
         )
         worker = await local_worker(work)
@@ -171,15 +171,15 @@ def test_failures_of_claimed_entries_also_wait_for_min_idle(
         for entry_id, seen in (await attempts_of(r)).items():
             assert entry_id in ids
             gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(seen)]
-            assert gaps and all(gap >= 0.38 for gap in gaps), (entry_id, [a["attempt"] for a in seen], gaps)
+            assert gaps and all(gap >= 0.95 for gap in gaps), (entry_id, [a["attempt"] for a in seen], gaps)
         await r.aclose()
 
     run(body())
 
 
-def test_trimming_never_drops_unacknowledged_entries(redis_clean: Any, local_worker: Any, run: Any) -> None:
+def test_trimming_never_drops_unacknowledged_entries(redis_any: Any, local_worker: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         await r.xgroup_create("ts", "grp", id="0", mkstream=True)
         held = [(await r.xadd("ts", {"n": f"held-{n}"})) for n in range(10)]
         stopped = f"testhost:{POOL}:stopped"
@@ -189,7 +189,7 @@ def test_trimming_never_drops_unacknowledged_entries(redis_clean: Any, local_wor
                 pipe.xadd("ts", {"n": str(n)})
             await pipe.execute()
         work = stream_work(
-            redis_clean.url, stream="ts", handler=f"{H}:count_entry", trim_maxlen=20, trim_interval_s=0.05
+            redis_any.url, stream="ts", handler=f"{H}:count_entry", trim_maxlen=20, trim_interval_s=0.05
         )
         worker = await local_worker(work)
         try:
@@ -221,13 +221,13 @@ async def _xlen_at_most(r: Any, stream: str, n: int) -> bool:
     return bool(await r.xlen(stream) <= n)
 
 
-def test_raw_fields_are_binary_safe(redis_clean: Any, local_worker: Any, run: Any) -> None:
+def test_raw_fields_are_binary_safe(redis_any: Any, local_worker: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         redis_handlers.CAPTURED.clear()
         blob = bytes(range(256))
         entry_id = await r.xadd("bs", {b"blob": blob, "text": "héllo ✓".encode(), b"\xff key": b"v"})
-        worker = await local_worker(stream_work(redis_clean.url, stream="bs", handler=f"{H}:capture"))
+        worker = await local_worker(stream_work(redis_any.url, stream="bs", handler=f"{H}:capture"))
         try:
             await wait_for(lambda: redis_handlers.CAPTURED, what="the entry handled")
             await wait_for(lambda: _no_pending(r, ("bs",)), what="the entry acknowledged")
@@ -248,14 +248,14 @@ def test_raw_fields_are_binary_safe(redis_clean: Any, local_worker: Any, run: An
 
 
 def test_entries_are_handled_exactly_once_across_workers(
-    redis_clean: Any, consumer_pool: Pool, run: Any
+    redis_any: Any, consumer_pool: Pool, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         for n in range(100):
             await r.xadd("events", {"n": str(n)})
         cp = consumer_pool(
-            3, stream_work(redis_clean.url, stream="events", handler=f"{H}:count_entry", batch_size=10)
+            3, stream_work(redis_any.url, stream="events", handler=f"{H}:count_entry", batch_size=10)
         )
         try:
             assert await cp.pool.spawn_all()
@@ -282,13 +282,13 @@ def test_entries_are_handled_exactly_once_across_workers(
 
 
 def test_pending_entries_of_a_sigkilled_worker_are_claimed_promptly(
-    redis_clean: Any, consumer_pool: Pool, run: Any
+    redis_any: Any, consumer_pool: Pool, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         # min_idle_ms is long: only the exit-triggered recovery can bring the entry back in time
         work = stream_work(
-            redis_clean.url,
+            redis_any.url,
             stream="events",
             handler=f"{H}:block_first_entry",
             block_ms=300,
@@ -337,13 +337,13 @@ async def _group_consumers(r: Any, stream: str) -> int:
     return int(groups[0]["consumers"]) if groups else 0
 
 
-def test_a_rejected_entry_is_dead_lettered_at_once(redis_clean: Any, local_worker: Any, run: Any) -> None:
+def test_a_rejected_entry_is_dead_lettered_at_once(redis_any: Any, local_worker: Any, run: Any) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         await r.xadd("rs", {"n": "7"})
         worker = await local_worker(
             stream_work(
-                redis_clean.url,
+                redis_any.url,
                 stream="rs",
                 handler=f"{H}:reject_entry",
                 max_deliveries=5,
@@ -365,15 +365,15 @@ def test_a_rejected_entry_is_dead_lettered_at_once(redis_clean: Any, local_worke
 
 
 def test_concurrency_runs_a_batch_of_entries_side_by_side(
-    redis_clean: Any, local_worker: Any, run: Any
+    redis_any: Any, local_worker: Any, run: Any
 ) -> None:
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         for n in range(8):
             await r.xadd("cs", {"n": str(n)})
         started = time.monotonic()
         worker = await local_worker(
-            stream_work(redis_clean.url, stream="cs", handler=f"{H}:sleepy_entry", concurrency=8)
+            stream_work(redis_any.url, stream="cs", handler=f"{H}:sleepy_entry", concurrency=8)
         )
         try:
             await wait_for(lambda: equals(r.hlen("test:handled_entries"), 8), what="8 entries handled")
@@ -388,12 +388,12 @@ def test_concurrency_runs_a_batch_of_entries_side_by_side(
     run(body())
 
 
-def test_the_claim_keeper_outlives_a_batch_whose_entries_are_all_handled(redis_clean: Any, run: Any) -> None:
+def test_the_claim_keeper_outlives_a_batch_whose_entries_are_all_handled(redis_any: Any, run: Any) -> None:
     """The keeper wakes between the last entry handled and the end of the round: nothing is left to
     keep claimed, and it must not die of an empty XCLAIM."""
 
     async def body() -> None:
-        r = client(redis_clean.url)
+        r = client(redis_any.url)
         spec = StreamSpec(stream="ks", handler=f"{H}:count_entry", group="g", min_idle_ms=30)
         consumer = StreamConsumer(spec, redis=r, keys=KEYS, worker_id="w1", log=logger)
         consumer.unacked.append(b"1-0")

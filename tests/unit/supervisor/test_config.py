@@ -182,6 +182,21 @@ max_attempts = 3
             '[redis]\nmember_ttl_s = 0.001\n[[queues]]\nnames = ["q"]\nhandler = "a:b"\n',
             "redis.member_ttl_s: must be >= 1",
         ),
+        (
+            '[[queues]]\npattern = "q:*"\nshards = 4\nhandler = "a:b"\n',
+            "queues[0].shards: spreads the listed",
+        ),
+        (
+            '[[queues]]\nnames = ["q{x}"]\nshards = 4\nhandler = "a:b"\n',
+            "queues[0].shards: a sharded queue's name",
+        ),
+        ('[[queues]]\nnames = ["q"]\nshards = 0\nhandler = "a:b"\n', "queues[0].shards: must be >= 1"),
+        ('[redis]\nurl = "http://x"\n[[queues]]\nnames = ["q"]\nhandler = "a:b"\n', "redis+sentinel://"),
+        (
+            '[redis]\ncluster = "yes"\n[[queues]]\nnames = ["q"]\nhandler = "a:b"\n',
+            "redis.cluster: must be a bool",
+        ),
+        ('[pool]\nhost = "a:b"\n[[queues]]\nnames = ["q"]\nhandler = "a:b"\n', "pool.host: must be"),
     ],
 )
 def test_bad_streams_and_queues_are_named(tmp_path: Path, text: str, expected: str) -> None:
@@ -195,6 +210,18 @@ def test_redis_url_comes_from_the_environment(tmp_path: Path, monkeypatch: pytes
     config = load(write(tmp_path, '[[queues]]\nnames = ["q"]\nhandler = "a:b"\n'))
     assert config.work.redis.url == "redis://:secret@db:6379/2"
     assert config.redis_url == "redis://:secret@db:6379/2"
+
+
+def test_host_identity_comes_from_the_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, '[pool]\nhost = "web-1"\n[[queues]]\nnames = ["q"]\nhandler = "a:b"\n')
+    assert load(path).pool.host == "web-1"
+    monkeypatch.setenv("CORRAL_HOST", "web-2")
+    assert load(path).pool.host == "web-2"
+    monkeypatch.setenv("CORRAL_HOST", "web 2")
+    with pytest.raises(ConfigError, match="CORRAL_HOST: must be"):
+        load(path)
 
 
 def test_a_bad_queue_does_not_also_claim_that_pool_worker_is_missing(tmp_path: Path) -> None:
