@@ -83,7 +83,7 @@ async def drain(url: str, client: Any, n: int, workers: int, shards: int) -> flo
                 await conn.process.wait(5.0)
 
 
-def run_once(url: str, client: Any, nodes: list[Any], n: int, workers: int, shards: int) -> dict[str, Any]:
+def run_once(url: str, client: Any, nodes: list[Any], n: int, *, workers: int, shards: int) -> dict[str, Any]:
     for node in nodes:
         node.flushall()
     push(client, n, shards)
