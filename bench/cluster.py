@@ -100,7 +100,8 @@ def row(label: str, runs: list[dict[str, Any]]) -> str:
     total = sum(last["commands"]) or 1
     spread = " / ".join(f"{c / total:.0%}" for c in last["commands"])
     keys = " / ".join(str(k) for k in last["keys"])
-    return f"| {label} | {statistics.median(rates):,.0f} | {min(rates):,.0f}-{max(rates):,.0f} | {keys} | {spread} |"
+    rate = f"{statistics.median(rates):,.0f} | {min(rates):,.0f}-{max(rates):,.0f}"
+    return f"| {label} | {rate} | {keys} | {spread} |"
 
 
 def main() -> None:
@@ -121,7 +122,8 @@ def main() -> None:
     try:
         client = server.client()
         runs = [
-            run_once(server.tcp_url, client, [client], args.jobs, args.workers, 1) for _ in range(args.reps)
+            run_once(server.tcp_url, client, [client], args.jobs, workers=args.workers, shards=1)
+            for _ in range(args.reps)
         ]
         lines.append(row("standalone server, one queue", runs))
     finally:
@@ -135,7 +137,7 @@ def main() -> None:
             (args.shards, f"cluster 3+3, shards = {args.shards}"),
         ):
             runs = [
-                run_once(cluster.url, client, nodes, args.jobs, args.workers, shards)
+                run_once(cluster.url, client, nodes, args.jobs, workers=args.workers, shards=shards)
                 for _ in range(args.reps)
             ]
             lines.append(row(label, runs))
