@@ -6,9 +6,10 @@ keys and commands spread over the primaries.
 Each run: N jobs pushed first (pipelined, round-robin over the shards), then a pool of ``--workers``
 corral children (``BaseWorker``, one ``[[queues]]`` table, the bench's trivial handler: ``a+b`` and
 one INCR) is spawned, and the clock runs from spawn to the last job. Rows: a standalone server (TCP),
-the cluster with the queue unsharded (one primary does all of it) and sharded. The spread is read
-off each primary: its keys after the push, and the commands it served during the run
-(``INFO commandstats``). On this 2-core machine the cluster's six servers share the cores with the
+the cluster with the queue unsharded (one primary does all of it), sharded, and sharded with
+``wait_replicas = 1`` (every take and ack waits for a replica: the durability option's cost). The
+spread is read off each primary: its keys after the push, and the commands it served during the
+run (``INFO commandstats``). On this 2-core machine the cluster's six servers share the cores with the
 workers: the figures say what sharding costs or buys per host, not what six machines would do.
 """
 
@@ -49,7 +50,7 @@ def push(client: Any, n: int, shards: int) -> None:
             pipe.execute()
 
 
-async def drain(url: str, client: Any, n: int, workers: int, shards: int) -> float:
+async def drain(url: str, client: Any, n: int, *, workers: int, shards: int, wait_replicas: int) -> float:
     """Spawn the pool, wait for the counter to reach ``n``; seconds from spawn to the last job."""
     queue = QueueSpec(handler="bench.handlers:add", names=(QUEUE,), shards=shards)
     output = bytearray()
@@ -57,7 +58,7 @@ async def drain(url: str, client: Any, n: int, workers: int, shards: int) -> flo
         "bench",
         workers,
         "corral.workers.base:BaseWorker",
-        work=WorkSpec(redis=RedisSpec(url=url), queues=(queue,)).to_json(),
+        work=WorkSpec(redis=RedisSpec(url=url, wait_replicas=wait_replicas), queues=(queue,)).to_json(),
         output=lambda _slot: output.extend,
         log_level="WARNING",
         cwd=str(ROOT),
@@ -83,13 +84,15 @@ async def drain(url: str, client: Any, n: int, workers: int, shards: int) -> flo
                 await conn.process.wait(5.0)
 
 
-def run_once(url: str, client: Any, nodes: list[Any], n: int, *, workers: int, shards: int) -> dict[str, Any]:
+def run_once(
+    url: str, client: Any, nodes: list[Any], n: int, *, workers: int, shards: int, wait_replicas: int = 0
+) -> dict[str, Any]:
     for node in nodes:
         node.flushall()
     push(client, n, shards)
     keys = [node.dbsize() for node in nodes]
     before = [commands_served(node) for node in nodes]
-    seconds = asyncio.run(drain(url, client, n, workers, shards))
+    seconds = asyncio.run(drain(url, client, n, workers=workers, shards=shards, wait_replicas=wait_replicas))
     served = [commands_served(node) - b for node, b in zip(nodes, before, strict=True)]
     return {"jobs_per_s": n / seconds, "keys": keys, "commands": served}
 
@@ -132,12 +135,22 @@ def main() -> None:
     try:
         client = cluster.client()
         nodes = [node.client() for node in cluster.primaries()]
-        for shards, label in (
-            (1, "cluster 3+3, one queue (unsharded)"),
-            (args.shards, f"cluster 3+3, shards = {args.shards}"),
-        ):
+        rows = (
+            (1, 0, "cluster 3+3, one queue (unsharded)"),
+            (args.shards, 0, f"cluster 3+3, shards = {args.shards}"),
+            (args.shards, 1, f"cluster 3+3, shards = {args.shards}, wait_replicas = 1"),
+        )
+        for shards, wait, label in rows:
             runs = [
-                run_once(cluster.url, client, nodes, args.jobs, workers=args.workers, shards=shards)
+                run_once(
+                    cluster.url,
+                    client,
+                    nodes,
+                    args.jobs,
+                    workers=args.workers,
+                    shards=shards,
+                    wait_replicas=wait,
+                )
                 for _ in range(args.reps)
             ]
             lines.append(row(label, runs))

@@ -66,6 +66,14 @@ def _wait(predicate: Callable[[], Any], what: str, timeout_s: float = START_TIME
         time.sleep(0.05)
 
 
+def _in_sync(node: Node) -> bool:
+    """A primary, or a replica whose link is up and whose first sync is done."""
+    info = node.client().info("replication")
+    if info["role"] == "master":
+        return True
+    return bool(info.get("master_link_status") == "up" and not int(info.get("master_sync_in_progress", 0)))
+
+
 @dataclass
 class Node:
     port: int
@@ -168,11 +176,14 @@ class Cluster(Topology):
         return self
 
     def heal(self) -> None:
-        """Every node running again (a killed one rejoins as a replica) and the cluster ok."""
+        """Every node running again (a killed one rejoins as a replica), the cluster ok, and every
+        replica in sync: a primary killed before its replica synced would be replaced by an empty one
+        (a double failure no cluster survives, not what a test means to inject)."""
         for node in self.nodes:
             if not node.alive:
                 self.restart(node)
         _wait(self.healthy, "the cluster to be ok")
+        _wait(lambda: all(_in_sync(node) for node in self.nodes), "every replica in sync")
 
     @property
     def url(self) -> str:
@@ -206,6 +217,25 @@ class Cluster(Topology):
             "a failover",
             timeout_s,
         )
+
+    def migrate_slot(self, key: str, to: Node, pause_s: float = 0.05) -> int:
+        """Move the slot of ``key`` to the primary ``to`` as ``valkey-cli --cluster reshard`` does,
+        one key at a time with a pause between (clients meet ASK, TRYAGAIN and then MOVED).
+        Returns how many keys moved."""
+        source = self.node_of(key)
+        src, dst = source.client(), to.client()
+        slot = src.execute_command("CLUSTER", "KEYSLOT", key)
+        source_id, target_id = (n.execute_command("CLUSTER", "MYID").decode() for n in (src, dst))
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1):
+            src.execute_command("MIGRATE", HOST, to.port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+            time.sleep(pause_s)
+        for node in self.primaries():
+            node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        return moved
 
     def restart(self, node: Node) -> None:
         """Start a killed node again with its cluster config: it rejoins (as a replica)."""
@@ -282,7 +312,9 @@ class Sentinels(Topology):
                 self._start(node, *(["--sentinel"] if sentinel else []), conf=conf if sentinel else None)
         for node in self.nodes[:2]:
             if node.port != primary.port:
-                _wait(lambda node=node: self._replicated(node), f"{node.port} to replicate")
+                _wait(
+                    lambda node=node: self._replicated(node) and _in_sync(node), f"{node.port} to replicate"
+                )
 
     def primary(self) -> Node:
         _host, port = (

@@ -36,9 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(expected_answer(args.problem))
         return 0
 
+    import dataclasses
+
     import redis as redis_py
 
-    from corral.supervisor.config import ConfigError, load
+    from corral.supervisor.config import ConfigError, load, redacted
+    from corral.workers.topology import connect_sync
 
     try:
         config = load(args.config)
@@ -54,14 +57,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     contests = [c for c in args.contests.split(",") if c]
     users = [f"user-{n}" for n in range(args.users)]
     problems = [f"p{n}" for n in range(1, args.problems + 1)]
-    client = redis_py.Redis.from_url(config.redis_url, socket_timeout=5)
+    spec = dataclasses.replace(config.work.redis, url=config.redis_url, socket_timeout_s=5.0)
+    try:
+        client = connect_sync(spec)  # a server, a cluster (each contest's queue in its own slot), Sentinel
+    except redis_py.RedisError as exc:
+        print(f"cannot reach Redis at {redacted(config.redis_url)}: {exc}", file=sys.stderr)
+        return 5
     try:
         with client.pipeline(transaction=False) as pipe:
             for _ in range(args.count):
                 submit(pipe, random_submission(rng, contests, users, problems))
             pipe.execute()
     except redis_py.RedisError as exc:
-        print(f"cannot reach Redis at {config.redis_url}: {exc}", file=sys.stderr)
+        print(f"cannot reach Redis at {redacted(config.redis_url)}: {exc}", file=sys.stderr)
         return 5
     finally:
         client.close()

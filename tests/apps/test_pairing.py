@@ -820,3 +820,23 @@ def check_invariants(client: Any, messages: list[tuple[str, str, str]], clients:
         for player in json.loads(lobby["players"]):
             assert (player, lobby_id) in told and (player, lobby_id) not in cancelled
     assert {(p, lobby_id) for p, lobby_id in told if lobby_id not in committed} <= cancelled
+
+
+@pytest.mark.e2e
+def test_the_pairing_app_refuses_a_cluster_and_says_why(
+    corral: Callable[..., Corral], valkey_cluster: Any
+) -> None:
+    """Its scripts move several players' keys at once, which a cluster cannot do across slots."""
+    sup = corral(
+        worker="corral.entrypoints.pairing:PairingWorker",
+        workers=1,
+        pool={"name": "pairing"},
+        restart={"backoff_initial_s": 0.1, "max_restarts": 2},
+        redis={"url": valkey_cluster.url},
+        options={"redis_url": valkey_cluster.url},
+    )
+    sup.start()
+    wait_until(lambda: "cannot run on a Redis Cluster" in sup.log("0"), timeout_s=20, what="the refusal")
+    assert "several players" in sup.log("0")
+    sup.send(signal.SIGTERM)
+    sup.wait_exit(30)

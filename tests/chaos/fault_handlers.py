@@ -13,7 +13,10 @@ import os
 import signal
 import time
 
+from corral.contract import RedisSpec
+from corral.workers.durability import Durability
 from corral.workers.messages import HandlerContext, Job, Message
+from corral.workers.topology import Kind, kind_of_client
 
 JOBS_SEEN = "faults:seen:jobs"
 ENTRIES_SEEN = "faults:seen:entries"
@@ -28,8 +31,19 @@ async def handle_job(job: Job, ctx: HandlerContext) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "stall":
         time.sleep(STALL_S)  # on purpose: the loop stalls, the lease lapses
-    await ctx.redis.hincrby(JOBS_SEEN, str(job.data["n"]), 1)
+    await record(ctx, JOBS_SEEN, str(job.data["n"]))
 
 
 async def handle_entry(message: Message, ctx: HandlerContext) -> None:
-    await ctx.redis.hincrby(ENTRIES_SEEN, message.fields["n"], 1)
+    await record(ctx, ENTRIES_SEEN, message.fields["n"])
+
+
+async def record(ctx: HandlerContext, key: str, n: str) -> None:
+    """Count ``n`` in ``key``; with replicas (cluster, Sentinel), only once one has it: a failover
+    must not forget that the item was handled."""
+    if kind_of_client(ctx.redis) is Kind.STANDALONE:
+        await ctx.redis.hincrby(key, n, 1)
+        return
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        pipe.hincrby(key, n, 1)
+        await Durability(ctx.redis, RedisSpec(wait_replicas=1, wait_timeout_ms=5000)).execute(pipe, [key])

@@ -3,7 +3,10 @@ dead-lettered, nothing is stranded, and duplicates come only from work in hand a
 
 A seeded generator draws a sequence of steps: produce (jobs, some of them poison, deadly or
 stalling, and entries on a partitioned stream), SIGKILL a child, SIGKILL the supervisor and start a
-new one, stop gracefully and start again, reload with one more partition, restart Redis. A
+new one, stop gracefully and start again, reload with one more partition, and a Redis fault: a
+restart of a standalone server, a failover (the primary holding the queue SIGKILLed, its replica
+promoted, the old one back as a replica) on a Valkey Cluster or under Sentinel; there producers,
+takes and acks, and the handlers' records WAIT for a replica (``wait_replicas = 1``). A
 ``stall`` job blocks its child's event loop past its member lease (peers recover its work while it
 is alive); a ``deadly`` job SIGKILLs whoever handles it; a ``poison`` job always fails. After the
 sequence the pool runs undisturbed until quiet, then the test checks every item, the audit
@@ -24,13 +27,12 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from corral.workers.audit import audit
@@ -38,8 +40,9 @@ from corral.workers.keys import Keys
 from corral.workers.messages import encode_job
 from corral.workers.producer import publish, shard_name
 from tests.chaos.fault_handlers import ENTRIES_SEEN, JOBS_SEEN
-from tests.conftest import RedisServer
+from tests.conftest import TOPOLOGIES, RedisServer
 from tests.e2e.conftest import Corral, WaitTimeout, run_cli, wait_until
+from tests.servers import async_client
 
 pytestmark = pytest.mark.chaos
 
@@ -55,7 +58,7 @@ SEED = int(os.environ.get("FAULT_SEED", "1"))
 DRAIN_TIMEOUT_S = 60.0
 
 
-def config_text(redis_url: str, partitions: int) -> str:
+def config_text(redis_url: str, partitions: int, wait_replicas: int = 0) -> str:
     return f"""
 [pool]
 name = "{POOL}"
@@ -77,6 +80,7 @@ log_dir = "logs"
 [redis]
 url = "{redis_url}"
 member_ttl_s = 1
+wait_replicas = {wait_replicas}
 [[queues]]
 names = ["{QUEUE}"]
 handler = "tests.chaos.fault_handlers:handle_job"
@@ -95,10 +99,41 @@ block_ms = 200
 
 
 @dataclass
+class Backend:
+    """Where the pool's Redis lives: its URL, a client, and the fault it suffers."""
+
+    url: str
+    client: Callable[[], Any]
+    fault: Callable[[], None]
+    fault_name: str
+    replicated: bool  # a failover can drop writes no replica saw: WAIT for one
+
+
+def failover(topology: Any) -> None:
+    """SIGKILL the primary holding the queue; wait for its replica to take over, then bring it back
+    (as a replica of the new primary) before the sequence goes on."""
+    node = topology.node_of(QUEUE) if topology.kind == "cluster" else topology.primary()
+    node.kill()
+    topology.wait_failover(node)
+    topology.heal()
+
+
+def wait_for_replica(client: Any, pipe: Any, keys: list[str]) -> None:
+    """Add to ``pipe`` a WAIT for one replica after its writes to ``keys`` (per node on a cluster)."""
+    if hasattr(client, "get_node_from_key"):
+        for node in {
+            client.get_node_from_key(key).name: client.get_node_from_key(key) for key in keys
+        }.values():
+            pipe.execute_command("WAIT", 1, 5000, target_nodes=node)
+    else:
+        pipe.execute_command("WAIT", 1, 5000)
+
+
+@dataclass
 class Run:
     """What the sequence did, for the checks and the summary."""
 
-    server: RedisServer
+    server: Backend
     sup: Corral
     launch: Callable[[str], Corral]
     rng: random.Random
@@ -109,7 +144,7 @@ class Run:
     steps: list[str] = field(default_factory=list)
 
     def config(self) -> str:
-        return config_text(self.server.url, self.partitions)
+        return config_text(self.server.url, self.partitions, int(self.server.replicated))
 
     def produce(self) -> None:
         client = self.server.client()
@@ -123,6 +158,9 @@ class Run:
                 n = self.entries
                 self.entries += 1
                 publish(pipe, STREAM, {"n": str(n)}, key=f"k{n % 17}", partitions=self.partitions)
+            if self.server.replicated:
+                shards = [shard_name(STREAM, s) for s in range(self.partitions)]
+                wait_for_replica(client, pipe, [QUEUE, *shards])
             pipe.execute()
 
     def kill_child(self) -> None:
@@ -155,13 +193,13 @@ class Run:
         self.sup.send(signal.SIGHUP)
         self.faults["reload"] += 1
 
-    def restart_redis(self) -> None:
-        self.server.restart()  # SIGTERM: the append-only file is flushed, started again on it
-        self.faults["Redis restart"] += 1
+    def redis_fault(self) -> None:
+        self.server.fault()
+        self.faults[self.server.fault_name] += 1
 
     def step(self) -> None:
         actions = [self.produce, self.kill_child, self.kill_supervisor, self.stop_and_start,
-                   self.reload_partitions, self.restart_redis]  # fmt: skip
+                   self.reload_partitions, self.redis_fault]  # fmt: skip
         weights = [8, 4, 1, 1, 1, 1]
         action = self.rng.choices(actions, weights)[0]
         self.steps.append(action.__name__)
@@ -176,7 +214,11 @@ def settled(client: Any, run: Run) -> dict[str, Any] | None:
         json.loads(json.loads(r)["job"])["data"]["n"] for r in client.lrange(KEYS.dead(QUEUE), 0, -1)
     }
     seen_entries = {int(k): int(v) for k, v in client.hgetall(ENTRIES_SEEN).items()}
-    dead_entries = {int(f[b"n"]) for _, f in client.xrange(KEYS.stream_dead(STREAM))}
+    dead_entries = {
+        int(f[b"n"])
+        for s in range(run.partitions)
+        for _, f in client.xrange(KEYS.stream_dead(shard_name(STREAM, s)))
+    }
     missing_jobs = set(run.jobs) - set(seen_jobs) - dead_jobs
     missing_entries = set(range(run.entries)) - set(seen_entries) - dead_entries
     busy = (
@@ -210,6 +252,12 @@ def diagnose(client: Any, run: Run) -> dict[str, Any]:
         "time": client.time(),
         "steps": run.steps,
         "log": run.sup.log()[-3000:],
+        "workers": [
+            line
+            for slot in range(WORKERS)
+            for line in run.sup.log(str(slot)).splitlines()
+            if "WARNING" in line or "ERROR" in line
+        ][-40:],
     }
 
 
@@ -220,32 +268,51 @@ def _pending(client: Any, shard: str) -> int:
         return 1 if client.exists(shard) else 0
 
 
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    topology = request.param
+    if topology == "standalone":
+        server = RedisServer(Path(tmp_path / "redis"))
+        server.workdir.mkdir()
+        server.start()
+        try:  # SIGTERM: the append-only file is flushed, started again on it
+            yield Backend(server.url, server.client, server.restart, "Redis restart", replicated=False)
+        finally:
+            server.stop(signal.SIGKILL)
+        return
+    servers = request.getfixturevalue(f"valkey_{topology}")
+    servers.heal()
+    servers.flushall()
+    yield Backend(
+        servers.url, servers.client, lambda: failover(servers), f"{topology} failover", replicated=True
+    )
+    servers.heal()
+
+
+@pytest.mark.parametrize("backend", TOPOLOGIES, indirect=True)
 def test_random_fault_sequences_lose_and_strand_nothing(
-    launch_corral: Callable[[str], Corral], tmp_path: Path
+    launch_corral: Callable[[str], Corral], backend: Backend, tmp_path: Path
 ) -> None:
-    server = RedisServer(Path(tmp_path / "redis"))
-    server.workdir.mkdir()
-    server.start()
+    run = Run(backend, launch_corral(config_text(backend.url, 2, int(backend.replicated))), launch_corral,
+              random.Random(SEED))  # fmt: skip
+    run.sup.wait_all_ready(WORKERS, timeout_s=30)
+    started = time.monotonic()
+    for step in range(STEPS):
+        run.step()
+        if step == STEPS // 2 and not run.faults[backend.fault_name]:
+            run.redis_fault()  # every sequence has one (a restart, a failover), wherever it falls
+    run.produce()  # the last work arrives after the last fault
+    client = backend.client()
     try:
-        run = Run(server, launch_corral(config_text(server.url, 2)), launch_corral, random.Random(SEED))
-        run.sup.wait_all_ready(WORKERS, timeout_s=30)
-        started = time.monotonic()
-        for _ in range(STEPS):
-            run.step()
-        run.produce()  # the last work arrives after the last fault
-        client = server.client()
-        try:
-            outcome = wait_until(lambda: settled(client, run), DRAIN_TIMEOUT_S, interval_s=0.2, what="quiet")
-        except WaitTimeout:
-            pytest.fail(f"not quiet after {DRAIN_TIMEOUT_S:g}s: {diagnose(client, run)}")
-        check(run, outcome, client)
-        summary = summarize(run, outcome, time.monotonic() - started)
-        print(json.dumps(summary, indent=2))
-        (tmp_path / "faults-summary.json").write_text(json.dumps(summary, indent=2))
-        run.sup.send(signal.SIGTERM)
-        assert run.sup.wait_exit(30) == 0
-    finally:
-        server.stop(signal.SIGKILL)
+        outcome = wait_until(lambda: settled(client, run), DRAIN_TIMEOUT_S, interval_s=0.2, what="quiet")
+    except WaitTimeout:
+        pytest.fail(f"not quiet after {DRAIN_TIMEOUT_S:g}s: {diagnose(client, run)}")
+    check(run, outcome, client)
+    summary = summarize(run, outcome, time.monotonic() - started)
+    print(json.dumps(summary, indent=2))
+    (tmp_path / "faults-summary.json").write_text(json.dumps(summary, indent=2))
+    run.sup.send(signal.SIGTERM)
+    assert run.sup.wait_exit(30) == 0
 
 
 def check(run: Run, outcome: dict[str, Any], client: Any) -> None:
@@ -268,7 +335,7 @@ def check(run: Run, outcome: dict[str, Any], client: Any) -> None:
 
 
 async def _audit(run: Run) -> Any:
-    redis = aioredis.from_url(run.server.url)
+    redis = async_client(run.server.url)
     try:
         streams = [(shard_name(STREAM, s), POOL) for s in range(run.partitions)]
         return await audit(redis, KEYS, POOL, streams)
@@ -283,13 +350,16 @@ def duplicate_bound(run: Run) -> int:
     stalls = sum(1 for kind in run.jobs.values() if kind == "stall")
     deadly = sum(MAX_ATTEMPTS for kind in run.jobs.values() if kind == "deadly")
     hits = run.faults["child SIGKILL"] + stalls + deadly
-    hits += WORKERS * (run.faults["supervisor SIGKILL"] + run.faults["Redis restart"] + run.faults["reload"])
+    hits += WORKERS * (
+        run.faults["supervisor SIGKILL"] + run.faults[run.server.fault_name] + run.faults["reload"]
+    )
     return hits * per_child
 
 
 def summarize(run: Run, outcome: dict[str, Any], elapsed_s: float) -> dict[str, Any]:
     jobs, entries = outcome["seen_jobs"], outcome["seen_entries"]
     return {
+        "redis": run.server.fault_name.split()[0],
         "seed": SEED,
         "steps": len(run.steps),
         "sequence": run.steps,

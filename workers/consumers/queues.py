@@ -346,7 +346,12 @@ class QueueConsumer(HandlerUnit):
                 self.keys.in_hand(queue, dead_worker_id),
                 self.keys.holders(queue),
             ]
-            moved += int(await self._recover(keys=keys, args=[dead_worker_id]))
+            # with wait_replicas: on a replica before the member and its held-queues set go (they
+            # live in another slot: a failover must not keep their removal and lose this move)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._recover(keys=keys, args=[dead_worker_id], client=pipe)
+                [count] = await self.durable.execute(pipe, [queue])
+            moved += int(count)
         await self.redis.delete(held_key)
         return moved
 

@@ -193,3 +193,45 @@ def test_a_failover_under_a_busy_queue_loses_no_job(
     assert set(handled) == set(range(total))
     assert duplicates <= 2 * 20 * 2, "more duplicates than two batches per worker"
     topo.heal()
+
+
+def test_a_resharding_under_a_busy_queue_loses_no_job(
+    valkey_cluster: Any, consumer_pool: Any, run: Any, tmp_path: Path
+) -> None:
+    """The busy queue's slot moves to another primary, key by key, while workers take and ack:
+    ASK, TRYAGAIN (a script whose keys are split between the two) and MOVED are met and survived."""
+    cluster = valkey_cluster
+    cluster.heal()
+    cluster.flushall()
+    total = 3000
+    out = tmp_path / "handled"
+    out.mkdir()
+    r = cluster.client()
+    r.lpush("busy", *(json.dumps({"n": n, "out": str(out)}) for n in range(total)))
+    source = cluster.node_of("busy")
+    target = next(n for n in cluster.primaries() if n.port != source.port)
+    spec = QueueSpec(names=("busy",), handler=f"{H}:note_to_file", block_s=0.2, batch_size=20)
+
+    async def body() -> int:
+        cp = consumer_pool(2, WorkSpec(redis=redis_spec(cluster.url), queues=(spec,)))
+        try:
+            assert await cp.pool.spawn_all()
+            await wait_for(
+                lambda: len(handled_numbers(out)) >= total // 5, timeout_s=30, what="work under way"
+            )
+            moved = await asyncio.to_thread(cluster.migrate_slot, "busy", target)
+            await wait_for(lambda: len(set(handled_numbers(out))) == total, timeout_s=60, what="every job")
+        except AssertionError:
+            print(cp.log())
+            raise
+        finally:
+            await cp.pool.stop(10)
+        return moved
+
+    moved = run(body(), 120)
+    handled = handled_numbers(out)
+    assert cluster.node_of("busy").port == target.port, "the slot did not move"
+    assert moved >= 2, "the queue and a processing list, at least"
+    print(f"resharding: {moved} keys moved mid-run; {total} jobs, lost 0, duplicates {len(handled) - total}")
+    assert set(handled) == set(range(total))
+    assert not [k for k in r.scan_iter(match="corral:*processing*") if r.llen(k)]
