@@ -279,7 +279,7 @@ class Sentinels(Topology):
             conf.write_text(
                 f"port {node.port}\nbind {HOST}\n"
                 f"sentinel monitor {self.SERVICE} {HOST} {primary.port} 2\n"
-                f"sentinel down-after-milliseconds {self.SERVICE} {NODE_TIMEOUT_MS}\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} {2 * NODE_TIMEOUT_MS}\n"
                 f"sentinel failover-timeout {self.SERVICE} 5000\n"
             )
             self._start(node, "--sentinel", conf=conf)
@@ -303,18 +303,29 @@ class Sentinels(Topology):
         return f"redis+sentinel://{hosts}/{self.SERVICE}"
 
     def heal(self) -> None:
-        """Every server running again, the old primary a replica of the new one."""
+        """Every server running again, the old primary back as a replica of the new one (started
+        so, as an operator would: the Sentinels alone take up to ~20 s to turn it), and the pair
+        settled: whoever the Sentinels name primary now, the other one replicates it, in sync (on
+        two loaded cores a Sentinel may fail over once more on its own)."""
         primary = self.primary()
         for node in self.nodes:
-            if not node.alive:
-                sentinel = node in self.sentinels
-                conf = self.workdir / f"sentinel-{node.port}.conf"
-                self._start(node, *(["--sentinel"] if sentinel else []), conf=conf if sentinel else None)
-        for node in self.nodes[:2]:
-            if node.port != primary.port:
-                _wait(
-                    lambda node=node: self._replicated(node) and _in_sync(node), f"{node.port} to replicate"
-                )
+            if node.alive:
+                continue
+            if node in self.sentinels:
+                self._start(node, "--sentinel", conf=self.workdir / f"sentinel-{node.port}.conf")
+            else:
+                self._start(node, "--replicaof", HOST, str(primary.port))
+        _wait(self._settled, "the primary and its replica in sync", timeout_s=40)
+
+    def _settled(self) -> bool:
+        primary = self.primary()
+        others = [n for n in self.nodes[:2] if n.port != primary.port]
+        return primary.client().info("replication")["role"] == "master" and all(
+            self._replicated(n)
+            and _in_sync(n)
+            and n.client().info("replication")["master_port"] == primary.port
+            for n in others
+        )
 
     def primary(self) -> Node:
         _host, port = (

@@ -13,6 +13,7 @@ cluster one per node the pipeline wrote to (a pipeline is one connection per nod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -38,13 +39,11 @@ class Durability:
         of its own commands (the WAITs' stripped, a short one logged)."""
         if not self.on:
             return list(await pipe.execute())
-        added = 0
-        if self.cluster:
-            for node in {
-                self.redis.get_node_from_key(key).name: self.redis.get_node_from_key(key) for key in keys
-            }.values():
+        if self.cluster:  # one WAIT per node written to, each on that node's connection
+            nodes = {node.name: node for node in map(self.redis.get_node_from_key, keys)}
+            for node in nodes.values():
                 pipe.execute_command("WAIT", self.replicas, self.timeout_ms, target_nodes=node)
-                added += 1
+            added = len(nodes)
         else:
             pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
             added = 1
@@ -60,3 +59,13 @@ class Durability:
                     self.short,
                 )
         return replies[:-added]
+
+    async def run(self, command: Callable[[Any], Any], keys: list[str]) -> Any:
+        """``command(client)``, one redis-py call writing ``keys``, made on the client, or when
+        asked for in a pipeline with its WAIT (a WAIT covers its own connection's writes)."""
+        if not self.on:
+            return await command(self.redis)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            command(pipe)
+            [reply] = await self.execute(pipe, keys)
+        return reply

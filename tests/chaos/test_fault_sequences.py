@@ -167,7 +167,10 @@ class Run:
         status = self.sup.status_fast()
         pids = [row["pid"] for row in (status or {}).get("slots", []) if row["pid"]]
         if pids:
-            os.kill(self.rng.choice(pids), signal.SIGKILL)
+            try:
+                os.kill(self.rng.choice(pids), signal.SIGKILL)
+            except ProcessLookupError:  # it died a moment ago (a deadly job): no fault of ours
+                return
             self.faults["child SIGKILL"] += 1
 
     def kill_supervisor(self) -> None:

@@ -160,7 +160,8 @@ class QueueConsumer(HandlerUnit):
         ]
         if not batch:  # everything is empty: block on one queue (rotating) for up to block_s
             queue = queues[0]
-            raw = await self._blmove(queue)
+            args = (queue, self._processing(queue), self.spec.block_s, "RIGHT", "LEFT")
+            raw = await self.durable.run(lambda client: client.blmove(*args), [queue])
             if raw is None:
                 return []
             async with self.redis.pipeline(transaction=False) as pipe:  # one round trip for both
@@ -173,15 +174,6 @@ class QueueConsumer(HandlerUnit):
         for queue, _ in batch:
             self._stats(queue).in_flight += 1
         return batch
-
-    async def _blmove(self, queue: str) -> bytes | None:
-        args = (queue, self._processing(queue), self.spec.block_s, "RIGHT", "LEFT")
-        if not self.durable.on:
-            return await self.redis.blmove(*args)  # type: ignore[no-any-return]
-        async with self.redis.pipeline(transaction=False) as pipe:  # WAIT on the same connection
-            pipe.blmove(*args)
-            [raw] = await self.durable.execute(pipe, [queue])
-        return raw  # type: ignore[no-any-return]
 
     def _taken(self, queue: str, reply: Any) -> list[bytes]:
         """The jobs of one take; notes those whose worker died before (the reply's second part)."""

@@ -192,13 +192,9 @@ class StreamConsumer(EntryUnit):
     async def _ack(self) -> None:
         if not self.unacked:
             return
-        if self.durable.on:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xack(self.spec.stream, self.spec.group, *self.unacked)
-                await self.durable.execute(pipe, [self.spec.stream])
-        else:
-            await self.redis.xack(self.spec.stream, self.spec.group, *self.unacked)
-        self.unacked.clear()
+        spec, ids = self.spec, self.unacked
+        await self.durable.run(lambda client: client.xack(spec.stream, spec.group, *ids), [spec.stream])
+        self.unacked = []
 
     async def _create_group(self) -> None:
         await create_group(self.redis, self.spec.stream, self.spec.group, self.spec.start_id)
