@@ -34,12 +34,12 @@ EVENTS_PER_KEY = 60
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("where", ["embedded", "cluster"])
+@pytest.mark.parametrize("where", ["embedded", "cluster", "sentinel"])
 def test_events_of_one_key_stay_in_order_across_reload_and_kill(
     corral: Callable[..., Corral], request: pytest.FixtureRequest, where: str
 ) -> None:
-    """On the embedded server, and on a Valkey Cluster given by one node's URL (the 8 shards live
-    on several primaries: a worker reads them slot by slot)."""
+    """On the embedded server, on a Valkey Cluster given by one node's URL (the 8 shards live on
+    several primaries: a worker reads them slot by slot), and on a Sentinel-watched primary."""
     sup = corral(worker="corral.workers.base:BaseWorker", workers=3)
     client: Any
     if where == "cluster":
@@ -50,6 +50,12 @@ def test_events_of_one_key_stay_in_order_across_reload_and_kill(
         client = cluster.client()
         owners = {cluster.node_of(shard_name("games", shard)).port for shard in range(8)}
         assert len(owners) >= 2, "the shards should spread over the primaries"
+    elif where == "sentinel":
+        sentinels = request.getfixturevalue("valkey_sentinel")
+        sentinels.heal()
+        sentinels.flushall()
+        sup.config.write_text(CONFIG + f'[redis]\nurl = "{sentinels.url}"\n')
+        client = sentinels.client()
     else:
         sup.config.write_text(CONFIG)
         client = redis.Redis(unix_socket_path=str(sup.root / "run" / "redis.sock"), socket_timeout=5)
