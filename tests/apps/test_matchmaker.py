@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from corral.entrypoints.matchmaker.app import (
     SETS,
@@ -25,6 +24,7 @@ from corral.entrypoints.matchmaker.app import (
 from corral.workers.messages import Reject
 from tests.conftest import RedisServer
 from tests.e2e.conftest import Corral, wait_until
+from tests.servers import async_client
 
 
 def where(client: Any, product: str, game: str) -> list[str]:
@@ -32,11 +32,13 @@ def where(client: Any, product: str, game: str) -> list[str]:
     return [name for name, key in zip(SETS, keys, strict=False) if client.zscore(key, game) is not None]
 
 
-def test_events_move_a_game_through_the_sets(redis_clean: RedisServer, run: Any) -> None:
+def test_events_move_a_game_through_the_sets(redis_any: Any, run: Any) -> None:
+    """Every script of the app, on each topology (its keys share one hash tag per product)."""
+
     async def body() -> None:
-        client = aioredis.Redis(unix_socket_path=str(redis_clean.socket_path))
+        client = async_client(redis_any.url)
         events = GameEventWorker(client)
-        sync = redis_clean.client()
+        sync = redis_any.client()
         for state, expected in [
             ("created", ["pending"]),
             ("creator_joined", ["lobby"]),
@@ -83,11 +85,9 @@ class FakeWorker:
         self.context = type("Context", (), {"worker_id": worker_id})()
 
 
-def test_curation_purges_expired_games_oldest_first_one_slot_at_a_time(
-    redis_clean: RedisServer, run: Any
-) -> None:
+def test_curation_purges_expired_games_oldest_first_one_slot_at_a_time(redis_any: Any, run: Any) -> None:
     async def body() -> None:
-        client = aioredis.Redis(unix_socket_path=str(redis_clean.socket_path))
+        client = async_client(redis_any.url)
         events = GameEventWorker(client)
         for i in range(5):  # pending games created at t=0..4
             await events.apply(GameEvent("state_change", "go", f"p{i}", new_state="created"), now=float(i))
@@ -99,7 +99,7 @@ def test_curation_purges_expired_games_oldest_first_one_slot_at_a_time(
         assert await second.run(now=62.5) == 0  # the lock is w1's
         assert await first.run(now=62.5) == 1  # the next batch: p2
         assert await first.run(now=62.5) == 0
-        sync = redis_clean.client()
+        sync = redis_any.client()
         assert [m.decode() for m in sync.zrange(game_keys("go", "")[0], 0, -1)] == ["p3", "p4"]
         assert where(sync, "go", "l1") == ["lobby"]  # 62.5 s in the lobby is not 600
         assert first.purged == {"pending": 3}

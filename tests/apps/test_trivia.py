@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from corral.entrypoints.trivia.app import (
     QUEUE,
@@ -32,6 +31,7 @@ from corral.workers.keys import Keys
 from corral.workers.messages import HandlerContext, Reject, Requeue, decode_job
 from tests.conftest import RedisServer
 from tests.e2e.conftest import Corral, wait_until
+from tests.servers import async_client
 
 FAST = Timings(countdown_s=0.05, question_s=0.2, lease_s=0.6)
 LONG_LEASE = Timings(countdown_s=0.05, question_s=0.2, lease_s=3.0)
@@ -47,8 +47,9 @@ def never() -> asyncio.Event:
     return asyncio.Event()
 
 
-def aclient(server: RedisServer) -> aioredis.Redis:
-    return aioredis.Redis(unix_socket_path=str(server.socket_path), socket_timeout=5)
+def aclient(server: Any) -> Any:
+    """An asyncio client of a standalone server, a cluster or a Sentinel-watched primary."""
+    return async_client(server.url)
 
 
 def check_screen(screen: RoomListener, room_id: str, questions: int) -> list[dict[str, Any]]:
@@ -79,18 +80,19 @@ def wait_events(screen: RoomListener, room_id: str, count: int, kind: str = "que
 # -- the progress scripts, against the real server ---------------------------------------------------
 
 
-def test_a_room_plays_every_question_once_then_completes(redis_clean: RedisServer, run: Any) -> None:
-    with RoomListener(redis_clean.client(), ["r1"]) as screen:
-        outcome = run(play(Room(aclient(redis_clean), "r1", FAST), "w1", 4, never(), Log()))
+def test_a_room_plays_every_question_once_then_completes(redis_any: Any, run: Any) -> None:
+    """On each topology: a room's scripts touch its one key, its events go out by PUBLISH."""
+    with RoomListener(redis_any.client(), ["r1"]) as screen:
+        outcome = run(play(Room(aclient(redis_any), "r1", FAST), "w1", 4, never(), Log()))
         assert outcome is Outcome.COMPLETED
         wait_events(screen, "r1", 1, "completed")
         events = check_screen(screen, "r1", 4)
     assert {e["worker"] for e in events if e["type"] == "question"} == {"w1"}
     assert sum(e["type"] == "countdown" for e in events) >= 4  # most of the 3 per question
-    state = redis_clean.client().hgetall(room_key("r1"))
+    state = redis_any.client().hgetall(room_key("r1"))
     assert state[b"status"] == b"completed" and state[b"resumes"] == b"0" and state[b"owner"] == b""
     # a job of a completed room (a duplicate, a redelivery) publishes nothing more
-    assert run(play(Room(aclient(redis_clean), "r1", FAST), "w2", 4, never(), Log())) is Outcome.COMPLETED
+    assert run(play(Room(aclient(redis_any), "r1", FAST), "w2", 4, never(), Log())) is Outcome.COMPLETED
 
 
 def test_a_stopping_worker_hands_the_room_back_and_the_next_resumes_it_at_once(
