@@ -20,7 +20,7 @@ from corral.supervisor.status import Status
 
 SLOT_COUNTERS = {"processed": "events processed", "failed": "events failed", "restarts": "restarts"}
 WORK_COUNTERS = ("processed", "failed", "retried", "dead", "requeued")
-WORK_GAUGES = ("in_flight", "lag")
+WORK_GAUGES = ("in_flight", "lag", "delayed")
 
 
 class PoolCollector(Collector):

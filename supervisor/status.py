@@ -28,7 +28,8 @@ FRAMEWORK_STATS = frozenset({"processed", "failed", "queues", "streams"})
 
 
 COUNTERS = ("processed", "failed", "retried", "dead", "requeued")  # summed over children, past ones too
-GAUGES = ("in_flight", "lag")  # in_flight summed over live children; lag: the latest sample
+GAUGES = ("in_flight", "lag", "delayed")  # in_flight summed over live children; lag, delayed: sampled
+SAMPLED = ("lag", "delayed")  # each child samples the same Redis figure: the largest (latest) wins
 
 
 class WorkTotals:
@@ -58,7 +59,8 @@ class WorkTotals:
                 row = out[kind].setdefault(name, {})
                 for counter in (*COUNTERS, "in_flight"):
                     row[counter] = row.get(counter, 0) + int(figures.get(counter, 0))
-                row["lag"] = max(row.get("lag", 0), int(figures.get("lag", 0)))
+                for gauge in SAMPLED:
+                    row[gauge] = max(row.get(gauge, 0), int(figures.get(gauge, 0)))
         return out
 
 

@@ -70,22 +70,27 @@ class Keys:
         """Sorted set of jobs waiting for their retry time (score: due, unix seconds)."""
         return self._of(queue, "retry")
 
-    def retry_pattern(self) -> str:
-        """SCAN pattern for every retry set (discovery must find queues whose list is empty now)."""
-        return f"{self.prefix}:{{*}}*:retry"
+    def retry_pattern(self, kind: str = "retry") -> str:
+        """SCAN pattern for every retry set (or ``delayed`` set): discovery must find queues whose
+        list is empty now but that have jobs waiting."""
+        return f"{self.prefix}:{{*}}*:{kind}"
 
-    def queue_of_retry(self, key: str) -> str | None:
-        """The queue a retry-set key belongs to (the inverse of ``retry``)."""
-        head = f"{self.prefix}:{{"
-        if not key.startswith(head) or not key.endswith(":retry"):
+    def queue_of_retry(self, key: str, kind: str = "retry") -> str | None:
+        """The queue a retry-set (or ``delayed``-set) key belongs to (the inverse of ``retry``)."""
+        head, tail = f"{self.prefix}:{{", f":{kind}"
+        if not key.startswith(head) or not key.endswith(tail):
             return None
-        body = key[len(head) : -len(":retry")]
+        body = key[len(head) : -len(tail)]
         tag, _, rest = body.partition("}")  # a tag never holds a "}", a whole name may: check both
         if rest.startswith(":") and hash_tag(rest[1:]) == tag != rest[1:]:
-            return rest[1:]  # <prefix>:{<tag>}:<name>:retry
+            return rest[1:]  # <prefix>:{<tag>}:<name>:<kind>
         if body.endswith("}") and hash_tag(body[:-1]) == body[:-1]:
-            return body[:-1]  # <prefix>:{<name>}:retry
+            return body[:-1]  # <prefix>:{<name>}:<kind>
         return None
+
+    def delayed(self, queue: str) -> str:
+        """Sorted set of jobs enqueued with a delay (score: due, unix seconds), not due yet."""
+        return self._of(queue, "delayed")
 
     def deaths(self, queue: str) -> str:
         """Hash: job (its exact bytes) -> how often a worker holding it died (counted by recovery)."""

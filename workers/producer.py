@@ -11,10 +11,11 @@ stream's shard for a key is ``crc32(utf-8 key) % partitions``, named ``<stream>:
 from __future__ import annotations
 
 import itertools
+import time
 import zlib
 from typing import Any
 
-from corral.workers.keys import queue_shards
+from corral.workers.keys import Keys, queue_shards
 from corral.workers.messages import encode_job
 
 _turns = itertools.count()  # round-robin over a sharded queue's lists, when no key is given
@@ -60,6 +61,28 @@ def queue_key(queue: str, shards: int = 1, key: str | None = None) -> str:
     return queue_shards(queue, shards)[shard]
 
 
+def due_time(delay_s: float | None = None, at_s: float | None = None) -> float | None:
+    """When a delayed job is due (unix seconds), or None for a job to take now."""
+    if delay_s is not None and at_s is not None:
+        raise ValueError("give a delay or a time, not both")
+    if delay_s is not None:
+        if delay_s <= 0:
+            raise ValueError(f"the delay must be > 0 s, got {delay_s:g}")
+        return time.time() + delay_s
+    if at_s is not None and at_s <= time.time():
+        raise ValueError(f"the time to run at is in the past ({time.time() - at_s:.0f} s ago)")
+    return at_s
+
+
+def _push(redis: Any, queue: str, raw: bytes, *, front: bool, due_s: float | None, key_prefix: str) -> Any:
+    """The one command that enqueues: a push, or (delayed) an add to the queue's delayed set."""
+    if due_s is None:
+        return (redis.rpush if front else redis.lpush)(queue, raw)
+    if front:
+        raise ValueError("a delayed job is taken first when due: front does not apply")
+    return redis.zadd(Keys(key_prefix).delayed(queue), {raw: due_s})
+
+
 def enqueue(
     redis: Any,
     queue: str,
@@ -69,10 +92,22 @@ def enqueue(
     job_id: str | None = None,
     shards: int = 1,
     key: str | None = None,
+    delay_s: float | None = None,
+    at_s: float | None = None,
+    key_prefix: str = "corral",
 ) -> str:
-    """Push a job; ``shards``: the queue's ``shards`` setting (``key`` keeps a key's jobs on one)."""
+    """Push a job; ``shards``: the queue's ``shards`` setting (``key`` keeps a key's jobs on one).
+    ``delay_s`` or ``at_s`` (unix seconds): held in Redis until due, then taken first by whichever
+    consumer is alive (``key_prefix``: the pool's ``[redis] key_prefix``)."""
     raw = encode_job(data, job_id)
-    (redis.rpush if front else redis.lpush)(queue_key(queue, shards, key), raw)
+    _push(
+        redis,
+        queue_key(queue, shards, key),
+        raw,
+        front=front,
+        due_s=due_time(delay_s, at_s),
+        key_prefix=key_prefix,
+    )
     return _id_of(raw)
 
 
@@ -85,9 +120,13 @@ async def aenqueue(
     job_id: str | None = None,
     shards: int = 1,
     key: str | None = None,
+    delay_s: float | None = None,
+    at_s: float | None = None,
+    key_prefix: str = "corral",
 ) -> str:
     raw = encode_job(data, job_id)
-    await (redis.rpush if front else redis.lpush)(queue_key(queue, shards, key), raw)
+    due_s = due_time(delay_s, at_s)
+    await _push(redis, queue_key(queue, shards, key), raw, front=front, due_s=due_s, key_prefix=key_prefix)
     return _id_of(raw)
 
 

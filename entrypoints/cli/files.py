@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +29,19 @@ def produce(config: Config, args: argparse.Namespace) -> int:
     except ValueError as exc:
         return fail(f"{args.command}: DATA is not valid JSON: {exc}", SupervisorExit.CONFIG)
     try:
+        delay_s, at_s = when_of(args) if args.command == "enqueue" else (None, None)
+    except ValueError as exc:
+        return fail(f"enqueue: {exc}", SupervisorExit.CONFIG)
+    try:
         client = redis_client(config)
     except redis_py.RedisError as exc:
         return fail(f"cannot reach Redis at {redacted(config.redis_url)}: {exc}", SupervisorExit.NOT_RUNNING)
     try:
         if args.command == "enqueue":
             shards = declared_shards(config, args.queue)
-            print(enqueue(client, args.queue, data, front=args.front, shards=shards, key=args.key))
+            options = {"shards": shards, "key": args.key, "key_prefix": config.work.redis.key_prefix}
+            job = enqueue(client, args.queue, data, front=args.front, delay_s=delay_s, at_s=at_s, **options)
+            print(job)
         else:
             declared = {s.stream: s.partitions for s in config.work.streams}
             print(publish(client, args.stream, data, key=args.key, partitions=declared.get(args.stream, 0)))
@@ -44,6 +52,30 @@ def produce(config: Config, args: argparse.Namespace) -> int:
     finally:
         client.close()
     return 0
+
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def when_of(args: argparse.Namespace) -> tuple[float | None, float | None]:
+    """``--delay`` or ``--at`` as ``enqueue``'s ``delay_s`` / ``at_s``; ValueError names the problem."""
+    if args.delay is not None:
+        match = DURATION.match(args.delay)
+        if not match:
+            raise ValueError(f"--delay: {args.delay!r} is not a duration like 30s, 250ms, 5m, 2h or 1d")
+        return float(match.group(1)) * UNIT_S[match.group(2)], None
+    if args.at is not None:
+        try:
+            at = datetime.fromisoformat(args.at.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"--at: {args.at!r} is not an ISO 8601 time like 2026-12-01T10:00:00Z") from None
+        if at.tzinfo is None:
+            raise ValueError(f"--at: {args.at!r} has no time zone (add Z or an offset like +01:00)")
+        if at.timestamp() <= time.time():
+            raise ValueError(f"--at: {args.at} is in the past")
+        return None, at.timestamp()
+    return None, None
 
 
 def declared_shards(config: Config, queue: str) -> int:

@@ -84,7 +84,17 @@ def work_table(work: dict[str, dict[str, dict[str, Any]]]) -> Table | None:
     if not rows:
         return None
     table = table_of(
-        "KIND", "NAME", "PROCESSED", "/S", "FAILED", "FAILED/S", "RETRIED", "DEAD", "IN FLIGHT", "LAG"
+        "KIND",
+        "NAME",
+        "PROCESSED",
+        "/S",
+        "FAILED",
+        "FAILED/S",
+        "RETRIED",
+        "DEAD",
+        "IN FLIGHT",
+        "LAG",
+        "DELAYED",
     )
     table.columns[1].min_width = min(max(len(name) for _, name, _ in rows), 48)  # whole names first
     for kind, name, f in rows:
@@ -99,6 +109,7 @@ def work_table(work: dict[str, dict[str, dict[str, Any]]]) -> Table | None:
             str(int(f.get("dead", 0))),
             str(int(f.get("in_flight", 0))),
             str(int(f.get("lag", 0))),
+            str(int(f.get("delayed", 0))) if kind == "queue" else "-",
         )
     return table
 

@@ -74,11 +74,15 @@ class QueueSet:
         self._refreshes += 1
         if (self._refreshes - 1) % RETRY_SCAN_EVERY:
             return found
-        # a queue whose list is empty (so gone from Redis) may still have jobs waiting to retry
-        async for key in self.redis.scan_iter(match=self.keys.retry_pattern(), count=1000, _type="zset"):
-            queue = self.keys.queue_of_retry(key.decode())
-            if queue is not None and fnmatch.fnmatchcase(queue, pattern):
-                found.add(queue)
+        # a queue whose list is empty (so gone from Redis) may still have jobs waiting: to retry, or
+        # enqueued with a delay
+        for kind in ("retry", "delayed"):
+            async for key in self.redis.scan_iter(
+                match=self.keys.retry_pattern(kind), count=1000, _type="zset"
+            ):
+                queue = self.keys.queue_of_retry(key.decode(), kind)
+                if queue is not None and fnmatch.fnmatchcase(queue, pattern):
+                    found.add(queue)
         return found
 
     def rotated(self) -> list[str]:

@@ -25,12 +25,11 @@ from corral.contract import QueueSpec
 from corral.workers.consumers.base import DeadLetter, HandlerUnit, error_summary, run_all
 from corral.workers.consumers.client import REDIS_DOWN
 from corral.workers.consumers.discovery import QueueSet
-from corral.workers.consumers.queue_scripts import ACK, MOVE_ALL, PROMOTE, RECOVER, SETTLE, TAKE
+from corral.workers.consumers.promotion import Promoter
+from corral.workers.consumers.queue_scripts import ACK, MOVE_ALL, RECOVER, SETTLE, TAKE
 from corral.workers.keys import Keys
 from corral.workers.messages import Job, Malformed, Reject, Requeue, decode_job, encode_job
 from corral.workers.scripts import Script
-
-PROMOTE_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -41,7 +40,8 @@ class QueueStats:
     dead: int = 0
     requeued: int = 0
     in_flight: int = 0
-    lag: int = 0  # jobs waiting in the queue (LLEN), sampled with the retry promotion
+    lag: int = 0  # jobs waiting in the queue (LLEN), sampled with the promotion of due jobs
+    delayed: int = 0  # jobs enqueued with a delay, not due yet (sampled likewise)
 
 
 class Destination(Enum):
@@ -79,9 +79,8 @@ class QueueConsumer(HandlerUnit):
         self.unacked: list[tuple[str, bytes]] = []  # handled, acknowledgement not yet confirmed
         self.interrupted = False  # the last round raised: our processing lists may hold strays
         self.discovery = QueueSet(spec, redis=redis, keys=keys, log=log)
-        self._promoted_at = 0.0
+        self.promoter = Promoter(redis, keys)
         self._take = Script(redis, TAKE)
-        self._promote = Script(redis, PROMOTE)
         self._move_all = Script(redis, MOVE_ALL)
         self._recover = Script(redis, RECOVER)
         self.deaths: dict[tuple[str, bytes], int] = {}  # taken jobs whose worker died before
@@ -160,7 +159,7 @@ class QueueConsumer(HandlerUnit):
         ]
         if not batch:  # everything is empty: block on one queue (rotating) for up to block_s
             queue = queues[0]
-            args = (queue, self._processing(queue), self.spec.block_s, "RIGHT", "LEFT")
+            args = (queue, self._processing(queue), self.promoter.block_s(self.spec.block_s), "RIGHT", "LEFT")
             raw = await self.durable.run(lambda client: client.blmove(*args), [queue])
             if raw is None:
                 return []
@@ -193,7 +192,7 @@ class QueueConsumer(HandlerUnit):
         jobs = await self.redis.rpop(queues[0], self.spec.batch_size)
         if jobs:
             return [(queues[0], raw) for raw in jobs]
-        popped = await self.redis.brpop(queues, timeout=self.spec.block_s)
+        popped = await self.redis.brpop(queues, timeout=self.promoter.block_s(self.spec.block_s))
         return [(popped[0].decode(), popped[1])] if popped else []
 
     async def _handle(self, queue: str, raw: bytes) -> None:
@@ -368,20 +367,11 @@ class QueueConsumer(HandlerUnit):
                 await pipe.execute()
 
     async def _promote_due(self) -> None:
-        """Every PROMOTE_INTERVAL_S: due retries back onto their queues, and the queues' lengths."""
-        now = time.monotonic()
-        if now - self._promoted_at < PROMOTE_INTERVAL_S:
-            return
-        self._promoted_at = now
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for queue in self.queues:
-                await self._promote(
-                    keys=[self.keys.retry(queue), queue], args=[time.time(), 100], client=pipe
-                )
-                pipe.llen(queue)
-            replies = await pipe.execute()
-        for queue, length in zip(self.queues, replies[1::2], strict=True):
-            self._stats(queue).lag = int(length)
+        """Due retries and delayed jobs back onto their queues (see ``promotion.py``)."""
+        if self.promoter.due(self.queues):
+            for queue, sample in (await self.promoter.run(self.queues)).items():
+                stats = self._stats(queue)
+                stats.lag, stats.delayed = sample.lag, sample.delayed
 
     async def _refresh_queues(self) -> None:
         for gone in await self.discovery.refresh():  # its list is empty (Redis deleted it)

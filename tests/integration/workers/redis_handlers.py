@@ -227,3 +227,9 @@ def note_to_file(job: Job) -> None:
     with open(os.path.join(job.data["out"], str(os.getpid())), "a") as handle:
         handle.write(f"{job.data['n']}\n")
     time.sleep(0.0005)  # a busy queue, not a drained one, when its primary is killed
+
+
+async def note_time(job: Job, ctx: HandlerContext) -> None:
+    """When each job was handled (``test:handled_at``: id -> unix seconds), and counted."""
+    await ctx.redis.hset("test:handled_at", job.id, time.time())
+    await ctx.redis.hincrby("test:handled", job.id, 1)
