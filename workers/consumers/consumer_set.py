@@ -24,7 +24,7 @@ from corral.workers.consumers.streams import StreamConsumer
 from corral.workers.durability import Durability
 from corral.workers.keys import Keys
 
-RECOVERY_LOCK_MS = 60_000
+MIN_RECOVERY_LOCK_MS = 2_000
 
 
 def new_worker_id(identity: str) -> str:
@@ -86,11 +86,15 @@ class Consumers:
         stream entries to this consumer. Safe to run from several places at once (a lock per id
         keeps the membership sweeps from doing it twice). ``force`` (the supervisor saw the death)
         takes the lock over: its holder may be a helper that was killed halfway through, and
-        waiting for its lock to expire would leave the work stranded for RECOVERY_LOCK_MS."""
+        waiting for its lock to expire would leave the work stranded meanwhile. The lock lives 2 x
+        ``member_ttl_s`` (at least 2 s): a recovery cut short (its helper killed, or Redis failing
+        over between the lock and its release) holds the work back no longer than that. Two
+        recoveries overlapping after that are safe: each move is atomic, the second finds nothing."""
         if dead_worker_id == self.worker_id:
             return {}
         lock = self.keys.recovery_lock(self.pool, dead_worker_id)
-        if not await self.redis.set(lock, self.worker_id, nx=not force, px=RECOVERY_LOCK_MS):
+        lock_ms = max(MIN_RECOVERY_LOCK_MS, int(2000 * self.work.redis.member_ttl_s))
+        if not await self.redis.set(lock, self.worker_id, nx=not force, px=lock_ms):
             return {}
         try:
             moved = {"jobs": 0, "entries": 0}

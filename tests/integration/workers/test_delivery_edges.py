@@ -481,3 +481,58 @@ def test_a_new_owner_handles_what_the_previous_owner_left_pending(
         await r.aclose()
 
     run(body())
+
+
+def test_a_recovery_cut_short_holds_the_work_back_at_most_twice_the_lease(
+    redis_any: Any, local_worker: Any, run: Any
+) -> None:
+    """Found by a long fault sequence on the cluster: a failover between a recovery's lock and its
+    release left the lock for 60 s, and the dead worker's jobs waited that long. The lock now lives
+    2 x member_ttl_s; here its release is lost on purpose and the next sweep gets the jobs anyway."""
+
+    async def body() -> None:
+        r = client(redis_any.url)
+        ghost = f"testhost:{POOL}:ghost"
+        await r.lpush(KEYS.processing("lq", ghost), encode_job({"n": 1}), encode_job({"n": 2}))
+        await r.sadd(KEYS.held_queues(POOL, ghost), "lq")
+        await r.zadd(KEYS.members(POOL), {ghost: 1})  # its lease ran out long ago
+        work = queue_work(redis_any.url, names=("lq",), handler=f"{H}:count_job")
+        work = WorkSpec(redis=redis_spec(redis_any.url, member_ttl_s=1.0), queues=work.queues)
+        worker = await local_worker(work, start=False)
+        consumers = worker.consumers
+        real_recover = consumers.queues[0].recover
+
+        async def cut_short(dead: str) -> int:  # the helper dies before it moves anything
+            lock = KEYS.recovery_lock(POOL, dead)
+            assert 0 < await r.pttl(lock) <= 2000, "the lock outlives twice the lease"
+            consumers.queues[0].recover = real_recover  # type: ignore[method-assign]
+            raise asyncio.CancelledError  # killed: its finally may not reach Redis either
+
+        consumers.queues[0].recover = cut_short  # type: ignore[method-assign]
+        consumers.redis.delete = _lose_first_delete(consumers.redis.delete)  # type: ignore[method-assign]
+        try:
+            await consumers.recover(ghost)
+        except asyncio.CancelledError:
+            pass
+        assert await r.exists(KEYS.recovery_lock(POOL, ghost)), "the release was meant to be lost"
+        worker.start()
+        try:
+            await wait_for(lambda: equals(r.hlen("test:handled"), 2), timeout_s=8, what="the ghost's jobs")
+        finally:
+            await worker.stop()
+        await r.aclose()
+
+    run(body())
+
+
+def _lose_first_delete(delete: Any) -> Any:
+    lost = False
+
+    async def maybe(*keys: Any) -> int:
+        nonlocal lost
+        if not lost:
+            lost = True
+            return 0
+        return int(await delete(*keys))
+
+    return maybe
