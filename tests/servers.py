@@ -150,17 +150,7 @@ class Cluster(Topology):
         ports = free_ports(size, bus=True)
         self.nodes = [Node(p) for p in ports]
         for node in self.nodes:
-            self._start(
-                node,
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                f"nodes-{node.port}.conf",
-                "--cluster-node-timeout",
-                str(NODE_TIMEOUT_MS),
-                "--cluster-replica-validity-factor",
-                "0",
-            )
+            self._start_node(node)
         for node in self.nodes:
             _wait(lambda node=node: node.client().ping(), f"cluster node {node.port}")
         _, cli = _binaries()
@@ -237,19 +227,17 @@ class Cluster(Topology):
             node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
         return moved
 
-    def restart(self, node: Node) -> None:
-        """Start a killed node again with its cluster config: it rejoins (as a replica)."""
+    def _start_node(self, node: Node) -> None:
+        """A cluster node, with its own cluster config file (kept across restarts)."""
         self._start(
             node,
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            f"nodes-{node.port}.conf",
-            "--cluster-node-timeout",
-            str(NODE_TIMEOUT_MS),
-            "--cluster-replica-validity-factor",
-            "0",
+            *("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{node.port}.conf"),
+            *("--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--cluster-replica-validity-factor", "0"),
         )
+
+    def restart(self, node: Node) -> None:
+        """Start a killed node again with its cluster config: it rejoins (as a replica)."""
+        self._start_node(node)
         _wait(lambda: node.client().ping(), f"node {node.port} back")
 
 

@@ -27,10 +27,11 @@ from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from corral.contract import RedisSpec
 
@@ -201,7 +202,8 @@ def kind_of_client(client: Any) -> Kind:
     if isinstance(client, AsyncRedisCluster | redis_sync.RedisCluster):
         return Kind.CLUSTER
     pool = getattr(client, "connection_pool", None)
-    return Kind.SENTINEL if type(pool).__name__ == "SentinelConnectionPool" else Kind.STANDALONE
+    sentinel = isinstance(pool, AsyncSentinelPool | SentinelConnectionPool)
+    return Kind.SENTINEL if sentinel else Kind.STANDALONE
 
 
 def by_slot(client: Any, keys: list[str]) -> list[list[str]]:

@@ -6,13 +6,14 @@ import argparse
 import random
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from corral.entrypoints.contest.db import ContestConfigError, ContestStore, store_from_options
 from corral.entrypoints.contest.producer import random_submission, submit
 from corral.entrypoints.contest.scoring import expected_answer, queue_name
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m corral.entrypoints.contest", description=__doc__.split("\n")[0]
     )
@@ -31,17 +32,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     board.add_argument("--top", type=int, default=10)
     answer = sub.add_parser("answer", help="the expected answer to a problem")
     answer.add_argument("problem")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "answer":
         print(expected_answer(args.problem))
         return 0
 
-    import dataclasses
-
-    import redis as redis_py
-
-    from corral.supervisor.config import ConfigError, load, redacted
-    from corral.workers.topology import connect_sync
+    from corral.supervisor.config import ConfigError, load
 
     try:
         config = load(args.config)
@@ -53,17 +53,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ContestConfigError) as exc:
         print(exc, file=sys.stderr)
         return 2
+    return push_submissions(config, args)
+
+
+def push_submissions(config: Any, args: argparse.Namespace) -> int:
+    """``push``: random submissions, one pipeline, on whatever Redis the pool's config names (a
+    server, a cluster: each contest's queue in its own slot, or Sentinel)."""
+    import dataclasses
+
+    import redis as redis_py
+
+    from corral.supervisor.config import redacted
+    from corral.workers.topology import connect_sync
+
     rng = random.Random(args.seed)
     contests = [c for c in args.contests.split(",") if c]
     users = [f"user-{n}" for n in range(args.users)]
     problems = [f"p{n}" for n in range(1, args.problems + 1)]
-    spec = dataclasses.replace(config.work.redis, url=config.redis_url, socket_timeout_s=5.0)
+    client = None
     try:
-        client = connect_sync(spec)  # a server, a cluster (each contest's queue in its own slot), Sentinel
-    except redis_py.RedisError as exc:
-        print(f"cannot reach Redis at {redacted(config.redis_url)}: {exc}", file=sys.stderr)
-        return 5
-    try:
+        client = connect_sync(
+            dataclasses.replace(config.work.redis, url=config.redis_url, socket_timeout_s=5.0)
+        )
         with client.pipeline(transaction=False) as pipe:
             for _ in range(args.count):
                 submit(pipe, random_submission(rng, contests, users, problems))
@@ -72,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cannot reach Redis at {redacted(config.redis_url)}: {exc}", file=sys.stderr)
         return 5
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     print(f"pushed {args.count} submissions to {', '.join(queue_name(c) for c in contests)}")
     return 0
 
