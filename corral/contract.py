@@ -8,8 +8,9 @@ Both sides import this module and nothing else of each other; it imports nothing
 - **What it says when ready**: a ``ReadyInfo`` (pid, slot, worker id) with the channel's ``ready``.
 - **What they tell each other**: the ``Event`` names below, with the payloads their docs give.
 - **How a child ends**: an ``ExitCode``, which the supervisor decodes (``ExitCode.describe``).
-- **What a child consumes**: a ``WorkSpec`` (``RedisSpec``, ``StreamSpec``, ``QueueSpec``), validated by
-  the supervisor against these dataclasses' fields and handed to each child as JSON.
+- **What a child consumes**: a ``WorkSpec`` (``RedisSpec``, ``StreamSpec``, ``QueueSpec``,
+  ``ScheduleSpec``), validated by the supervisor against these dataclasses' fields and handed to each
+  child as JSON.
 """
 
 from __future__ import annotations
@@ -180,6 +181,26 @@ class Check(StrEnum):
     KEY = "a non-empty Redis key"  # a queue or stream name (each of a list)
     KEY_PREFIX = "letters, digits, '-', '_', ':' or '.'"  # no glob or hash-tag characters
     AT_LEAST_ONE = ">= 1"  # a lease: renewed every third of it, so not a busy loop
+    RATE = "a rate like '200/s', '30/m' or '1000/h'"
+    CRON = "a cron expression like '*/5 * * * *'"
+    TIMEZONE = "an IANA time zone like 'UTC' or 'Europe/Paris'"
+    ORDER = "'rotate', 'strict' or 'weighted'"
+    CATCH_UP = "'skip', 'once' or 'all'"
+
+
+RATE_UNITS_S = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_rate(text: str) -> float:
+    """``"200/s"`` -> 200.0 per second (``/s``, ``/m`` or ``/min``, ``/h``); ValueError otherwise."""
+    count, sep, unit = text.strip().partition("/")
+    try:
+        number = float(count)
+    except ValueError:
+        number = -1.0
+    if not sep or unit.strip() not in RATE_UNITS_S or not number > 0:
+        raise ValueError(f"{text!r} is not {Check.RATE.value}")
+    return number / RATE_UNITS_S[unit.strip()]
 
 
 def setting(default: Any = MISSING, check: Check | None = None, *, table: str = "") -> Any:
@@ -235,10 +256,30 @@ class QueueSpec:
     at_most_once: bool = False  # plain RPOP: no processing list, a crash loses the job in hand
     timeout_s: float | None = setting(None, Check.POSITIVE)  # a handler running longer: a failed attempt
     shards: int = setting(1, Check.AT_LEAST_ONE)  # > 1: each name is that many lists (cluster slots)
+    rate_limit: str | None = setting(None, Check.RATE)  # "200/s": per queue, across every host
+    order: str = setting("rotate", Check.ORDER)  # how the names are taken from: in turn, or by priority
+    weights: tuple[int, ...] = ()  # order = "weighted": one per name, the chance to be taken from first
 
     @property
     def label(self) -> str:
         return ",".join(self.names) or self.pattern or self.registry or "?"
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A ``[[schedules]]`` table: each tick enqueues a job onto ``queue``, or runs ``handler`` in one
+    worker (a job on the schedule's own queue); fired once across every host and slot."""
+
+    name: str = setting(check=Check.NAME)
+    cron: str | None = setting(None, Check.CRON)  # "*/5 * * * *" in ``timezone``
+    every_s: float | None = setting(None, Check.POSITIVE)  # or a tick every this many seconds
+    timezone: str = setting("UTC", Check.TIMEZONE)
+    queue: str | None = setting(None, Check.KEY)  # a tick enqueues a job (``data``) here...
+    handler: str | None = setting(None, Check.IMPORT_PATH)  # ...or runs this handler: f(job[, ctx])
+    data: dict[str, Any] = field(default_factory=dict)  # the job's data
+    catch_up: str = setting("skip", Check.CATCH_UP)  # ticks missed while nothing ran: skip, once, all
+    overlap: bool = False  # fire while the previous tick's job is still queued or running
+    max_run_s: float = setting(3600.0, Check.POSITIVE)  # how long a tick's job may hold back the next
 
 
 @dataclass(frozen=True)
@@ -248,10 +289,11 @@ class WorkSpec:
     redis: RedisSpec = field(default_factory=RedisSpec)
     streams: tuple[StreamSpec, ...] = ()
     queues: tuple[QueueSpec, ...] = ()
+    schedules: tuple[ScheduleSpec, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not self.streams and not self.queues
+        return not self.streams and not self.queues and not self.schedules
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -260,9 +302,13 @@ class WorkSpec:
     def from_json(cls, data: dict[str, Any] | None) -> WorkSpec:
         if not data:
             return cls()
-        queues = tuple(QueueSpec(**{**q, "names": tuple(q.get("names", ()))}) for q in data.get("queues", ()))
+        queues = tuple(
+            QueueSpec(**{**q, "names": tuple(q.get("names", ())), "weights": tuple(q.get("weights", ()))})
+            for q in data.get("queues", ())
+        )
         return cls(
             redis=RedisSpec(**data.get("redis", {})),
             streams=tuple(StreamSpec(**s) for s in data.get("streams", ())),
             queues=queues,
+            schedules=tuple(ScheduleSpec(**s) for s in data.get("schedules", ())),
         )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from corral.contract import Check, QueueSpec, RedisSpec, StreamSpec, WorkSpec, setting
+from corral.contract import Check, QueueSpec, RedisSpec, ScheduleSpec, StreamSpec, WorkSpec, setting
 from corral.supervisor import schema
 from corral.supervisor.settings import PoolSettings
 from corral.supervisor.states import RestartPolicy
@@ -73,7 +73,7 @@ SECTIONS: dict[str, list[tuple[type[Any], str]]] = {
     "metrics": [(MetricsTable, "")],
 }
 FREE_FORM = ("options",)  # handed to every child as WorkerContext.options
-WORK = ("redis", "streams", "queues")
+WORK = ("redis", "streams", "queues", "schedules")
 
 
 @dataclass(frozen=True)
@@ -192,8 +192,10 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     work = parse_work(data, pool.name, errors)
     worker = pool.worker
     if worker is None:
-        if not (data.get("streams") or data.get("queues")):  # declared, even if one has an error
-            errors.append("pool.worker: required when no [[streams]] or [[queues]] are declared")
+        if not any(data.get(name) for name in WORK[1:]):  # declared, even if one has an error
+            errors.append(
+                "pool.worker: required when no [[streams]], [[queues]] or [[schedules]] are declared"
+            )
         worker = DEFAULT_WORKER
     logging = LogSettings(**values["logging", LogSettings])
     logging = dataclasses.replace(logging, level=logging.level.upper())
@@ -250,7 +252,32 @@ def parse_work(data: dict[str, Any], pool_name: str, errors: list[str]) -> WorkS
         elif queue is not None:
             errors.append(f"queues[{index}]{problem}")
     _check_blocking(redis, streams, queues, errors)
-    return WorkSpec(redis=redis, streams=tuple(streams), queues=tuple(queues))
+    schedules = parse_schedules(data, errors)
+    return WorkSpec(redis=redis, streams=tuple(streams), queues=tuple(queues), schedules=schedules)
+
+
+def parse_schedules(data: dict[str, Any], errors: list[str]) -> tuple[ScheduleSpec, ...]:
+    schedules: list[ScheduleSpec] = []
+    for index, table in enumerate(_array(data, "schedules", errors)):
+        schedule = schema.build(ScheduleSpec, table, f"schedules[{index}]", errors)
+        if schedule is None:
+            continue
+        problem = schedule_problem(schedule, {s.name for s in schedules})
+        if problem:
+            errors.append(f"schedules[{index}]{problem}")
+        else:
+            schedules.append(schedule)
+    return tuple(schedules)
+
+
+def schedule_problem(schedule: ScheduleSpec, names: set[str]) -> str | None:
+    if (schedule.cron is None) == (schedule.every_s is None):
+        return ": needs either cron or every_s (one of them)"
+    if (schedule.queue is None) == (schedule.handler is None):
+        return ": needs either queue (enqueue a job) or handler (run it), one of them"
+    if schedule.name in names:
+        return f".name: {schedule.name!r} is the name of another schedule"
+    return None
 
 
 def queue_problem(queue: QueueSpec) -> str | None:
@@ -261,6 +288,12 @@ def queue_problem(queue: QueueSpec) -> str | None:
         return ".shards: spreads the listed names; a pattern or registry finds its lists itself"
     if queue.shards > 1 and any("{" in name or "}" in name for name in queue.names):
         return ".shards: a sharded queue's name cannot hold '{' or '}' (each shard gets its own hash tag)"
+    if queue.order != "rotate" and not queue.names:
+        return f".order: {queue.order!r} ranks the listed names; a pattern or registry has none"
+    if queue.order == "weighted" and (len(queue.weights) != len(queue.names) or 0 in queue.weights):
+        return ".weights: one weight > 0 for each name (order = 'weighted')"
+    if queue.weights and queue.order != "weighted":
+        return ".weights: only with order = 'weighted'"
     return None
 
 

@@ -19,8 +19,8 @@ from prometheus_client.registry import Collector
 from corral.supervisor.status import Status
 
 SLOT_COUNTERS = {"processed": "events processed", "failed": "events failed", "restarts": "restarts"}
-WORK_COUNTERS = ("processed", "failed", "retried", "dead", "requeued")
-WORK_GAUGES = ("in_flight", "lag", "delayed")
+WORK_COUNTERS = ("processed", "failed", "retried", "dead", "requeued", "throttled")
+WORK_GAUGES = ("in_flight", "lag", "delayed", "paused")
 
 
 class PoolCollector(Collector):

@@ -14,12 +14,17 @@ import difflib
 import types
 import typing
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from corral.contract import Check
+from cronsim import CronSim, CronSimError
+
+from corral.contract import Check, parse_rate
 
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+SCHEMES = ", ".join(URL_SCHEMES)
 
 
 def keys_of(cls: type[Any], table: str = "") -> dict[str, dataclasses.Field[Any]]:
@@ -87,7 +92,8 @@ def coerce(value: Any, hint: Any) -> tuple[bool, Any]:
                 return True, coerced
         return False, value
     if origin is tuple:
-        ok = isinstance(value, list) and all(type(v) is str for v in value)
+        item = args[0] if args else str
+        ok = isinstance(value, list) and all(type(v) is item for v in value)
         return ok, tuple(value) if ok else value
     if origin is dict or hint is dict:
         return isinstance(value, dict), value
@@ -99,11 +105,61 @@ def coerce(value: Any, hint: Any) -> tuple[bool, Any]:
 def describe(hint: Any) -> str:
     """``an int``, ``a float or a str``, ``a list of strings``."""
     if typing.get_origin(hint) is tuple:
-        return "a list of strings"
+        return "a list of integers" if typing.get_args(hint)[:1] == (int,) else "a list of strings"
     args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
     names = [a.__name__ for a in args]
     text = " or ".join(f"{'an' if n[0] in 'aeiou' else 'a'} {n}" for n in names)
     return text
+
+
+def _rate(value: str) -> str | None:
+    try:
+        parse_rate(value)
+    except ValueError:
+        return f"must be {Check.RATE.value}"
+    return None
+
+
+def _cron(value: str) -> str | None:
+    try:
+        CronSim(value, datetime.now(UTC))
+    except CronSimError as exc:
+        return f"must be {Check.CRON.value} ({exc})"
+    return None
+
+
+def _timezone(value: str) -> str | None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"must be {Check.TIMEZONE.value}"
+    return None
+
+
+def _chars(allowed: str, rule: Check) -> Any:
+    return lambda v: None if v and all(c.isalnum() or c in allowed for c in v) else f"must be {rule.value}"
+
+
+def _import_path(value: str) -> str | None:
+    module, sep, attr = value.partition(":")
+    return None if sep and module and attr else f"must be {Check.IMPORT_PATH.value}"
+
+
+SPECIAL: dict[Check, Any] = {
+    Check.KEY: lambda v: None if v else f"must be {Check.KEY.value}",
+    Check.KEY_PREFIX: _chars("-_:.", Check.KEY_PREFIX),
+    Check.NAME: _chars("-_.", Check.NAME),
+    Check.IMPORT_PATH: _import_path,
+    Check.REDIS_URL: lambda v: (
+        None if v.startswith(URL_SCHEMES) else f"must start with one of {', '.join(URL_SCHEMES)}"
+    ),
+    Check.LOG_LEVEL: lambda v: None if v.upper() in LEVELS else f"must be one of {', '.join(LEVELS)}",
+    Check.RATE: _rate,
+    Check.CRON: _cron,
+    Check.TIMEZONE: _timezone,
+    Check.ORDER: lambda v: None if v in ("rotate", "strict", "weighted") else f"must be {Check.ORDER.value}",
+    Check.CATCH_UP: lambda v: None if v in ("skip", "once", "all") else f"must be {Check.CATCH_UP.value}",
+}
 
 
 def check(value: Any, rule: Check | None) -> str | None:
@@ -119,19 +175,9 @@ def check(value: Any, rule: Check | None) -> str | None:
     if isinstance(value, tuple):
         problems = [check(item, rule) for item in value]
         return next((f"{problem} (each)" for problem in problems if problem), None)
-    if rule is Check.KEY:
-        return None if value else f"must be {rule.value}"
-    if rule is Check.KEY_PREFIX:
-        return None if value and all(c.isalnum() or c in "-_:." for c in value) else f"must be {rule.value}"
-    if rule is Check.IMPORT_PATH:
-        module, sep, attr = value.partition(":")
-        return None if sep and module and attr else f"must be {rule.value}"
-    if rule is Check.NAME:
-        return None if value and all(c.isalnum() or c in "-_." for c in value) else f"must be {rule.value}"
-    if rule is Check.LOG_LEVEL:
-        return None if value.upper() in LEVELS else f"must be one of {', '.join(LEVELS)}"
-    if rule is Check.REDIS_URL:
-        return None if value.startswith(URL_SCHEMES) else f"must start with one of {', '.join(URL_SCHEMES)}"
+    if rule in SPECIAL:
+        problem: str | None = SPECIAL[rule](value)
+        return problem
     if rule is Check.LISTEN:
         _host, sep, port = value.rpartition(":")
         return None if sep and port.isdigit() and 0 < int(port) < 65536 else f"must be {rule.value}"

@@ -24,12 +24,13 @@ class SlotRow(TypedDict):
     worker_id: str | None  # the child's <host>:<pool>:<slot>:<token> (its consumer name)
 
 
-FRAMEWORK_STATS = frozenset({"processed", "failed", "queues", "streams"})
+FRAMEWORK_STATS = frozenset({"processed", "failed", "queues", "streams", "schedules"})
 
 
-COUNTERS = ("processed", "failed", "retried", "dead", "requeued")  # summed over children, past ones too
-GAUGES = ("in_flight", "lag", "delayed")  # in_flight summed over live children; lag, delayed: sampled
-SAMPLED = ("lag", "delayed")  # each child samples the same Redis figure: the largest (latest) wins
+# summed over children, past ones too (throttled: takes a rate limit held back)
+COUNTERS = ("processed", "failed", "retried", "dead", "requeued", "throttled")
+GAUGES = ("in_flight", "lag", "delayed", "paused")  # in_flight summed over live children; the rest sampled
+SAMPLED = ("lag", "delayed", "paused")  # each child samples the same Redis figure: the largest wins
 
 
 class WorkTotals:

@@ -46,9 +46,10 @@ MUTATIONS = (
     ),
     Mutation(
         "queues: recover nothing of a dead worker",
-        "workers/consumers/queues.py",
-        "moved += int(await self._recover(keys=keys, args=[dead_worker_id]))",
-        "moved += 0",
+        "workers/consumers/settlement.py",
+        "                await self._recover(keys=keys, args=[dead_worker_id], client=pipe)\n"
+        "                [count] = await durable.execute(pipe, [queue])\n",
+        "                count = 0\n",
         ("tests/integration/workers/test_queues.py", EDGES),
     ),
     Mutation(

@@ -109,6 +109,29 @@ class Keys:
         """List of jobs that failed ``max_attempts`` times or could not be decoded."""
         return self._of(queue, "dead")
 
+    def rate(self, queue: str) -> str:
+        """The queue's rate limiter: the GCRA's theoretical arrival time (microseconds, server clock)."""
+        return self._of(queue, "rate")
+
+    def unique(self, queue: str, unique_key: str) -> str:
+        """A unique job's lock (its value: the job id), held from enqueue to ack or dead letter."""
+        return f"{self._of(queue, 'unique')}:{unique_key}"
+
+    # -- job control ----------------------------------------------------------------------------
+
+    def paused(self, name: str) -> str:
+        """Set while a queue or stream key is paused (its value: when, unix seconds)."""
+        return self._of(name, "paused")
+
+    def schedule_queue(self, schedule: str) -> str:
+        """The queue a handler schedule's ticks go to (consumed with the schedule's handler)."""
+        return f"{self.prefix}:schedule:{schedule}"
+
+    def schedule_state(self, schedule: str, queue: str) -> str:
+        """Hash: a schedule's last fired tick and its counts, in the slot of the queue it feeds (so
+        that the fence and the push are one script)."""
+        return self._of(queue, f"schedule:{schedule}")
+
     # -- streams --------------------------------------------------------------------------------
 
     def stream_dead(self, stream: str) -> str:

@@ -1,9 +1,10 @@
 """What handlers receive (``Job``, ``Message``, ``HandlerContext``) and the queue wire format.
 
 A queue job is a UTF-8 JSON value. corral's own envelope is
-``{"_corral": 1, "id": str, "data": any, "attempt": int, "enqueued_at": float}``; anything else that
-is valid JSON (e.g. ``redis-cli LPUSH q '{"a": 1}'``) is a bare job: its value is the data, its id is
-derived from its bytes, its attempt is 1. Invalid UTF-8 or JSON cannot be decoded: ``Malformed``.
+``{"_corral": 1, "id": str, "data": any, "attempt": int, "enqueued_at": float[, "unique": str]}``;
+anything else that is valid JSON (e.g. ``redis-cli LPUSH q '{"a": 1}'``) is a bare job: its value is
+the data, its id is derived from its bytes, its attempt is 1. Invalid UTF-8 or JSON cannot be
+decoded: ``Malformed``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Job:
     queue: str
     enqueued_at: float | None
     raw: bytes = field(repr=False)
+    unique: str | None = None  # the unique key it was enqueued with: its lock goes when it is done
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,11 @@ class HandlerContext:
 
 
 def encode_job(
-    data: Any, job_id: str | None = None, attempt: int = 1, enqueued_at: float | None = None
+    data: Any,
+    job_id: str | None = None,
+    attempt: int = 1,
+    enqueued_at: float | None = None,
+    unique: str | None = None,
 ) -> bytes:
     envelope = {
         ENVELOPE_MARK: 1,
@@ -84,6 +90,8 @@ def encode_job(
         "attempt": attempt,
         "enqueued_at": time.time() if enqueued_at is None else enqueued_at,
     }
+    if unique is not None:
+        envelope["unique"] = unique
     return json.dumps(envelope, separators=(",", ":")).encode()
 
 
@@ -97,6 +105,7 @@ def decode_job(raw: bytes, queue: str) -> Job:
     if isinstance(value, dict) and value.get(ENVELOPE_MARK) == 1 and isinstance(value.get("id"), str):
         attempt = value.get("attempt", 1)
         enqueued_at = value.get("enqueued_at")
+        unique = value.get("unique")
         return Job(
             id=value["id"],
             data=value.get("data"),
@@ -104,6 +113,7 @@ def decode_job(raw: bytes, queue: str) -> Job:
             queue=queue,
             enqueued_at=_timestamp(enqueued_at),
             raw=raw,
+            unique=unique if isinstance(unique, str) and unique else None,
         )
     return Job(hashlib.sha1(raw).hexdigest()[:20], value, 1, queue, None, raw)
 

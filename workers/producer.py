@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import itertools
 import time
+import uuid
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 from corral.workers.keys import Keys, queue_shards
@@ -74,13 +76,104 @@ def due_time(delay_s: float | None = None, at_s: float | None = None) -> float |
     return at_s
 
 
-def _push(redis: Any, queue: str, raw: bytes, *, front: bool, due_s: float | None, key_prefix: str) -> Any:
-    """The one command that enqueues: a push, or (delayed) an add to the queue's delayed set."""
-    if due_s is None:
-        return (redis.rpush if front else redis.lpush)(queue, raw)
-    if front:
-        raise ValueError("a delayed job is taken first when due: front does not apply")
-    return redis.zadd(Keys(key_prefix).delayed(queue), {raw: due_s})
+class DuplicateJob(Exception):
+    """``enqueue(..., unique_key=K)`` while a job with ``K`` is still queued, waiting or running."""
+
+    def __init__(self, queue: str, unique_key: str, job_id: str, ttl_s: float) -> None:
+        super().__init__(
+            f"a job with unique key {unique_key!r} is already on {queue}: job {job_id} "
+            f"(its key is released when it is done, or in {ttl_s:.0f} s at most)"
+        )
+        self.queue, self.unique_key, self.job_id, self.ttl_s = queue, unique_key, job_id, ttl_s
+
+
+# a unique job: its lock taken and the job pushed in one step, or the holder's id and time to live
+ENQUEUE_UNIQUE = """
+local holder = redis.call('GET', KEYS[2])
+if holder then return {holder, redis.call('PTTL', KEYS[2])} end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if ARGV[4] == 'zadd' then
+  redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1])
+elseif ARGV[4] == 'rpush' then
+  redis.call('RPUSH', KEYS[1], ARGV[1])
+else
+  redis.call('LPUSH', KEYS[1], ARGV[1])
+end
+return false
+"""
+
+
+@dataclass(frozen=True)
+class Push:
+    """One job's way into Redis: onto its list (or delayed set), with its unique lock if it has one."""
+
+    queue: str  # the list (a sharded queue's shard)
+    raw: bytes
+    job_id: str
+    front: bool = False
+    due_s: float | None = None
+    unique_key: str | None = None
+    unique_for_s: float = 3600.0
+    key_prefix: str = "corral"
+
+    def send(self, redis: Any) -> Any:
+        """The command (a coroutine on an asyncio client); its reply goes to ``check``."""
+        keys = Keys(self.key_prefix)
+        if self.due_s is not None and self.front:
+            raise ValueError("a delayed job is taken first when due: front does not apply")
+        how = "zadd" if self.due_s is not None else "rpush" if self.front else "lpush"
+        target = keys.delayed(self.queue) if self.due_s is not None else self.queue
+        if self.unique_key is None:
+            return (
+                redis.zadd(target, {self.raw: self.due_s})
+                if how == "zadd"
+                else getattr(redis, how)(target, self.raw)
+            )
+        lock = keys.unique(self.queue, self.unique_key)
+        ttl_ms = max(1, int(self.unique_for_s * 1000))
+        return redis.eval(
+            ENQUEUE_UNIQUE, 2, target, lock, self.raw, self.job_id, ttl_ms, how, self.due_s or 0
+        )
+
+    def check(self, reply: Any) -> str:
+        """The job id, or ``DuplicateJob`` when its unique key is held."""
+        if self.unique_key is not None and isinstance(reply, list | tuple) and reply:
+            holder, ttl_ms = reply  # (a pipeline's reply comes with its execute(): None or this)
+            raise DuplicateJob(self.queue, self.unique_key, holder.decode(), max(0, int(ttl_ms)) / 1000)
+        return self.job_id
+
+
+def plan(
+    queue: str,
+    data: Any,
+    *,
+    front: bool = False,
+    job_id: str | None = None,
+    shards: int = 1,
+    key: str | None = None,
+    delay_s: float | None = None,
+    at_s: float | None = None,
+    key_prefix: str = "corral",
+    unique_key: str | None = None,
+    unique_for_s: float = 3600.0,
+) -> Push:
+    """How a job goes in (``enqueue``'s options); ValueError for a bad delay, time or unique key."""
+    if unique_key is not None and not unique_key:
+        raise ValueError("the unique key must not be empty")
+    if not unique_for_s > 0:
+        raise ValueError(f"unique_for_s must be > 0, got {unique_for_s:g}")
+    job_id = job_id or uuid.uuid4().hex
+    list_key = queue_key(queue, shards, key if key is not None else unique_key)
+    return Push(
+        list_key,
+        encode_job(data, job_id, unique=unique_key),
+        job_id,
+        front,
+        due_time(delay_s, at_s),
+        unique_key,
+        unique_for_s,
+        key_prefix,
+    )
 
 
 def enqueue(
@@ -95,39 +188,34 @@ def enqueue(
     delay_s: float | None = None,
     at_s: float | None = None,
     key_prefix: str = "corral",
+    unique_key: str | None = None,
+    unique_for_s: float = 3600.0,
 ) -> str:
     """Push a job; ``shards``: the queue's ``shards`` setting (``key`` keeps a key's jobs on one).
     ``delay_s`` or ``at_s`` (unix seconds): held in Redis until due, then taken first by whichever
-    consumer is alive (``key_prefix``: the pool's ``[redis] key_prefix``)."""
-    raw = encode_job(data, job_id)
-    _push(
-        redis,
-        queue_key(queue, shards, key),
-        raw,
+    consumer is alive (``key_prefix``: the pool's ``[redis] key_prefix``). ``unique_key``: refused
+    with ``DuplicateJob`` while a job with that key is queued, waiting or running (at most
+    ``unique_for_s``); checked and taken in the same step as the push."""
+    push = plan(
+        queue,
+        data,
         front=front,
-        due_s=due_time(delay_s, at_s),
+        job_id=job_id,
+        shards=shards,
+        key=key,
+        delay_s=delay_s,
+        at_s=at_s,
         key_prefix=key_prefix,
+        unique_key=unique_key,
+        unique_for_s=unique_for_s,
     )
-    return _id_of(raw)
+    return push.check(push.send(redis))
 
 
-async def aenqueue(
-    redis: Any,
-    queue: str,
-    data: Any,
-    *,
-    front: bool = False,
-    job_id: str | None = None,
-    shards: int = 1,
-    key: str | None = None,
-    delay_s: float | None = None,
-    at_s: float | None = None,
-    key_prefix: str = "corral",
-) -> str:
-    raw = encode_job(data, job_id)
-    due_s = due_time(delay_s, at_s)
-    await _push(redis, queue_key(queue, shards, key), raw, front=front, due_s=due_s, key_prefix=key_prefix)
-    return _id_of(raw)
+async def aenqueue(redis: Any, queue: str, data: Any, **options: Any) -> str:
+    """``enqueue`` on an asyncio client (the same keyword options)."""
+    push = plan(queue, data, **options)
+    return push.check(await push.send(redis))
 
 
 def publish(
@@ -142,9 +230,3 @@ async def apublish(
 ) -> str:
     entry_id = await redis.xadd(stream_key(stream, key, partitions), entry_fields(data))
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-
-
-def _id_of(raw: bytes) -> str:
-    import json
-
-    return str(json.loads(raw)["id"])

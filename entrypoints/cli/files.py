@@ -19,7 +19,7 @@ from corral.entrypoints.cli.say import fail
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config, redacted
 from corral.workers.keys import queue_shards
-from corral.workers.producer import enqueue, publish
+from corral.workers.producer import DuplicateJob, enqueue, publish
 from corral.workers.topology import connect_sync
 
 
@@ -30,6 +30,9 @@ def produce(config: Config, args: argparse.Namespace) -> int:
         return fail(f"{args.command}: DATA is not valid JSON: {exc}", SupervisorExit.CONFIG)
     try:
         delay_s, at_s = when_of(args) if args.command == "enqueue" else (None, None)
+        unique_for_s = duration_s("--unique-for", args.unique_for) if args.command == "enqueue" else 0.0
+        if args.command == "enqueue" and args.queue in {s.stream for s in config.work.streams}:
+            raise ValueError(f"{args.queue!r} is a stream of this pool, not a queue (corral publish)")
     except ValueError as exc:
         return fail(f"enqueue: {exc}", SupervisorExit.CONFIG)
     try:
@@ -40,11 +43,24 @@ def produce(config: Config, args: argparse.Namespace) -> int:
         if args.command == "enqueue":
             shards = declared_shards(config, args.queue)
             options = {"shards": shards, "key": args.key, "key_prefix": config.work.redis.key_prefix}
-            job = enqueue(client, args.queue, data, front=args.front, delay_s=delay_s, at_s=at_s, **options)
-            print(job)
+            unique = {"unique_key": args.unique, "unique_for_s": unique_for_s}
+            print(
+                enqueue(
+                    client,
+                    args.queue,
+                    data,
+                    front=args.front,
+                    delay_s=delay_s,
+                    at_s=at_s,
+                    **options,
+                    **unique,
+                )
+            )
         else:
             declared = {s.stream: s.partitions for s in config.work.streams}
             print(publish(client, args.stream, data, key=args.key, partitions=declared.get(args.stream, 0)))
+    except DuplicateJob as exc:
+        return fail(f"enqueue: not enqueued: {exc}", SupervisorExit.FAILED)
     except ValueError as exc:
         return fail(f"{args.command}: {exc}", SupervisorExit.CONFIG)
     except redis_py.RedisError as exc:
@@ -58,13 +74,18 @@ DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+def duration_s(option: str, text: str) -> float:
+    """``30s``, ``250ms``, ``5m``, ``2h``, ``1d`` in seconds; ValueError names the option."""
+    match = DURATION.match(text)
+    if not match:
+        raise ValueError(f"{option}: {text!r} is not a duration like 30s, 250ms, 5m, 2h or 1d")
+    return float(match.group(1)) * UNIT_S[match.group(2)]
+
+
 def when_of(args: argparse.Namespace) -> tuple[float | None, float | None]:
     """``--delay`` or ``--at`` as ``enqueue``'s ``delay_s`` / ``at_s``; ValueError names the problem."""
     if args.delay is not None:
-        match = DURATION.match(args.delay)
-        if not match:
-            raise ValueError(f"--delay: {args.delay!r} is not a duration like 30s, 250ms, 5m, 2h or 1d")
-        return float(match.group(1)) * UNIT_S[match.group(2)], None
+        return duration_s("--delay", args.delay), None
     if args.at is not None:
         try:
             at = datetime.fromisoformat(args.at.replace("Z", "+00:00"))

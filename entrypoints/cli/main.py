@@ -16,6 +16,7 @@ import sys
 from loguru import logger
 
 from corral.entrypoints import scaffold
+from corral.entrypoints.cli import dead, jobs
 from corral.entrypoints.cli.control import control
 from corral.entrypoints.cli.files import produce, show_logs, show_shards
 from corral.entrypoints.cli.inspect import inspect
@@ -73,6 +74,10 @@ def dispatch(args: argparse.Namespace, config: Config | None, where: Where) -> i
         return produce(config, args)
     if args.command == "shards":
         return show_shards(config, args.queue)
+    if args.command == "dead":
+        return dead.run(config, args)
+    if args.command in jobs.COMMANDS:
+        return jobs.run(config, args)
     if args.command == "inspect":
         return asyncio.run(inspect(config, args))
     return asyncio.run(control(where, args, config))

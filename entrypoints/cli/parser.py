@@ -6,6 +6,7 @@ import argparse
 
 import corral
 from corral.entrypoints import scaffold
+from corral.entrypoints.cli import dead, jobs
 
 # commands that talk to a running supervisor: they work from the state dir alone when the config
 # file on disk does not validate (a bad edit must not lock the operator out)
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the exit")
     _child_messages(sub, common)
     _producers(sub, common)
+    jobs.add_parsers(sub, common)
+    dead.add_parser(sub, common)
     inspect = sub.add_parser("inspect", parents=[common], help="list work in Redis no live member holds")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     logs = sub.add_parser("logs", parents=[common], help="print (or follow) a slot's log file")
@@ -71,6 +74,12 @@ def _producers(
     when = enqueue.add_mutually_exclusive_group()
     when.add_argument("--delay", help="hold it this long first: 30s, 250ms, 5m, 2h, 1d")
     when.add_argument("--at", help="hold it until then: 2026-12-01T10:00:00Z (ISO 8601, with a time zone)")
+    enqueue.add_argument(
+        "--unique", metavar="KEY", help="refused while a job with this key is queued or running"
+    )
+    enqueue.add_argument(
+        "--unique-for", default="1h", help="how long the unique key holds at most (default 1h)"
+    )
     shards = sub.add_parser("shards", parents=[common], help="the lists of a sharded queue, one per line")
     shards.add_argument("queue", help="a queue declared with shards > 1 in corral.toml")
     publish = sub.add_parser("publish", parents=[common], help="add an entry (a JSON object) to a stream")

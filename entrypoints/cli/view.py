@@ -95,6 +95,7 @@ def work_table(work: dict[str, dict[str, dict[str, Any]]]) -> Table | None:
         "IN FLIGHT",
         "LAG",
         "DELAYED",
+        "STATE",
     )
     table.columns[1].min_width = min(max(len(name) for _, name, _ in rows), 48)  # whole names first
     for kind, name, f in rows:
@@ -110,8 +111,17 @@ def work_table(work: dict[str, dict[str, dict[str, Any]]]) -> Table | None:
             str(int(f.get("in_flight", 0))),
             str(int(f.get("lag", 0))),
             str(int(f.get("delayed", 0))) if kind == "queue" else "-",
+            state_of(f),
         )
     return table
+
+
+def state_of(figures: dict[str, Any]) -> str:
+    """``paused`` (corral pause), and how often a rate limit held takes back."""
+    words = ["paused"] if figures.get("paused") else []
+    if figures.get("throttled"):
+        words.append(f"throttled {int(figures['throttled'])}")
+    return ", ".join(words)
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

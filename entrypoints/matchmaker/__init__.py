@@ -5,8 +5,9 @@ from corral.entrypoints.matchmaker.app import (
     GameEvent,
     MatchmakerWorker,
     asend_event,
+    curate,
     handle_event,
     send_event,
 )
 
-__all__ = ["GameEvent", "MatchmakerWorker", "asend_event", "handle_event", "send_event"]
+__all__ = ["GameEvent", "MatchmakerWorker", "asend_event", "curate", "handle_event", "send_event"]

@@ -9,9 +9,10 @@ the game out of all three sets and puts it in its new one, so a game is never in
   ``player_disconnect`` events. The stream is partitioned by game id: the events of one game are
   handled in order, by one worker at a time. Unknown or malformed events are rejected (logged and
   dead-lettered at once; they never block the game's partition nor crash the worker).
-- ``GameCurationWorker`` (a unit of work of ``MatchmakerWorker``) purges expired games, oldest
-  first, in batches, under a lock so one slot curates at a time; the purge re-checks the game's
-  score atomically, so it is also safe if several run.
+- ``curate`` (the handler of the ``curate-games`` schedule, ``[[schedules]]``) purges expired
+  games, oldest first, in batches (``GameCuration``); the schedule fires each tick once across
+  every host and never while the previous run is still going, and the purge re-checks the game's
+  score atomically, so it would also be safe if several ran.
 
 Run: ``corral run -c entrypoints/matchmaker/corral.toml``; publish: ``corral publish mm:game-events
 --key g1 '{"type": "state_change", "product_id": "chess", "game_id": "g1", "new_state": "created"}'``.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.workers import BaseWorker
-from corral.workers.messages import HandlerContext, Message, Reject
+from corral.workers.messages import HandlerContext, Job, Message, Reject
 from corral.workers.producer import apublish, publish
 
 STREAM = "mm:game-events"
@@ -76,14 +77,6 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
 return 1
 """
-# KEYS: lock; ARGV: owner, ttl ms — take the lock, or renew it if it is ours
-LOCK = """
-local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 def game_keys(product: str, game_id: str) -> list[str]:
@@ -92,7 +85,6 @@ def game_keys(product: str, game_id: str) -> list[str]:
 
 
 PRODUCTS = "mm:products"  # the products seen, for curation
-CURATION_LOCK = "mm:curation:lock"
 
 
 @dataclass(frozen=True)
@@ -167,33 +159,23 @@ class Expiry:
         return float(getattr(self, f"{name}_s"))
 
 
-class GameCurationWorker:
-    """Purges expired games, oldest first, in batches; one slot at a time (a lock with a lease)."""
+class GameCuration:
+    """Purges expired games, oldest first, a batch per product and set each ``run``."""
 
-    name = "curation"
-
-    def __init__(self, worker: BaseWorker, expiry: Expiry, interval_s: float, batch: int) -> None:
-        self.worker = worker
-        self.redis = worker.redis
+    def __init__(self, redis: Any, expiry: Expiry, batch: int) -> None:
+        self.redis = redis
         self.expiry = expiry
-        self.idle_sleep_s = interval_s
         self.batch = batch
         self.purged: Counter[str] = Counter()
         self.sizes: dict[str, dict[str, int]] = {}
-        self.owner = worker.context.worker_id
-        self.lease_ms = int(max(interval_s * 3, 5.0) * 1000)
-        self._lock = self.redis.register_script(LOCK)
         self._purge = self.redis.register_script(PURGE)
 
     async def run(self, now: float | None = None) -> int:
-        if not await self._lock(keys=[CURATION_LOCK], args=[self.owner, self.lease_ms]):
-            return 0  # another slot curates
         now = time.time() if now is None else now
         purged = 0
         for raw in sorted(await self.redis.smembers(PRODUCTS)):
-            product = raw.decode()
-            purged += await self._curate(product, now)
-        return purged  # > 0: the manager runs another round at once (the next batch)
+            purged += await self._curate(raw.decode(), now)
+        return purged
 
     async def _curate(self, product: str, now: float) -> int:
         purged = 0
@@ -209,15 +191,22 @@ class GameCurationWorker:
             sizes[name] = int(await self.redis.zcard(key))
         return purged
 
-    async def release(self) -> None:
-        await self.redis.eval(UNLOCK, 1, CURATION_LOCK, self.owner)
+
+async def curate(job: Job, ctx: HandlerContext) -> None:
+    """The ``curate-games`` schedule's handler: purge batch after batch until none is expired."""
+    curation: GameCuration = ctx.worker.curation
+    purged = 0
+    while batch := await curation.run():
+        purged += batch
+    if purged:
+        ctx.log.info("curation {}: {} expired games purged", job.id, purged)
 
 
 class MatchmakerWorker(BaseWorker):
-    """Each child: the event handler's state, and the curation unit in its WorkerManager.
+    """Each child: the event handler's state, and the curation the schedule's handler runs.
 
     Options (``[options]``): ``expiry_pending_s``, ``expiry_lobby_s``, ``expiry_active_s``,
-    ``curation_interval_s`` (5), ``curation_batch`` (100)."""
+    ``curation_batch`` (100); how often: the ``curate-games`` schedule."""
 
     async def start(self) -> None:
         options = self.context.options
@@ -227,18 +216,8 @@ class MatchmakerWorker(BaseWorker):
             float(options.get("expiry_active_s", 7200.0)),
         )
         self.game_events = GameEventWorker(self.redis)
-        self.curation = GameCurationWorker(
-            self,
-            expiry,
-            float(options.get("curation_interval_s", 5.0)),
-            int(options.get("curation_batch", 100)),
-        )
-        self.manager.register_worker(self.curation)
+        self.curation = GameCuration(self.redis, expiry, int(options.get("curation_batch", 100)))
         await super().start()
-
-    async def stop(self) -> None:
-        await self.curation.release()
-        await super().stop()
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -15,7 +15,7 @@ import pytest
 from corral.entrypoints.matchmaker.app import (
     SETS,
     Expiry,
-    GameCurationWorker,
+    GameCuration,
     GameEvent,
     GameEventWorker,
     game_keys,
@@ -79,34 +79,24 @@ def test_malformed_events_are_rejected(fields: dict[str, str], reason: str) -> N
         GameEvent.parse(fields)
 
 
-class FakeWorker:
-    def __init__(self, client: Any, worker_id: str) -> None:
-        self.redis = client
-        self.context = type("Context", (), {"worker_id": worker_id})()
-
-
-def test_curation_purges_expired_games_oldest_first_one_slot_at_a_time(redis_any: Any, run: Any) -> None:
+def test_curation_purges_expired_games_oldest_first_in_batches(redis_any: Any, run: Any) -> None:
     async def body() -> None:
         client = async_client(redis_any.url)
         events = GameEventWorker(client)
         for i in range(5):  # pending games created at t=0..4
             await events.apply(GameEvent("state_change", "go", f"p{i}", new_state="created"), now=float(i))
         await events.apply(GameEvent("state_change", "go", "l1", new_state="creator_joined"), now=0.0)
-        expiry = Expiry(pending_s=60, lobby_s=600, active_s=7200)
-        first = GameCurationWorker(FakeWorker(client, "w1"), expiry, interval_s=1.0, batch=2)  # type: ignore[arg-type]
-        second = GameCurationWorker(FakeWorker(client, "w2"), expiry, interval_s=1.0, batch=2)  # type: ignore[arg-type]
-        assert await first.run(now=62.5) == 2  # expired: p0, p1, p2 (older than 2.5); batch of 2
-        assert await second.run(now=62.5) == 0  # the lock is w1's
-        assert await first.run(now=62.5) == 1  # the next batch: p2
-        assert await first.run(now=62.5) == 0
+        curation = GameCuration(client, Expiry(pending_s=60, lobby_s=600, active_s=7200), batch=2)
+        assert await curation.run(now=62.5) == 2  # expired: p0, p1, p2 (older than 2.5); batch of 2
+        assert await curation.run(now=62.5) == 1  # the next batch: p2
+        assert await curation.run(now=62.5) == 0
         sync = redis_any.client()
         assert [m.decode() for m in sync.zrange(game_keys("go", "")[0], 0, -1)] == ["p3", "p4"]
         assert where(sync, "go", "l1") == ["lobby"]  # 62.5 s in the lobby is not 600
-        assert first.purged == {"pending": 3}
-        assert first.sizes["go"] == {"pending": 2, "lobby": 1, "active": 0}
-        await first.release()
-        assert await second.run(now=700.0) == 3  # p3, p4 and the lobby game; the lock was released
-        assert second.sizes["go"] == {"pending": 0, "lobby": 0, "active": 0}
+        assert curation.purged == {"pending": 3}
+        assert curation.sizes["go"] == {"pending": 2, "lobby": 1, "active": 0}
+        assert await curation.run(now=700.0) == 3  # p3, p4 and the lobby game
+        assert curation.sizes["go"] == {"pending": 0, "lobby": 0, "active": 0}
         await client.aclose()
 
     run(body())
@@ -128,9 +118,12 @@ stream = "mm:game-events"
 partitions = 8
 handler = "corral.entrypoints.matchmaker:handle_event"
 block_ms = 100
+[[schedules]]
+name = "curate-games"
+every_s = 0.2
+handler = "corral.entrypoints.matchmaker:curate"
 [options]
 expiry_pending_s = 3600
-curation_interval_s = 0.2
 """
 LIFECYCLE = ["created", "creator_joined", "all_players_joined", "in_progress", "ended"]
 

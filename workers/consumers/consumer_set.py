@@ -15,11 +15,13 @@ import secrets
 from typing import Any
 
 from corral.contract import WorkSpec
+from corral.workers import schedules
 from corral.workers.consumers.base import HandlerRunner
 from corral.workers.consumers.client import TRANSIENT
 from corral.workers.consumers.membership import Membership
 from corral.workers.consumers.partitioned import PartitionedStreamConsumer
 from corral.workers.consumers.queues import QueueConsumer
+from corral.workers.consumers.scheduler import Scheduler
 from corral.workers.consumers.streams import StreamConsumer
 from corral.workers.durability import Durability
 from corral.workers.keys import Keys
@@ -50,7 +52,9 @@ class Consumers:
         self.worker_id = worker_id
         self.log = log
         common = {"redis": redis, "keys": self.keys, "worker_id": worker_id, "log": log}
-        self.queues = [QueueConsumer(spec, pool=pool, **common) for spec in work.queues]
+        queues = schedules.queue_specs(work, self.keys)  # with the queues of handler schedules
+        self.queues = [QueueConsumer(spec, pool=pool, **common) for spec in queues]
+        self.scheduler = Scheduler(work, redis=redis, keys=self.keys, log=log) if work.schedules else None
         # a WorkSpec built in code (not from corral.toml) may leave the group out: the pool's name
         streams = [dataclasses.replace(spec, group=spec.group or pool) for spec in work.streams]
         self.streams = [StreamConsumer(spec, **common) for spec in streams if not spec.partitions]
@@ -77,6 +81,8 @@ class Consumers:
 
     def units(self) -> list[Any]:
         units: list[Any] = [self.membership, *self.queues, *self.streams, *self.partitioned.values()]
+        if self.scheduler is not None:
+            units.append(self.scheduler)
         for unit in units:
             unit.transient_errors = TRANSIENT
         return units
@@ -148,4 +154,5 @@ class Consumers:
         streams = {c.spec.stream: c.stats() for c in self.streams}
         streams.update({name: c.stats() for name, c in self.partitioned.items()})
         failed = sum(s["failed"] for s in queues.values()) + sum(s["failed"] for s in streams.values())
-        return {"queues": queues, "streams": streams, "consumer_failed": failed}
+        fired = self.scheduler.stats() if self.scheduler is not None else {}
+        return {"queues": queues, "streams": streams, "consumer_failed": failed, "schedules": fired}

@@ -10,6 +10,7 @@ from redis.exceptions import ResponseError
 
 from corral.contract import StreamSpec
 from corral.workers.consumers.base import DeadLetter, HandlerUnit
+from corral.workers.consumers.pauses import PauseWatch
 from corral.workers.keys import Keys
 from corral.workers.messages import Message, decode_fields
 
@@ -39,6 +40,8 @@ class EntryUnit(HandlerUnit):
         self.consumer = worker_id
         self.processed = self.failed = self.dead = self.in_flight = 0
         self.errors: dict[bytes, str] = {}  # entry id -> the last error seen here
+        self.pauses = PauseWatch(redis, keys)
+        self.paused = False  # an operator paused the stream (every shard of it): not read
 
     def message(self, stream: str, entry_id: bytes, raw_fields: dict[bytes, bytes], attempt: int) -> Message:
         return Message(entry_id.decode(), decode_fields(raw_fields), stream, attempt, raw_fields)
@@ -85,4 +88,5 @@ class EntryUnit(HandlerUnit):
             "dead": self.dead,
             "in_flight": self.in_flight,
             "lag": 0,
+            "paused": int(self.paused),
         }

@@ -21,6 +21,7 @@ from corral.contract import StreamSpec
 from corral.workers.consumers.base import error_summary
 from corral.workers.consumers.client import REDIS_DOWN
 from corral.workers.consumers.entries import Entry, EntryUnit, create_group, is_nogroup
+from corral.workers.consumers.pauses import PAUSED_IDLE_S
 from corral.workers.keys import Keys
 from corral.workers.messages import Reject
 from corral.workers.producer import shard_name
@@ -75,9 +76,15 @@ class PartitionedStreamConsumer(EntryUnit):
             return 0
 
     async def _round(self) -> int:
+        names = {shard_name(self.spec.stream, shard): shard for shard in self.owned}
+        paused = {names[name] for name in await self.pauses.of(list(names))}
+        self.paused = bool(paused) and paused >= self.owned
+        if self.paused:
+            await asyncio.sleep(PAUSED_IDLE_S)
+            return 0
         async with self.lock:
             now = time.monotonic()
-            ready = {s for s in self.owned if self.not_before.get(s, 0.0) <= now}
+            ready = {s for s in self.owned - paused if self.not_before.get(s, 0.0) <= now}
             backlog = sorted(self.backlog & ready)
             if backlog:
                 return await self._drain_backlog(backlog[0])

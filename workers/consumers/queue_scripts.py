@@ -2,8 +2,27 @@
 within one cluster slot (a queue and its bookkeeping keys share its hash tag, see ``keys.py``)."""
 
 TAKE = """
-local jobs = redis.call('RPOP', KEYS[1], ARGV[1])
+-- up to ARGV[1] jobs, or fewer when the queue's rate limit (ARGV[3]: microseconds per job, 0: none;
+-- ARGV[4]: the burst, in jobs) allows fewer: a GCRA on the server's clock whose state (KEYS[5]: the
+-- theoretical arrival time) moves by the jobs actually taken. Held back: minus the wait (us).
+local want = tonumber(ARGV[1])
+local per_job = tonumber(ARGV[3])
+local now, tat
+if per_job > 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  tat = math.max(tonumber(redis.call('GET', KEYS[5]) or '0'), now)
+  local slack = tonumber(ARGV[4]) * per_job
+  local allowed = math.floor((now + slack - tat) / per_job)
+  if allowed < 1 then return -(tat + per_job - slack - now) end
+  want = math.min(want, allowed)
+end
+local jobs = redis.call('RPOP', KEYS[1], want)
 if not jobs then return false end
+if per_job > 0 then
+  tat = tat + #jobs * per_job
+  redis.call('SET', KEYS[5], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+end
 redis.call('SADD', KEYS[4], ARGV[2])  -- in the same step as the move: recovery can always find it
 for i = 1, #jobs, 1000 do  -- unpack() of more than ~8,000 values fails: after the pop
   redis.call('LPUSH', KEYS[2], unpack(jobs, i, math.min(i + 999, #jobs)))
@@ -73,5 +92,12 @@ else
 end
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[4])
+-- given up on (ARGV[5]: its id when it holds a unique lock, KEYS[5]): the lock goes with it
+if ARGV[5] ~= '' and redis.call('GET', KEYS[5]) == ARGV[5] then redis.call('DEL', KEYS[5]) end
 return 1
+"""
+RELEASE = """
+-- a unique job done: its lock goes, if it still holds it (a lock past its TTL may be another's now)
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """

@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from redis.asyncio import Redis
@@ -25,8 +23,11 @@ from corral.contract import QueueSpec
 from corral.workers.consumers.base import DeadLetter, HandlerUnit, error_summary, run_all
 from corral.workers.consumers.client import REDIS_DOWN
 from corral.workers.consumers.discovery import QueueSet
+from corral.workers.consumers.intake import Intake
+from corral.workers.consumers.pauses import PAUSED_IDLE_S, PauseWatch
 from corral.workers.consumers.promotion import Promoter
-from corral.workers.consumers.queue_scripts import ACK, MOVE_ALL, RECOVER, SETTLE, TAKE
+from corral.workers.consumers.queue_scripts import ACK, MOVE_ALL, TAKE
+from corral.workers.consumers.settlement import Destination, Settlement
 from corral.workers.keys import Keys
 from corral.workers.messages import Job, Malformed, Reject, Requeue, decode_job, encode_job
 from corral.workers.scripts import Script
@@ -42,24 +43,8 @@ class QueueStats:
     in_flight: int = 0
     lag: int = 0  # jobs waiting in the queue (LLEN), sampled with the promotion of due jobs
     delayed: int = 0  # jobs enqueued with a delay, not due yet (sampled likewise)
-
-
-class Destination(Enum):
-    """Where a settled job goes when it leaves the processing list (with one atomic move)."""
-
-    DEAD = "dead"  # the queue's dead-letter list: a record (``DeadLetter``) beside the job
-    RETRY = "retry"  # the retry set, scored by when it is due
-    FRONT = "front"  # back on the queue, the next to be taken
-    BACK = "back"  # back on the queue, the last to be taken
-
-
-# destination -> (its key, how the job goes in: the SETTLE script's ARGV[3])
-WHERE: dict[Destination, Callable[[Keys, str], tuple[str, str]]] = {
-    Destination.DEAD: lambda keys, queue: (keys.dead(queue), "lpush"),
-    Destination.RETRY: lambda keys, queue: (keys.retry(queue), "zadd"),
-    Destination.FRONT: lambda _keys, queue: (queue, "rpush"),
-    Destination.BACK: lambda _keys, queue: (queue, "lpush"),
-}
+    paused: bool = False  # an operator paused it (corral pause): not taken from
+    throttled: int = 0  # takes its rate limit held back
 
 
 class QueueConsumer(HandlerUnit):
@@ -80,12 +65,13 @@ class QueueConsumer(HandlerUnit):
         self.interrupted = False  # the last round raised: our processing lists may hold strays
         self.discovery = QueueSet(spec, redis=redis, keys=keys, log=log)
         self.promoter = Promoter(redis, keys)
+        self.intake = Intake(spec, self.discovery, PauseWatch(redis, keys), keys)
         self._take = Script(redis, TAKE)
         self._move_all = Script(redis, MOVE_ALL)
-        self._recover = Script(redis, RECOVER)
         self.deaths: dict[tuple[str, bytes], int] = {}  # taken jobs whose worker died before
         self._ack_jobs = Script(redis, ACK)
-        self._settle_job = Script(redis, SETTLE)
+        self.settlement = Settlement(redis, keys, worker_id, spec.at_most_once)
+        self.done_unique: list[Job] = []  # handled unique jobs: their locks go with the ack
 
     @property
     def queues(self) -> list[str]:
@@ -141,42 +127,73 @@ class QueueConsumer(HandlerUnit):
         return self.succeeded - before  # what the slot counts as processed, as the queue does
 
     async def _take_batch(self) -> list[tuple[str, bytes]]:
-        queues = self.discovery.rotated()
-        per_queue = max(1, -(-self.spec.batch_size // len(queues)))
+        queues = await self.intake.order()
+        for queue in self.queues:
+            self._stats(queue).paused = queue in self.intake.paused
+        if not queues:  # every queue paused: look again soon (the pause may be lifted)
+            await asyncio.sleep(PAUSED_IDLE_S)
+            return []
+        if self.intake.ranked_order:  # by priority: the next queue only for what the batch lacks
+            batch: list[tuple[str, bytes]] = []
+            for queue in queues:
+                batch += await self._take_from([queue], self.spec.batch_size - len(batch))
+                if len(batch) >= self.spec.batch_size:
+                    break
+        else:
+            batch = await self._take_from(queues, max(1, -(-self.spec.batch_size // len(queues))))
+        if not batch and self.intake.limited:  # a blocking take would bypass the limit
+            await asyncio.sleep(self.intake.idle_s(self.promoter.block_s(self.spec.block_s)))
+        elif not batch:  # everything is empty: block on one queue (rotating) for up to block_s
+            batch = await self._block(queues[0])
+        for queue, _ in batch:
+            self._stats(queue).in_flight += 1
+        return batch
+
+    async def _take_from(self, queues: list[str], per_queue: int) -> list[tuple[str, bytes]]:
+        """One round trip: up to ``per_queue`` jobs of each queue into our processing lists."""
         async with self.redis.pipeline(transaction=False) as pipe:
             # every round, first: a peer that recovered us while our loop stalled deleted the set,
             # and a processing list nobody knows of is never recovered
             pipe.sadd(self.keys.held_queues(self.pool, self.worker_id), *queues)
             self.held.update(queues)
+            args = self.intake.take_args(per_queue, self.worker_id)
             for queue in queues:
-                keys = [queue, self._processing(queue), self.keys.deaths(queue), self.keys.holders(queue)]
-                await self._take(keys=keys, args=[per_queue, self.worker_id], client=pipe)
+                keys = [
+                    queue,
+                    self._processing(queue),
+                    self.keys.deaths(queue),
+                    self.keys.holders(queue),
+                    self.keys.rate(queue),
+                ]
+                await self._take(keys=keys, args=args, client=pipe)
             results = await self.durable.execute(pipe, queues)
-        batch = [
+        return [
             (queue, raw)
             for queue, reply in zip(queues, results[1:], strict=True)
             for raw in self._taken(queue, reply)
         ]
-        if not batch:  # everything is empty: block on one queue (rotating) for up to block_s
-            queue = queues[0]
-            args = (queue, self._processing(queue), self.promoter.block_s(self.spec.block_s), "RIGHT", "LEFT")
-            raw = await self.durable.run(lambda client: client.blmove(*args), [queue])
-            if raw is None:
-                return []
-            async with self.redis.pipeline(transaction=False) as pipe:  # one round trip for both
-                pipe.sadd(self.keys.holders(queue), self.worker_id)  # (the round's held-queues
-                pipe.hget(self.keys.deaths(queue), raw)  # entry covers the moment in between)
-                _, died = await pipe.execute()
-            if died:
-                self.deaths[queue, raw] = int(died)
-            batch = [(queue, raw)]
-        for queue, _ in batch:
-            self._stats(queue).in_flight += 1
-        return batch
+
+    async def _block(self, queue: str) -> list[tuple[str, bytes]]:
+        args = (queue, self._processing(queue), self.promoter.block_s(self.spec.block_s), "RIGHT", "LEFT")
+        raw = await self.durable.run(lambda client: client.blmove(*args), [queue])
+        if raw is None:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip for both
+            pipe.sadd(self.keys.holders(queue), self.worker_id)  # (the round's held-queues
+            pipe.hget(self.keys.deaths(queue), raw)  # entry covers the moment in between)
+            _, died = await pipe.execute()
+        if died:
+            self.deaths[queue, raw] = int(died)
+        return [(queue, raw)]
 
     def _taken(self, queue: str, reply: Any) -> list[bytes]:
-        """The jobs of one take; notes those whose worker died before (the reply's second part)."""
+        """The jobs of one take; notes those whose worker died before (the reply's second part),
+        and a take the rate limit held back (a negative number: microseconds to wait)."""
         if not reply:
+            return []
+        if isinstance(reply, int):
+            self.intake.held_back(queue, -reply)
+            self._stats(queue).throttled += 1
             return []
         if not isinstance(reply[0], list):
             return list(reply)
@@ -188,7 +205,10 @@ class QueueConsumer(HandlerUnit):
 
     async def _pop_batch(self) -> list[tuple[str, bytes]]:
         """at_most_once: plain RPOP/BRPOP, nothing kept in flight."""
-        queues = self.discovery.rotated()
+        queues = await self.intake.order()
+        if not queues:
+            await asyncio.sleep(PAUSED_IDLE_S)
+            return []
         jobs = await self.redis.rpop(queues[0], self.spec.batch_size)
         if jobs:
             return [(queues[0], raw) for raw in jobs]
@@ -223,7 +243,7 @@ class QueueConsumer(HandlerUnit):
         except Reject as reject:  # can never succeed: dead-lettered at once, no retries
             self.log.bind(job=job.id).warning("queue {}: job {} rejected: {}", queue, job.id, reject.reason)
             record = self._dead_letter(queue, job, f"rejected: {reject.reason}").queue_record(raw)
-            await self._settle(queue, raw, Destination.DEAD, record)
+            await self._settle(queue, raw, Destination.DEAD, record, job=job)
             stats.dead += 1
             return
         except REDIS_DOWN:
@@ -238,6 +258,8 @@ class QueueConsumer(HandlerUnit):
             await self.redis.delete(self.keys.in_hand(queue, self.worker_id))
         if not self.spec.at_most_once:
             self.unacked.append((queue, raw))
+        if job.unique is not None:
+            self.done_unique.append(job)
 
     async def _fail(self, job: Job, exc: Exception) -> None:
         log = self.log.bind(job=job.id)
@@ -246,7 +268,7 @@ class QueueConsumer(HandlerUnit):
                 "queue {}: job {} failed {} times, dead-lettered: {!r}", job.queue, job.id, job.attempt, exc
             )
             record = self._dead_letter(job.queue, job, error_summary(exc)).queue_record(job.raw)
-            await self._settle(job.queue, job.raw, Destination.DEAD, record)
+            await self._settle(job.queue, job.raw, Destination.DEAD, record, job=job)
             self._stats(job.queue).dead += 1
             return
         delay_s = min(self.spec.backoff_initial_s * 2 ** (job.attempt - 1), self.spec.backoff_max_s)
@@ -258,36 +280,28 @@ class QueueConsumer(HandlerUnit):
             exc,
             delay_s,
         )
-        retry = encode_job(job.data, job.id, job.attempt + 1, job.enqueued_at)
-        await self._settle(job.queue, job.raw, Destination.RETRY, retry, time.time() + delay_s)
+        retry = encode_job(job.data, job.id, job.attempt + 1, job.enqueued_at, job.unique)
+        await self._settle(job.queue, job.raw, Destination.RETRY, retry, due_s=time.time() + delay_s)
         self._stats(job.queue).retried += 1
 
     async def _settle(
-        self, queue: str, raw: bytes, to: Destination, payload: bytes, due_s: float = 0.0
+        self,
+        queue: str,
+        raw: bytes,
+        to: Destination,
+        payload: bytes,
+        *,
+        due_s: float = 0.0,
+        job: Job | None = None,
     ) -> None:
-        """Move one job out of the processing list and to ``to``, atomically (one script)."""
         self.deaths.pop((queue, raw), None)
-        key, how = WHERE[to](self.keys, queue)
-        if self.spec.at_most_once:  # no processing list: just where it goes
-            await (
-                self.redis.zadd(key, {payload: due_s})
-                if how == "zadd"
-                else getattr(self.redis, how)(key, payload)
-            )
-            return
-        keys = [
-            self._processing(queue),
-            key,
-            self.keys.deaths(queue),
-            self.keys.in_hand(queue, self.worker_id),
-        ]
-        await self._settle_job(keys=keys, args=[raw, payload, how, due_s])
+        await self.settlement.move(queue, raw, to, payload, due_s=due_s, job=job)
 
     async def _died_too_often(self, job: Job, died: int) -> None:
         error = f"its worker died {died} times while handling it (killed, crashed or hung)"
         self.log.bind(job=job.id).error("queue {}: job {} dead-lettered: {}", job.queue, job.id, error)
         record = self._dead_letter(job.queue, job, error).queue_record(job.raw)
-        await self._settle(job.queue, job.raw, Destination.DEAD, record)
+        await self._settle(job.queue, job.raw, Destination.DEAD, record, job=job)
         self._stats(job.queue).dead += 1
 
     def _dead_letter(self, queue: str, job: Job | None, error: str) -> DeadLetter:
@@ -296,13 +310,14 @@ class QueueConsumer(HandlerUnit):
     async def _ack(self) -> None:
         if not self.unacked or self.spec.at_most_once:
             self.unacked.clear()
+            await self._release_unique()
             return
         # one LREM per job, but one command per queue: a pipeline of LREMs costs the client a command
         # packed and a reply parsed per job, about as much as the trivial job itself
         by_queue: dict[str, list[bytes]] = {}
         for queue, raw in self.unacked:
             by_queue.setdefault(queue, []).append(raw)
-        if len(by_queue) == 1 and not self.durable.on:
+        if len(by_queue) == 1 and not self.durable.on and not self.done_unique:
             [(queue, raws)] = by_queue.items()
             await self._ack_jobs(keys=[self._processing(queue), self.keys.deaths(queue)], args=raws)
         else:
@@ -310,10 +325,21 @@ class QueueConsumer(HandlerUnit):
                 for queue, raws in by_queue.items():
                     keys = [self._processing(queue), self.keys.deaths(queue)]
                     await self._ack_jobs(keys=keys, args=raws, client=pipe)
+                for job in self.done_unique:  # after the ack: never a duplicate while it is held
+                    await self.settlement.release(pipe, job.queue, job)
                 await self.durable.execute(pipe, list(by_queue))
+            self.done_unique.clear()
         for item in self.unacked:
             self.deaths.pop(item, None)
         self.unacked.clear()
+
+    async def _release_unique(self) -> None:
+        if self.done_unique:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job in self.done_unique:
+                    await self.settlement.release(pipe, job.queue, job)
+                await pipe.execute()
+            self.done_unique.clear()
 
     async def _hand_back(self) -> None:
         """Fast stop: acknowledge what was handled, put everything else back at the front."""
@@ -327,36 +353,7 @@ class QueueConsumer(HandlerUnit):
 
     async def recover(self, dead_worker_id: str) -> int:
         """Put a dead worker's in-flight jobs of every queue it held back at the front of them."""
-        held_key = self.keys.held_queues(self.pool, dead_worker_id)
-        moved = 0
-        for queue in await self._queues_held_by(dead_worker_id):
-            keys = [
-                self.keys.processing(queue, dead_worker_id),
-                queue,
-                self.keys.deaths(queue),
-                self.keys.in_hand(queue, dead_worker_id),
-                self.keys.holders(queue),
-            ]
-            # with wait_replicas: on a replica before the member and its held-queues set go (they
-            # live in another slot: a failover must not keep their removal and lose this move)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                await self._recover(keys=keys, args=[dead_worker_id], client=pipe)
-                [count] = await self.durable.execute(pipe, [queue])
-            moved += int(count)
-        await self.redis.delete(held_key)
-        return moved
-
-    async def _queues_held_by(self, worker_id: str) -> set[str]:
-        """Its held-queues set, and the queues we know whose holders name it (the take registers
-        there atomically: a held-queues set deleted by a peer's recovery does not lose it)."""
-        queues = {q.decode() for q in await self.redis.smembers(self.keys.held_queues(self.pool, worker_id))}
-        others = [q for q in self.queues if q not in queues]
-        if others:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for queue in others:
-                    pipe.sismember(self.keys.holders(queue), worker_id)
-                queues.update(q for q, member in zip(others, await pipe.execute(), strict=True) if member)
-        return queues
+        return await self.settlement.recover(self.pool, dead_worker_id, self.queues, self.durable)
 
     async def release(self) -> None:
         """A clean exit with nothing held: out of the holders of the queues we took from."""

@@ -21,6 +21,7 @@ from corral.contract import StreamSpec
 from corral.workers.consumers.base import error_summary, run_all
 from corral.workers.consumers.client import REDIS_DOWN
 from corral.workers.consumers.entries import Entry, EntryUnit, create_group, is_nogroup
+from corral.workers.consumers.pauses import PAUSED_IDLE_S
 from corral.workers.keys import Keys
 from corral.workers.messages import Reject
 
@@ -111,6 +112,10 @@ class StreamConsumer(EntryUnit):
         spec = self.spec
         if self._recovered:
             return await self._deliver_recovered()
+        self.paused = bool(await self.pauses.of([spec.stream]))
+        if self.paused:  # what we hold stays pending, ours, until resumed (or claimed if we die)
+            await asyncio.sleep(PAUSED_IDLE_S)
+            return []
         if self.read_own:
             reply = await self.redis.xreadgroup(
                 spec.group, self.consumer, {spec.stream: self._own_cursor}, count=spec.batch_size

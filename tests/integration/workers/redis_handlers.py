@@ -233,3 +233,16 @@ async def note_time(job: Job, ctx: HandlerContext) -> None:
     """When each job was handled (``test:handled_at``: id -> unix seconds), and counted."""
     await ctx.redis.hset("test:handled_at", job.id, time.time())
     await ctx.redis.hincrby("test:handled", job.id, 1)
+
+
+async def record_order(job: Job, ctx: HandlerContext) -> None:
+    """The queue each job was taken from, in the order handled (``test:order``)."""
+    await ctx.redis.rpush("test:order", job.queue)
+    await ctx.redis.hincrby("test:handled", job.id, 1)
+
+
+async def timed_run(job: Job, ctx: HandlerContext) -> None:
+    """A run that takes ``data["sleep"]`` seconds; its start and end go to ``test:runs``."""
+    started = time.time()
+    await asyncio.sleep(float(job.data.get("sleep", 0.0)))
+    await ctx.redis.rpush("test:runs", json.dumps({"id": job.id, "start": started, "end": time.time()}))

@@ -15,13 +15,19 @@ import pytest
 
 from corral.contract import QueueSpec, RedisSpec, WorkSpec
 from corral.workers.consumers import queue_scripts
+from corral.workers.consumers.scheduler import FIRE
 from corral.workers.keys import Keys, queue_shards
-from corral.workers.producer import enqueue
+from corral.workers.producer import ENQUEUE_UNIQUE, enqueue
 from corral.workers.scripts import Script
 from tests.integration.conftest import KEYS, H, client, equals, queue_work, redis_spec, wait_for
 
 SCRIPTS = {
-    name: getattr(queue_scripts, name) for name in ("TAKE", "PROMOTE", "MOVE_ALL", "RECOVER", "ACK", "SETTLE")
+    **{
+        name: getattr(queue_scripts, name)
+        for name in ("TAKE", "PROMOTE", "MOVE_ALL", "RECOVER", "ACK", "SETTLE", "RELEASE")
+    },
+    "FIRE": FIRE,
+    "ENQUEUE_UNIQUE": ENQUEUE_UNIQUE,
 }
 
 
@@ -29,7 +35,10 @@ def script_calls(keys: Keys, queue: str) -> dict[str, tuple[list[str], list[Any]
     """Each queue script with the keys and arguments the consumer gives it."""
     processing, worker = keys.processing(queue, "w1"), "w1"
     return {
-        "TAKE": ([queue, processing, keys.deaths(queue), keys.holders(queue)], [10, worker]),
+        "TAKE": (  # with a rate limit: its GCRA state in the queue's slot too
+            [queue, processing, keys.deaths(queue), keys.holders(queue), keys.rate(queue)],
+            [10, worker, 1000, 5],
+        ),
         "PROMOTE": ([keys.retry(queue), queue], [time.time(), 100]),
         "MOVE_ALL": ([processing, queue], []),
         "RECOVER": (
@@ -38,9 +47,21 @@ def script_calls(keys: Keys, queue: str) -> dict[str, tuple[list[str], list[Any]
         ),
         "ACK": ([processing, keys.deaths(queue)], [b"job"]),
         "SETTLE": (
-            [processing, keys.dead(queue), keys.deaths(queue), keys.in_hand(queue, worker)],
-            [b"j", b"r", "lpush", 0],
+            [
+                processing,
+                keys.dead(queue),
+                keys.deaths(queue),
+                keys.in_hand(queue, worker),
+                keys.unique(queue, "u"),
+            ],
+            [b"j", b"r", "lpush", 0, "id"],
         ),
+        "RELEASE": ([keys.unique(queue, "u")], ["id"]),
+        "FIRE": (
+            [keys.schedule_state("s", queue), queue, keys.unique(queue, "schedule:s")],
+            [int(time.time() * 1000), b"job", "s@t", 1000, 0, 1, int(time.time() * 1000)],
+        ),
+        "ENQUEUE_UNIQUE": ([queue, keys.unique(queue, "k")], [b"job", "id", 1000, "lpush", 0]),
     }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from corral.contract import Check, ExitCode, QueueSpec, RedisSpec, StreamSpec
+from corral.contract import Check, ExitCode, QueueSpec, RedisSpec, ScheduleSpec, StreamSpec
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import FREE_FORM, SECTIONS
 from corral.supervisor.schema import keys_of
@@ -25,7 +25,12 @@ DOCS = Path(__file__).resolve().parents[3] / "docs"
 CONFIGURATION = DOCS / "configuration.md"
 API = DOCS / "api.md"
 
-WORK_TABLES: dict[str, type[Any]] = {"[redis]": RedisSpec, "[[streams]]": StreamSpec, "[[queues]]": QueueSpec}
+WORK_TABLES: dict[str, type[Any]] = {
+    "[redis]": RedisSpec,
+    "[[streams]]": StreamSpec,
+    "[[queues]]": QueueSpec,
+    "[[schedules]]": ScheduleSpec,
+}
 
 
 def config_keys() -> dict[str, dict[str, dataclasses.Field[Any]]]:

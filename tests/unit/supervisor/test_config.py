@@ -155,7 +155,7 @@ max_attempts = 3
             '[redis]\nurl = "http://x"\n[[streams]]\nstream = "s"\nhandler = "a:b"\n',
             "redis.url: must start with",
         ),
-        ("[pool]\nworkers = 1\n", "pool.worker: required when no [[streams]] or [[queues]]"),
+        ("[pool]\nworkers = 1\n", "pool.worker: required when no [[streams]], [[queues]] or [[schedules]]"),
         ('[[streams]]\nstream = "s"\nhandler = "a:b"\nblock_ms = 0\n', "streams[0].block_ms: must be > 0"),
         (
             '[redis]\nsocket_timeout_s = 2\n[[streams]]\nstream = "s"\nhandler = "a:b"\nblock_ms = 2000\n',
@@ -230,3 +230,51 @@ def test_a_bad_queue_does_not_also_claim_that_pool_worker_is_missing(tmp_path: P
     message = str(caught.value)
     assert "queues[0].names: must be a list of strings" in message
     assert "pool.worker" not in message
+
+
+Q = '[[queues]]\nnames = ["a", "b"]\nhandler = "m:f"\n'
+S = '[[schedules]]\nname = "s"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (Q + 'rate_limit = "fast"\n', "queues[0].rate_limit: must be a rate like '200/s'"),
+        (Q + 'rate_limit = "0/s"\n', "queues[0].rate_limit: must be a rate"),
+        (Q + 'order = "random"\n', "queues[0].order: must be 'rotate', 'strict' or 'weighted'"),
+        (Q + 'order = "weighted"\nweights = [1]\n', "queues[0].weights: one weight > 0 for each name"),
+        (Q + "weights = [1, 2]\n", "queues[0].weights: only with order = 'weighted'"),
+        (Q + 'order = "weighted"\nweights = ["a", "b"]\n', "queues[0].weights: must be a list of integers"),
+        (
+            S + 'cron = "fast"\nqueue = "q"\n',
+            "schedules[0].cron: must be a cron expression like '*/5 * * * *'",
+        ),
+        (S + 'cron = "61 * * * *"\nqueue = "q"\n', "schedules[0].cron: must be a cron expression"),
+        (S + 'every_s = 5\ntimezone = "Mars/Base"\nqueue = "q"\n', "schedules[0].timezone: must be an IANA"),
+        (S + 'every_s = 5\ncron = "* * * * *"\nqueue = "q"\n', "schedules[0]: needs either cron or every_s"),
+        (S + "every_s = 5\n", "schedules[0]: needs either queue (enqueue a job) or handler"),
+        (
+            S + 'every_s = 5\nqueue = "q"\ncatch_up = "never"\n',
+            "schedules[0].catch_up: must be 'skip', 'once'",
+        ),
+        (
+            S + 'every_s = 5\nqueue = "q"\n' + S + 'every_s = 1\nqueue = "q"\n',
+            "schedules[1].name: 's' is the",
+        ),
+    ],
+)
+def test_bad_job_control_settings_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text))
+    assert expected in str(caught.value)
+
+
+def test_schedules_alone_make_a_pool(tmp_path: Path) -> None:
+    config = load(write(tmp_path, S + 'cron = "*/5 * * * *"\ntimezone = "Europe/Paris"\nqueue = "q"\n'))
+    [schedule] = config.work.schedules
+    assert (schedule.cron, schedule.timezone, schedule.catch_up, schedule.overlap) == (
+        "*/5 * * * *",
+        "Europe/Paris",
+        "skip",
+        False,
+    )

@@ -1,0 +1,375 @@
+"""``corral dead``: the dead letters of a queue or stream, straight from Redis (no supervisor needed).
+
+``corral dead [counts]`` counts them per declared name; ``list NAME`` shows the newest, ``show NAME ID``
+one in full; ``retry`` puts letters back on their queue or stream and ``purge`` deletes them, by ID,
+``--grep``, ``--before`` (purge) or ``--all``. A retry moves each letter in one atomic step, so an
+interrupted bulk retry is simply run again (``corral.workers.control.dead_letters``).
+
+Exit codes: 0 done; 1 an unknown ID, or Redis answered with an error; 2 a mistake on the command line
+(nothing changed); 5 Redis cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, NoReturn
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from corral.entrypoints.cli.files import DURATION, UNIT_S
+from corral.entrypoints.cli.say import fail
+from corral.supervisor.actions import SupervisorExit
+from corral.supervisor.config import Config, redacted
+from corral.workers.control.catalog import Catalog, Target, UnknownName
+from corral.workers.control.dead_letters import CannotRetry, DeadLetters, Letter
+from corral.workers.control.operations import Operations
+from corral.workers.topology import connect
+
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError, TimeoutError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A mistake in a ``dead`` command's arguments is one line, exit 2 (not a usage screen); IDs may
+    come after the options too. No abbreviations: ``--al`` must not mean ``--all``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(SupervisorExit.CONFIG, f"corral: {self.prog.removeprefix('corral ')}: {message}\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if isinstance(getattr(parsed, "ids", None), list):
+            parsed.ids += [arg for arg in extras if not arg.startswith("-")]
+            extras = [arg for arg in extras if arg.startswith("-")]
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+def add_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    dead = sub.add_parser("dead", parents=[common], help="the dead letters of a queue or stream")
+    config = _Parser(add_help=False)  # -c after the action too; SUPPRESS: keep one before
+    config.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file (./corral.toml)")
+    actions = dead.add_subparsers(dest="dead_action", metavar="ACTION", parser_class=_Parser)
+    actions.add_parser("counts", parents=[config], help="how many dead letters each queue and stream has")
+    listing = actions.add_parser("list", parents=[config], help="the newest dead letters of NAME")
+    listing.add_argument("name", help="a queue or stream of corral.toml")
+    listing.add_argument("--grep", help="only those whose job, fields or error contain TEXT (any case)")
+    listing.add_argument("--since", help="only those failed since: 1h, 30m, 2d or an ISO time with a zone")
+    listing.add_argument("--limit", default="50", help="at most this many (default: 50)")
+    listing.add_argument("--json", action="store_true", help="print them as a JSON array")
+    show = actions.add_parser("show", parents=[config], help="one dead letter in full")
+    show.add_argument("name", help="a queue or stream of corral.toml")
+    show.add_argument("id", help="its ID, as `corral dead list` shows it")
+    for action, verb in (
+        ("retry", "put dead letters back on their queue or stream"),
+        ("purge", "delete dead letters"),
+    ):
+        command = actions.add_parser(action, parents=[config], help=verb)
+        command.add_argument("name", help="a queue or stream of corral.toml")
+        command.add_argument("ids", nargs="*", metavar="ID", help="these dead letters")
+        command.add_argument("--all", action="store_true", help="every dead letter of NAME")
+        command.add_argument("--grep", help="those whose job, fields or error contain TEXT (any case)")
+    purge = actions.choices["purge"]
+    purge.add_argument("--before", help="those failed before: 1h (ago), 2d, or an ISO time with a zone")
+
+
+class Action(StrEnum):
+    COUNTS = "counts"  # the default: ``corral dead``
+    LIST = "list"
+    SHOW = "show"
+    RETRY = "retry"
+    PURGE = "purge"
+
+
+@dataclasses.dataclass(frozen=True)
+class Order:
+    """One ``dead`` command, checked: what it acts on and how."""
+
+    action: Action
+    target: Target | None = None
+    ids: list[str] | None = None
+    grep: str | None = None
+    since_s: float | None = None
+    before_s: float | None = None
+    limit: int = 50
+    json: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.target.name if self.target is not None else ""
+
+
+def run(config: Config, args: argparse.Namespace) -> int:
+    try:
+        order = checked(args, Catalog(config.work))
+    except (UnknownName, ValueError) as exc:
+        return fail(str(exc), SupervisorExit.CONFIG)
+    return asyncio.run(connected(config, order))
+
+
+def checked(args: argparse.Namespace, catalog: Catalog) -> Order:
+    """The command line as an ``Order``; ValueError (or UnknownName) names the mistake."""
+    action = Action(args.dead_action or Action.COUNTS)
+    if action is Action.COUNTS:
+        return Order(action)
+    target = catalog.resolve(args.name)
+    if action is Action.SHOW:
+        return Order(action, target, ids=[args.id])
+    if action is Action.LIST:
+        return Order(
+            action,
+            target,
+            grep=args.grep,
+            since_s=moment("list", "--since", args.since),
+            limit=limit_of(args.limit),
+            json=args.json,
+        )
+    before_s = moment(action, "--before", args.before) if action is Action.PURGE else None
+    filters = [
+        flag
+        for flag, given in (("--grep", args.grep is not None), ("--before", before_s is not None))
+        if given
+    ]
+    if args.all and (args.ids or filters):
+        raise ValueError(f"dead {action}: --all goes alone, without IDs, --grep or --before")
+    if args.ids and filters:
+        raise ValueError(f"dead {action}: give IDs or {' / '.join(filters)}, not both")
+    if not (args.all or args.ids or filters):
+        more = ", --grep TEXT or --before TIME" if action is Action.PURGE else " or --grep TEXT"
+        raise ValueError(f"dead {action}: say which: ID..., --all{more}")
+    return Order(action, target, ids=args.ids or None, grep=args.grep, before_s=before_s)
+
+
+def moment(action: str, flag: str, text: str | None) -> float | None:
+    """``1h`` (that long ago) or an ISO 8601 time with a zone, as unix seconds."""
+    if text is None:
+        return None
+    match = DURATION.match(text)
+    if match:
+        return time.time() - float(match.group(1)) * UNIT_S[match.group(2)]
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"dead {action}: {flag}: {text!r} is neither a duration like 30m, 2h or 1d nor an ISO 8601 time"
+        ) from None
+    if at.tzinfo is None:
+        raise ValueError(f"dead {action}: {flag}: {text!r} has no time zone (add Z or an offset like +01:00)")
+    return at.timestamp()
+
+
+def limit_of(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"dead list: --limit: {text!r} is not a whole number > 0")
+    return int(text)
+
+
+async def connected(config: Config, order: Order) -> int:
+    url = config.redis_url
+    spec = dataclasses.replace(config.work.redis, url=url, socket_timeout_s=5.0, connect_timeout_s=5.0)
+    client: Any = None
+    try:
+        client = await connect(spec)
+        letters = Operations(client, config.work).dead
+        return await ACTIONS[order.action](letters, order, config)
+    except UNREACHABLE as exc:
+        return fail(f"cannot reach Redis at {redacted(url)}: {exc}", SupervisorExit.NOT_RUNNING)
+    except CannotRetry as exc:
+        return fail(f"dead {order.action}: {exc}", SupervisorExit.FAILED)
+    except RedisError as exc:
+        return fail(f"dead: Redis at {redacted(url)} answered with an error: {exc}", SupervisorExit.FAILED)
+    finally:
+        if client is not None:
+            await client.aclose()
+
+
+def console() -> Console:
+    out = Console()
+    return out if out.is_terminal else Console(width=200)  # piped: one line per row, never wrapped
+
+
+async def counts(letters: DeadLetters, order: Order, config: Config) -> int:
+    grid = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("NAME", "KIND", "DEAD"):
+        grid.add_column(column, justify="right" if column == "DEAD" else "left")
+    targets = Catalog(config.work).names()
+    for target in targets:
+        grid.add_row(Text(target.name), target.kind.value, str(await letters.count(target)))
+    if targets:
+        console().print(grid)
+    else:
+        print("no queues or streams declared")
+    return SupervisorExit.OK
+
+
+def when(at: float | None) -> str:
+    return datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S") if at is not None else "-"
+
+
+def headline(error: str) -> str:
+    """The line that says what went wrong: a traceback's last line, else the first."""
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1].strip() if lines[0].startswith("Traceback") else lines[0].strip()
+
+
+def as_json(letter: Letter) -> dict[str, Any]:
+    keys = ("id", "source", "failed_at", "attempts", "error", "worker", "payload")
+    return {key: getattr(letter, key) for key in keys}
+
+
+async def listing(letters: DeadLetters, order: Order, config: Config) -> int:
+    assert order.target is not None
+    found = await letters.list(order.target, grep=order.grep, since_s=order.since_s, limit=order.limit)
+    if order.json:
+        print(json.dumps([as_json(letter) for letter in found], indent=2))
+        return SupervisorExit.OK
+    total = await letters.count(order.target)
+    if found:
+        grid = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in ("ID", "WHEN", "ATTEMPTS", "SOURCE", "ERROR"):
+            grid.add_column(
+                column, justify="right" if column == "ATTEMPTS" else "left", no_wrap=column != "ERROR"
+            )
+        for letter in found:
+            attempts = str(letter.attempts) if letter.attempts is not None else "-"
+            cells = (letter.id, when(letter.failed_at), attempts, letter.source, headline(letter.error))
+            grid.add_row(*(Text(cell) for cell in cells))
+        console().print(grid)
+    print(f"{len(found)} shown of {plural(total)} of {order.name}")
+    return SupervisorExit.OK
+
+
+async def showing(letters: DeadLetters, order: Order, config: Config) -> int:
+    assert order.target is not None and order.ids
+    letter = await letters.find(order.target, order.ids[0])
+    if letter is None:
+        return fail(f"dead show: no dead letter {order.ids[0]!r} in {order.name}", SupervisorExit.FAILED)
+    try:
+        payload = json.dumps(json.loads(letter.payload), indent=2, ensure_ascii=False)
+    except ValueError:
+        payload = letter.payload
+    attempts = str(letter.attempts) if letter.attempts is not None else "-"
+    stamp = f"{when(letter.failed_at)} ({letter.failed_at})" if letter.failed_at is not None else "-"
+    for label, value in (("id", letter.id), ("source", letter.source), ("failed", stamp)):
+        print(f"{label + ':':<10}{value}")
+    print(f"{'attempts:':<10}{attempts}\n{'worker:':<10}{letter.worker or '-'}")
+    print("error:\n" + indented(letter.error or "-") + "\npayload:\n" + indented(payload))
+    return SupervisorExit.OK
+
+
+def indented(text: str) -> str:
+    return "\n".join(f"  {line}" for line in text.rstrip().splitlines())
+
+
+def plural(n: int) -> str:
+    return f"{n} dead letter" + ("" if n == 1 else "s")
+
+
+@contextmanager
+def progress_bar(total: int | None, label: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr when it is a terminal; the callback advances it."""
+    err = Console(stderr=True)
+    if not err.is_terminal:
+        yield lambda _n: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a bulk action: raised between two batches, so every letter is whole."""
+
+
+@contextmanager
+def interruptible() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C asks a bulk action to stop after the batch in flight (a task's cancellation can be
+    lost in redis-py's waits on Python 3.11, and would not say how many moved); a second Ctrl-C
+    stops at once (KeyboardInterrupt)."""
+    loop, asked = asyncio.get_running_loop(), asyncio.Event()
+
+    def on_sigint() -> None:
+        asked.set()
+        loop.remove_signal_handler(signal.SIGINT)  # the default again: the next one interrupts
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        yield asked.is_set
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+async def unknown_ids(letters: DeadLetters, order: Order) -> str | None:
+    """The one-line complaint when some of the order's IDs are no dead letter of its target."""
+    assert order.target is not None
+    unknown = await letters.missing(order.target, order.ids or [])
+    if not unknown:
+        return None
+    more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+    return f"dead {order.action}: no dead letter {unknown[0]!r} in {order.name}{more}; nothing changed"
+
+
+async def bulk(letters: DeadLetters, order: Order, config: Config) -> int:
+    assert order.target is not None
+    target, verb = order.target, "retried" if order.action is Action.RETRY else "purged"
+    problem = await unknown_ids(letters, order) if order.ids else None
+    if problem:
+        return fail(problem, SupervisorExit.FAILED)
+    everything = order.ids is None and order.grep is None and order.before_s is None
+    total = await letters.count(target) if everything else None
+    done, started = 0, time.monotonic()
+    with interruptible() as stop_asked, progress_bar(total, f"{order.action} {order.name}") as step:
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            step(n)
+            if stop_asked():
+                raise Interrupted
+
+        try:
+            if order.action is Action.RETRY:
+                await letters.retry(target, ids=order.ids, grep=order.grep, on_progress=advance)
+            else:
+                ids, grep, before_s = order.ids, order.grep, order.before_s
+                await letters.purge(target, ids=ids, grep=grep, before_s=before_s, on_progress=advance)
+        except Interrupted:
+            note = f"interrupted: {verb} {plural(done)} of {order.name}; run it again for the rest"
+            return fail(note, 130)
+    print(f"{verb} {plural(done)} of {order.name} in {time.monotonic() - started:.2f}s")
+    return SupervisorExit.OK
+
+
+ACTIONS: dict[Action, Callable[[DeadLetters, Order, Config], Awaitable[int]]] = {
+    Action.COUNTS: counts,
+    Action.LIST: listing,
+    Action.SHOW: showing,
+    Action.RETRY: bulk,
+    Action.PURGE: bulk,
+}

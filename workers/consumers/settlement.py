@@ -1,0 +1,112 @@
+"""Where a queue job goes when it leaves a worker's processing list, each move one script: to the
+dead letters, the retry set, or back onto its queue (``SETTLE``); a dead worker's lists back onto
+their queues (``RECOVER``); and the unique lock of a job that is done (acknowledged or given up on)
+released (``RELEASE``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from corral.workers.consumers.queue_scripts import RECOVER, RELEASE, SETTLE
+from corral.workers.durability import Durability
+from corral.workers.keys import Keys
+from corral.workers.messages import Job
+from corral.workers.scripts import Script
+
+
+class Destination(Enum):
+    """Where a settled job goes when it leaves the processing list (with one atomic move)."""
+
+    DEAD = "dead"  # the queue's dead-letter list: a record (``DeadLetter``) beside the job
+    RETRY = "retry"  # the retry set, scored by when it is due
+    FRONT = "front"  # back on the queue, the next to be taken
+    BACK = "back"  # back on the queue, the last to be taken
+
+
+# destination -> (its key, how the job goes in: the SETTLE script's ARGV[3])
+WHERE: dict[Destination, Callable[[Keys, str], tuple[str, str]]] = {
+    Destination.DEAD: lambda keys, queue: (keys.dead(queue), "lpush"),
+    Destination.RETRY: lambda keys, queue: (keys.retry(queue), "zadd"),
+    Destination.FRONT: lambda _keys, queue: (queue, "rpush"),
+    Destination.BACK: lambda _keys, queue: (queue, "lpush"),
+}
+
+
+class Settlement:
+    def __init__(self, redis: Any, keys: Keys, worker_id: str, at_most_once: bool) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.worker_id = worker_id
+        self.at_most_once = at_most_once
+        self._settle = Script(redis, SETTLE)
+        self._release = Script(redis, RELEASE)
+        self._recover = Script(redis, RECOVER)
+
+    async def move(
+        self,
+        queue: str,
+        raw: bytes,
+        to: Destination,
+        payload: bytes,
+        *,
+        due_s: float = 0.0,
+        job: Job | None = None,
+    ) -> None:
+        """One job out of our processing list and to ``to``, atomically; given up on (``DEAD``), its
+        unique lock goes in the same step."""
+        key, how = WHERE[to](self.keys, queue)
+        if self.at_most_once:  # no processing list: just where it goes
+            await (
+                self.redis.zadd(key, {payload: due_s})
+                if how == "zadd"
+                else getattr(self.redis, how)(key, payload)
+            )
+            return
+        unique = job.unique if job is not None and to is Destination.DEAD else None
+        keys = [
+            self.keys.processing(queue, self.worker_id),
+            key,
+            self.keys.deaths(queue),
+            self.keys.in_hand(queue, self.worker_id),
+            self.keys.unique(queue, unique or ""),
+        ]
+        await self._settle(keys=keys, args=[raw, payload, how, due_s, job.id if job and unique else ""])
+
+    async def release(self, pipe: Any, queue: str, job: Job) -> None:
+        """Into ``pipe`` (after the job's ack): its unique lock goes, if it still holds it."""
+        if job.unique is not None:
+            await self._release(keys=[self.keys.unique(queue, job.unique)], args=[job.id], client=pipe)
+
+    async def recover(self, pool: str, dead_worker_id: str, known: list[str], durable: Durability) -> int:
+        """A dead worker's in-flight jobs of every queue it held back at the front of them."""
+        moved = 0
+        for queue in await self._queues_held_by(pool, dead_worker_id, known):
+            keys = [
+                self.keys.processing(queue, dead_worker_id),
+                queue,
+                self.keys.deaths(queue),
+                self.keys.in_hand(queue, dead_worker_id),
+                self.keys.holders(queue),
+            ]
+            # with wait_replicas: on a replica before the member and its held-queues set go (they
+            # live in another slot: a failover must not keep their removal and lose this move)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._recover(keys=keys, args=[dead_worker_id], client=pipe)
+                [count] = await durable.execute(pipe, [queue])
+            moved += int(count)
+        await self.redis.delete(self.keys.held_queues(pool, dead_worker_id))
+        return moved
+
+    async def _queues_held_by(self, pool: str, worker_id: str, known: list[str]) -> set[str]:
+        """Its held-queues set, and the queues we know whose holders name it (the take registers
+        there atomically: a held-queues set deleted by a peer's recovery does not lose it)."""
+        queues = {q.decode() for q in await self.redis.smembers(self.keys.held_queues(pool, worker_id))}
+        others = [q for q in known if q not in queues]
+        if others:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue in others:
+                    pipe.sismember(self.keys.holders(queue), worker_id)
+                queues.update(q for q, member in zip(others, await pipe.execute(), strict=True) if member)
+        return queues
