@@ -18,6 +18,7 @@ class Action(StrEnum):
     SCALE_DOWN = "scale_down"  # one slot fewer (TTOU)
     SCALE = "scale"  # to N slots (control socket)
     REOPEN = "reopen"  # reopen every log file (USR1)
+    RECYCLE = "recycle"  # replace one slot's child, its replacement ready first (control socket)
 
 
 SIGNAL_ACTIONS = {

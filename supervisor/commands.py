@@ -32,6 +32,12 @@ def control_handlers(
         actions.put_nowait((Action.SCALE, data))
         return f"scaling to {data}"
 
+    def recycle(data: Any) -> str:
+        if type(data) is not int or data not in pool.slots:
+            raise ValueError(f"recycle needs a slot of the pool, got {data!r}")
+        actions.put_nowait((Action.RECYCLE, data))
+        return f"recycling slot {data}: its replacement starts first"
+
     async def request(data: Any) -> Any:
         """``corral request SLOT EVENT [JSON]``: a request to one child, its reply."""
         conn, event, payload = _child(pool, data)
@@ -52,6 +58,7 @@ def control_handlers(
         "quit": enqueue(Action.QUIT),
         "reopen": enqueue(Action.REOPEN),
         "scale": scale,
+        "recycle": recycle,
     }
 
 

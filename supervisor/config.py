@@ -25,6 +25,7 @@ from corral.supervisor.settings import PoolSettings
 from corral.supervisor.states import RestartPolicy
 
 REDIS_URL_ENV = "CORRAL_REDIS_URL"  # overrides [redis] url: secrets stay out of the file
+DASHBOARD_TOKEN_ENV = "CORRAL_DASHBOARD_TOKEN"  # overrides [dashboard] token
 HOST_ENV = "CORRAL_HOST"  # overrides [pool] host: one file for every host of a deployment
 DEFAULT_WORKER = "corral.workers.base:BaseWorker"  # runs just the declared streams and queues
 
@@ -63,6 +64,18 @@ class MetricsTable:
     listen: str | None = setting(None, Check.LISTEN)  # "host:port" of the Prometheus endpoint
 
 
+@dataclass(frozen=True)
+class DashboardTable:
+    listen: str | None = setting(None, Check.LISTEN)  # "host:port" of the web dashboard; None: off
+    token: str | None = None  # actions need it (CORRAL_DASHBOARD_TOKEN overrides); never shown
+    read_only: bool = False  # no actions at all: the pages only show
+    app: str = setting("corral.entrypoints.dashboard:mount", Check.IMPORT_PATH)  # what is mounted
+    history_s: float = setting(900.0, Check.POSITIVE)  # the graphs' span, kept in Redis
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]", "")
+
+
 # section -> the dataclasses its keys come from, with the table tag of their fields ("": all)
 SECTIONS: dict[str, list[tuple[type[Any], str]]] = {
     "pool": [(PoolTable, ""), (PoolSettings, "pool")],
@@ -71,6 +84,7 @@ SECTIONS: dict[str, list[tuple[type[Any], str]]] = {
     "paths": [(PathsTable, "")],
     "logging": [(LogSettings, "")],
     "metrics": [(MetricsTable, "")],
+    "dashboard": [(DashboardTable, "")],
 }
 FREE_FORM = ("options",)  # handed to every child as WorkerContext.options
 WORK = ("redis", "streams", "queues", "schedules")
@@ -106,6 +120,7 @@ class Config:
     setup: str | None = None  # the parent-side setup function: setup(pool)
     python_path: tuple[Path, ...] = ()  # put first on the import path of the children and of setup
     metrics_listen: str | None = None  # "host:port" of the Prometheus endpoint; None: off
+    dashboard: DashboardTable = field(default_factory=DashboardTable)
     uses_redis: bool = False  # a [redis] table, or streams/queues: the children get a Redis client
 
     digest: str = ""  # sha256 of the file as loaded: the CLI tells when the file on disk differs
@@ -199,11 +214,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         worker = DEFAULT_WORKER
     logging = LogSettings(**values["logging", LogSettings])
     logging = dataclasses.replace(logging, level=logging.level.upper())
-    pool_values = values["pool", PoolSettings]
-    if os.environ.get(HOST_ENV):
-        pool_values = {**pool_values, "host": os.environ[HOST_ENV]}
-        if schema.check(pool_values["host"], Check.NAME):
-            errors.append(f"{HOST_ENV}: must be {Check.NAME.value}, got {pool_values['host']!r}")
+    pool_values = host_of(values["pool", PoolSettings], errors)
     settings = PoolSettings(
         **pool_values,
         **values["health", PoolSettings],
@@ -213,6 +224,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         log_json=logging.json,
     )
     paths = PathsTable(**values["paths", PathsTable])
+    dashboard = dashboard_of(values["dashboard", DashboardTable], errors)
     if errors:
         raise ConfigError(f"{path}: invalid configuration:\n" + "\n".join(f"  - {e}" for e in errors))
     base = path.resolve().parent
@@ -229,8 +241,34 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         setup=pool.setup,
         python_path=tuple(base / p for p in paths.python_path),
         metrics_listen=MetricsTable(**values["metrics", MetricsTable]).listen,
+        dashboard=dashboard,
         uses_redis="redis" in data or not work.empty,
     )
+
+
+def host_of(pool_values: dict[str, Any], errors: list[str]) -> dict[str, Any]:
+    """``[pool]``'s settings, with the host identity from ``CORRAL_HOST`` when it is set."""
+    if not os.environ.get(HOST_ENV):
+        return pool_values
+    host = os.environ[HOST_ENV]
+    if schema.check(host, Check.NAME):
+        errors.append(f"{HOST_ENV}: must be {Check.NAME.value}, got {host!r}")
+    return {**pool_values, "host": host}
+
+
+def dashboard_of(values: dict[str, Any], errors: list[str]) -> DashboardTable:
+    """``[dashboard]``; its token may come from the environment. A dashboard reachable from other
+    machines must have a token (or be read-only): its actions scale, reload and retry."""
+    if os.environ.get(DASHBOARD_TOKEN_ENV):
+        values = {**values, "token": os.environ[DASHBOARD_TOKEN_ENV]}
+    board = DashboardTable(**values)
+    host = (board.listen or "").rpartition(":")[0]
+    if board.listen and host not in LOOPBACK and not board.token and not board.read_only:
+        errors.append(
+            f"dashboard.listen: {board.listen} is reachable from other machines: set dashboard.token "
+            f"(or {DASHBOARD_TOKEN_ENV}), or read_only = true"
+        )
+    return board
 
 
 def parse_work(data: dict[str, Any], pool_name: str, errors: list[str]) -> WorkSpec:

@@ -29,7 +29,7 @@ from corral.supervisor.config import Config, ConfigError, redacted
 from corral.supervisor.control import AlreadyRunning, ControlServer
 from corral.supervisor.events import PoolEvent
 from corral.supervisor.logs import LogManager
-from corral.supervisor.metrics import MetricsServer
+from corral.supervisor.metrics import registry_of
 from corral.supervisor.partitions import PartitionAssigner
 from corral.supervisor.pool import WorkerPool
 from corral.supervisor.rates import Rates
@@ -39,6 +39,7 @@ from corral.supervisor.settings import PoolSettings
 from corral.supervisor.states import WorkerState
 from corral.supervisor.status import Status, WorkTotals, slot_rows, summary
 from corral.supervisor.systemd import Notifier
+from corral.supervisor.web import Console, WebServer
 
 TICK_S = 1.0
 
@@ -63,16 +64,15 @@ class Supervisor:
         self.redis_url = self.redis_server.url if self.redis_server else config.work.redis.url
         self.actions: asyncio.Queue[tuple[Action, Any]] = asyncio.Queue()
         self.pool = WorkerPool(config.pool_name, config.workers, config.worker, self._settings(config))
-        self.control = ControlServer(
-            config.control_socket, control_handlers(self.pool, self.actions, self.status)
-        )
+        self.handlers = control_handlers(self.pool, self.actions, self.status)
+        self.control = ControlServer(config.control_socket, self.handlers)
         self.recovery = Recovery(self.pool) if config.uses_redis else None
         self.work_totals = WorkTotals(self.pool)
         self.rates = Rates()
         self._summary_at = time.monotonic()
         partitioned = {s.stream: s.partitions for s in config.work.streams if s.partitions}
         self.partitions = PartitionAssigner(self.pool, partitioned) if partitioned else None
-        self.metrics = MetricsServer(self.status, config.metrics_listen) if config.metrics_listen else None
+        self.web: list[WebServer] = []  # [metrics] and [dashboard]: started after the setup hook
         self.started_at = time.monotonic()
         self.state = SupervisorState.STARTING
         self.exit_code = SupervisorExit.OK
@@ -165,8 +165,7 @@ class Supervisor:
             if problems := await checking:
                 raise ConfigError("the workers cannot import their code:\n  " + "\n  ".join(problems))
             await self._setup_hook()
-            if self.metrics is not None:
-                await self.metrics.start()
+            await self._start_web()
         except AlreadyRunning as exc:
             print(f"corral: {exc}", file=sys.stderr)
             return SupervisorExit.ALREADY_RUNNING
@@ -195,10 +194,33 @@ class Supervisor:
         except Exception as exc:
             raise ConfigError(f"pool.setup: {self.config.setup} raised {exc!r}") from exc
 
+    async def _start_web(self) -> None:
+        """``[metrics] listen`` and ``[dashboard] listen``: one aiohttp server per address, each with
+        ``/metrics``; the dashboard is mounted from its import path (``[dashboard] app``)."""
+        registry = registry_of(self.status)
+        servers: dict[str, WebServer] = {}
+        if self.config.metrics_listen:
+            servers[self.config.metrics_listen] = WebServer(self.config.metrics_listen, registry)
+        board = self.config.dashboard
+        if board.listen:
+            server = servers.setdefault(board.listen, WebServer(board.listen, registry))
+            try:
+                mount = load_object(board.app)
+            except LoadError as exc:
+                raise ConfigError(f"dashboard.app: {exc}") from None
+            console = Console(
+                self.status, self.handlers, self.config, self.redis_url, self.config.log_dir,
+                token=board.token, read_only=board.read_only,
+            )  # fmt: skip
+            server.mount(mount, console)
+        for server in servers.values():
+            self.web.append(server)
+            await server.start()
+
     async def _shutdown(self) -> None:
         await self.control.close()
-        if self.metrics is not None:
-            await self.metrics.close()
+        for server in self.web:
+            await server.close()
         if self.redis_server is not None:
             await self.redis_server.stop()  # last: the workers needed it until they exited
         if self._wrote_pid_file:
@@ -234,6 +256,7 @@ class Supervisor:
             Action.SCALE_DOWN: lambda _arg: self._on_scale(self.pool.size - 1),
             Action.SCALE: self._on_scale,
             Action.REOPEN: lambda _arg: self.logs.reopen(),
+            Action.RECYCLE: lambda slot: self.pool.request_recycle(slot, "an operator asked"),
         }
         handlers[action](arg)
 

@@ -1,18 +1,15 @@
 """Prometheus metrics of the pool, served by the supervisor (``[metrics] listen = "host:port"``).
 
 The figures come from what the children report over IPC (and psutil); a custom collector reads them
-at scrape time. The HTTP endpoint runs on the supervisor's own event loop, so a scrape reads the
-pool's state on the loop thread, without locks or a second thread.
+at scrape time. The HTTP endpoint (``supervisor/web.py``, aiohttp) runs on the supervisor's own event
+loop, so a scrape reads the pool's state on the loop thread, without locks or a second thread.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable, Iterator
 
-from loguru import logger
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -67,45 +64,8 @@ class PoolCollector(Collector):
                     yield family
 
 
-class MetricsServer:
-    def __init__(self, status: Callable[[], Status], listen: str) -> None:
-        host, _, port = listen.rpartition(":")
-        self.host, self.port = host or "127.0.0.1", int(port)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(PoolCollector(status))
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
-        logger.info("metrics on http://{}:{}/metrics", self.host, self.port)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
-            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
-            if path.split(b"?")[0] in (b"/metrics", b"/"):
-                status, body, kind = b"200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()
-            else:
-                status, body, kind = b"404 Not Found", b"not found: try /metrics\n", b"text/plain"
-            writer.write(
-                b"HTTP/1.1 "
-                + status
-                + b"\r\nContent-Type: "
-                + kind
-                + b"\r\nContent-Length: "
-                + str(len(body)).encode()
-                + b"\r\nConnection: close\r\n\r\n"
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+def registry_of(status: Callable[[], Status]) -> CollectorRegistry:
+    """A registry whose collector reads the pool's status at each scrape (served by ``web.py``)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PoolCollector(status))
+    return registry

@@ -149,5 +149,9 @@ class Keys:
         """Set of the queues a worker may hold a processing list of (what to recover if it dies)."""
         return f"{self.prefix}:{{pool:{pool}}}:held:{worker_id}"
 
+    def history(self, pool: str, host: str) -> str:
+        """List of a host's dashboard samples (JSON, newest first): the graphs outlive a restart."""
+        return f"{self.prefix}:{{pool:{pool}}}:history:{host}"
+
     def recovery_lock(self, pool: str, worker_id: str) -> str:
         return f"{self.prefix}:{{pool:{pool}}}:recovering:{worker_id}"

@@ -1,7 +1,8 @@
 """What handlers receive (``Job``, ``Message``, ``HandlerContext``) and the queue wire format.
 
 A queue job is a UTF-8 JSON value. corral's own envelope is
-``{"_corral": 1, "id": str, "data": any, "attempt": int, "enqueued_at": float[, "unique": str]}``;
+``{"_corral": 1, "id": str, "data": any, "attempt": int, "enqueued_at": float[, "unique": str]
+[, "trace": {"traceparent": str}]}``;
 anything else that is valid JSON (e.g. ``redis-cli LPUSH q '{"a": 1}'``) is a bare job: its value is
 the data, its id is derived from its bytes, its attempt is 1. Invalid UTF-8 or JSON cannot be
 decoded: ``Malformed``.
@@ -51,6 +52,7 @@ class Job:
     enqueued_at: float | None
     raw: bytes = field(repr=False)
     unique: str | None = None  # the unique key it was enqueued with: its lock goes when it is done
+    trace: dict[str, str] | None = field(default=None, repr=False)  # the producer's trace context
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,9 @@ def encode_job(
     job_id: str | None = None,
     attempt: int = 1,
     enqueued_at: float | None = None,
+    *,
     unique: str | None = None,
+    trace: dict[str, str] | None = None,
 ) -> bytes:
     envelope = {
         ENVELOPE_MARK: 1,
@@ -92,6 +96,8 @@ def encode_job(
     }
     if unique is not None:
         envelope["unique"] = unique
+    if trace:
+        envelope["trace"] = trace
     return json.dumps(envelope, separators=(",", ":")).encode()
 
 
@@ -105,7 +111,7 @@ def decode_job(raw: bytes, queue: str) -> Job:
     if isinstance(value, dict) and value.get(ENVELOPE_MARK) == 1 and isinstance(value.get("id"), str):
         attempt = value.get("attempt", 1)
         enqueued_at = value.get("enqueued_at")
-        unique = value.get("unique")
+        unique, trace = value.get("unique"), value.get("trace")
         return Job(
             id=value["id"],
             data=value.get("data"),
@@ -114,6 +120,7 @@ def decode_job(raw: bytes, queue: str) -> Job:
             enqueued_at=_timestamp(enqueued_at),
             raw=raw,
             unique=unique if isinstance(unique, str) and unique else None,
+            trace=trace if isinstance(trace, dict) else None,
         )
     return Job(hashlib.sha1(raw).hexdigest()[:20], value, 1, queue, None, raw)
 

@@ -17,6 +17,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from corral.workers import tracing
 from corral.workers.keys import Keys, queue_shards
 from corral.workers.messages import encode_job
 
@@ -166,7 +167,7 @@ def plan(
     list_key = queue_key(queue, shards, key if key is not None else unique_key)
     return Push(
         list_key,
-        encode_job(data, job_id, unique=unique_key),
+        encode_job(data, job_id, unique=unique_key, trace=tracing.carrier()),
         job_id,
         front,
         due_time(delay_s, at_s),
@@ -221,12 +222,15 @@ async def aenqueue(redis: Any, queue: str, data: Any, **options: Any) -> str:
 def publish(
     redis: Any, stream: str, data: dict[str, Any], *, key: str | None = None, partitions: int = 0
 ) -> str:
-    entry_id = redis.xadd(stream_key(stream, key, partitions), entry_fields(data))
+    entry_id = redis.xadd(
+        stream_key(stream, key, partitions), {**entry_fields(data), **tracing.entry_carrier()}
+    )
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
 async def apublish(
     redis: Any, stream: str, data: dict[str, Any], *, key: str | None = None, partitions: int = 0
 ) -> str:
-    entry_id = await redis.xadd(stream_key(stream, key, partitions), entry_fields(data))
+    fields = {**entry_fields(data), **tracing.entry_carrier()}
+    entry_id = await redis.xadd(stream_key(stream, key, partitions), fields)
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

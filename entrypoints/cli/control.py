@@ -1,5 +1,5 @@
 """The commands that talk to a running supervisor over its control socket: ``status`` (and
-``--watch``), ``reload``, ``scale``, ``stop``, and ``request`` / ``send`` to one child."""
+``--watch``), ``reload``, ``scale``, ``recycle``, ``stop``, and ``request`` / ``send`` to one child."""
 
 from __future__ import annotations
 
@@ -37,6 +37,11 @@ async def control(where: Where, args: argparse.Namespace, config: Config | None)
         if args.workers < 0:
             return fail(f"scale needs a number of slots >= 0, got {args.workers}", SupervisorExit.CONFIG)
         print(await call(path, "scale", args.workers))
+    elif command == "recycle":
+        try:
+            print(await call(path, "recycle", args.slot))
+        except RemoteError as exc:
+            return fail(f"recycle: {exc.remote_message}", SupervisorExit.CONFIG)
     elif command == "stop":
         pid = (
             int(where.pid_file.read_text())

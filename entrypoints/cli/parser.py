@@ -10,7 +10,7 @@ from corral.entrypoints.cli import dead, jobs
 
 # commands that talk to a running supervisor: they work from the state dir alone when the config
 # file on disk does not validate (a bad edit must not lock the operator out)
-CONTROL = frozenset({"status", "reload", "scale", "stop", "request", "send", "logs"})
+CONTROL = frozenset({"status", "reload", "scale", "recycle", "stop", "request", "send", "logs"})
 
 
 def _positive(text: str) -> float:
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("reload", parents=[common], help="rolling reload with new code and re-read config")
     scale = sub.add_parser("scale", parents=[common], help="change the number of slots")
     scale.add_argument("workers", type=int, help="the new number of slots")
+    recycle = sub.add_parser("recycle", parents=[common], help="replace one slot's child (replacement first)")
+    recycle.add_argument("slot", type=int, help="the slot whose child is replaced")
     stop = sub.add_parser("stop", parents=[common], help="graceful stop of the running pool")
     stop.add_argument("--no-wait", action="store_true", help="return without waiting for it to exit")
     stop.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the exit")

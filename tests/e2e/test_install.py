@@ -48,6 +48,7 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
     for room in ("ipc", "supervisor", "workers", "entrypoints"):
         assert f"corral/{room}/__init__.py" in names
     assert "corral/contract.py" in names and "corral/entrypoints/demo/corral.toml" in names
+    assert "corral/entrypoints/dashboard/static/app.js" in names  # the dashboard works offline
 
 
 def test_installs_beside_supervisord_and_entrypoints_and_runs_a_pool(wheel: Path, tmp_path: Path) -> None:

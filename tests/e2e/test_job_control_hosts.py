@@ -25,7 +25,7 @@ from tests.e2e.conftest import Corral, wait_until
 EVERY_S = float(os.environ.get("SCHEDULE_EVERY_S", "0.2"))
 TICKS = 100
 RATE_PER_S = 200
-WINDOW_S = float(os.environ.get("RATE_WINDOW_S", "10"))
+WINDOW_S = float(os.environ.get("RATE_WINDOW_S", "6"))
 H = "tests.integration.workers.redis_handlers"
 
 

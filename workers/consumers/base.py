@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.contract import LoadError, RedisSpec, load_object
+from corral.workers import tracing
 from corral.workers.durability import Durability
 from corral.workers.keys import Keys
 from corral.workers.messages import HandlerContext
@@ -184,4 +185,5 @@ class HandlerUnit:
     async def call(self, item: Any) -> Any:
         """Run the handler on one job or message (sync or async, with or without ``ctx``)."""
         args = (item, self.ctx) if self.takes_ctx else (item,)
-        return await self.runner.run(self.handler, args, self.is_async, self.spec.timeout_s)
+        with tracing.handling(item, self.worker_id):
+            return await self.runner.run(self.handler, args, self.is_async, self.spec.timeout_s)

@@ -280,7 +280,9 @@ class QueueConsumer(HandlerUnit):
             exc,
             delay_s,
         )
-        retry = encode_job(job.data, job.id, job.attempt + 1, job.enqueued_at, job.unique)
+        retry = encode_job(
+            job.data, job.id, job.attempt + 1, job.enqueued_at, unique=job.unique, trace=job.trace
+        )
         await self._settle(job.queue, job.raw, Destination.RETRY, retry, due_s=time.time() + delay_s)
         self._stats(job.queue).retried += 1
 

@@ -4,14 +4,17 @@ one asyncio client of any topology; every name goes through the ``Catalog`` (``U
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from corral.contract import ScheduleSpec, WorkSpec
 from corral.workers import schedules
-from corral.workers.control.catalog import Catalog, Target
+from corral.workers.control.catalog import Catalog, Target, UnknownName
 from corral.workers.control.dead_letters import DeadLetters
+from corral.workers.control.overview import WorkRow, overview
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,17 @@ class Operations:
                 pipe.delete(self.keys.paused(key))
             await pipe.execute()
         return target
+
+    async def overview(self, extra: Sequence[str] = ()) -> list[WorkRow]:
+        """Every declared queue and stream (and ``extra`` names: queues a pattern found), with its
+        counts in Redis."""
+        targets = self.catalog.names()
+        known = {target.name for target in targets}
+        for name in extra:
+            if name not in known:
+                with contextlib.suppress(UnknownName):  # a registry's queue: not known by name
+                    targets.append(self.resolve(name))
+        return await overview(self.redis, self.keys, targets)
 
     async def paused(self) -> dict[str, float]:
         """The declared names paused now (any of their lists), with since when (unix seconds)."""

@@ -246,3 +246,10 @@ async def timed_run(job: Job, ctx: HandlerContext) -> None:
     started = time.time()
     await asyncio.sleep(float(job.data.get("sleep", 0.0)))
     await ctx.redis.rpush("test:runs", json.dumps({"id": job.id, "start": started, "end": time.time()}))
+
+
+async def fail_until_allowed(job: Job, ctx: HandlerContext) -> None:
+    """Fails until ``test:allow`` is set (a dead letter to retry later), then counts the job."""
+    if not await ctx.redis.get("test:allow"):
+        raise ValueError(f"not allowed yet: {job.data!r}")
+    await ctx.redis.hincrby("test:handled", job.id, 1)

@@ -278,3 +278,19 @@ def test_schedules_alone_make_a_pool(tmp_path: Path) -> None:
         "skip",
         False,
     )
+
+
+def test_a_dashboard_reachable_from_other_machines_needs_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = Q + '[dashboard]\nlisten = "0.0.0.0:8080"\n'
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text))
+    assert "dashboard.listen: 0.0.0.0:8080 is reachable from other machines: set dashboard.token" in str(
+        caught.value
+    )
+    assert load(write(tmp_path, text + "read_only = true\n")).dashboard.read_only
+    local = load(write(tmp_path, Q + '[dashboard]\nlisten = "127.0.0.1:8080"\n')).dashboard
+    assert local.token is None and local.app == "corral.entrypoints.dashboard:mount"
+    monkeypatch.setenv("CORRAL_DASHBOARD_TOKEN", "from-env")
+    assert load(write(tmp_path, text)).dashboard.token == "from-env"

@@ -1,0 +1,70 @@
+"""The supervisor's HTTP side, on its own event loop (aiohttp): ``/metrics`` for Prometheus, and
+what an app mounted on it adds: the dashboard (``[dashboard] app``, an import path, by default
+``corral.entrypoints.dashboard:mount``). The supervisor never imports the dashboard: it is handed
+the import path, as it is handed the worker, and gives the mount a ``Console``: what it may read
+and ask of the running pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from corral.supervisor.status import Status
+
+
+@dataclass
+class Console:
+    """What a mounted app gets of the supervisor: its status, its control requests (the control
+    socket's: ``scale``, ``reload``, ``recycle``, ...), and where its config, Redis and logs are."""
+
+    status: Callable[[], Status]
+    control: dict[str, Callable[[Any], Any]]
+    config: Any  # the pool's Config
+    redis_url: str | None
+    log_dir: Path
+    token: str | None = None
+    read_only: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Mount = Callable[[web.Application, Console], None]
+
+
+class WebServer:
+    def __init__(self, listen: str, registry: CollectorRegistry | None = None) -> None:
+        host, _, port = listen.rpartition(":")
+        self.host, self.port = host or "127.0.0.1", int(port)
+        self.registry = registry
+        self.app = web.Application()
+        if registry is not None:
+            self.app.router.add_get("/metrics", self._metrics)
+        self._runner: web.AppRunner | None = None
+        self._mounted = False
+
+    def mount(self, mount: Mount, console: Console) -> None:
+        mount(self.app, console)
+        self._mounted = True
+
+    async def start(self) -> None:
+        if self.registry is not None and not self._mounted:
+            self.app.router.add_get("/", self._metrics)  # a metrics-only server answers / too
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=1.0).start()
+        logger.info("http on http://{}:{}/", self.host, self.port)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        assert self.registry is not None
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
