@@ -153,5 +153,10 @@ class Keys:
         """List of a host's dashboard samples (JSON, newest first): the graphs outlive a restart."""
         return f"{self.prefix}:{{pool:{pool}}}:history:{host}"
 
+    def host_status(self, pool: str) -> str:
+        """Hash: host -> its supervisor's latest slot rows (JSON, with their time): every dashboard
+        shows every host's slots."""
+        return f"{self.prefix}:{{pool:{pool}}}:hosts"
+
     def recovery_lock(self, pool: str, worker_id: str) -> str:
         return f"{self.prefix}:{{pool:{pool}}}:recovering:{worker_id}"

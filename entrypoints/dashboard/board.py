@@ -86,12 +86,20 @@ class Board:
         try:
             discovered = list(status.get("work", {}).get("queues", {}))
             rows = await self.ops.overview(discovered)
-            fleet = await fleet_snapshot(self.redis, self.keys, self.config.pool_name, [])
+            keys = {row.name: self.ops.resolve(row.name).keys for row in rows}
+            names = [key for row_keys in keys.values() for key in row_keys]
+            fleet = await fleet_snapshot(self.redis, self.keys, self.config.pool_name, names)
             schedules = await self.ops.schedules()
+            hosts = await self.history.hosts() if self.history is not None else {}
         except (RedisError, OSError) as exc:
             return {**self._redis_view, "redis": f"away: {type(exc).__name__}"}
+        where = {
+            name: sorted({fleet.placement.get(key, "") for key in row_keys})
+            for name, row_keys in keys.items()
+        }
         return {
-            "work": [row.to_json() for row in rows],
+            "work": [{**row.to_json(), "where": ", ".join(where[row.name])} for row in rows],
+            "hosts": hosts,
             "members": fleet.hosts,
             "topology": fleet.topology,
             "schedules": [row.to_json() for row in schedules],

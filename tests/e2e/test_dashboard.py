@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -219,3 +220,31 @@ def test_the_graphs_history_outlives_a_supervisor_restart(
     board["sup"] = again  # what the fixture stops
     after = wait_until(history, timeout_s=10, what="the dashboard back")
     assert after[: len(before)] == before, "the samples from before the restart are still there"
+
+
+@pytest.mark.e2e
+def test_every_host_shows_the_other_hosts_slots(
+    board: dict[str, Any], corral: Callable[..., Corral], redis_clean: Any
+) -> None:
+    """A second host (its own supervisor and dashboard, on the same Redis and pool); what the page
+    renders into "Other hosts' slots", read from the snapshot it is pushed."""
+    beta = corral(worker="corral.workers.base:BaseWorker", workers=2, redis={"url": redis_clean.url})
+    text = board["sup"].config.read_text().replace("[pool]\n", '[pool]\nhost = "beta"\n')
+    beta.config.write_text(re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{free_port()}"', text))
+    beta.start()
+    try:
+        beta.wait_all_ready(2, timeout_s=30)
+
+        def betas() -> Any:
+            with urllib.request.urlopen(board["url"] + "api/snapshot", timeout=5) as answer:
+                snap = json.load(answer)
+            slots = (snap.get("hosts") or {}).get("beta", {}).get("slots", [])
+            return snap if len(slots) == 2 and "beta" in snap.get("members", {}) else None
+
+        snap = wait_until(
+            betas, timeout_s=15, what="beta's two slots and members on the first host's dashboard"
+        )
+        assert {row["state"] for row in snap["hosts"]["beta"]["slots"]} == {"ready"}
+    finally:
+        beta.send(signal.SIGTERM)
+        beta.wait_exit(30)

@@ -32,6 +32,7 @@ class ScheduleRow:
     fired: int
     missed: int  # ticks not fired: missed while nothing ran (catch_up)
     overlapped: int  # ticks not fired: the previous one still queued or running
+    last_job: str | None = None  # the id of the last tick's job (``<name>@<tick>``)
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -122,4 +123,5 @@ class Operations:
             fired=int(state.get("fired", 0)),
             missed=int(state.get("missed", 0)),
             overlapped=int(state.get("overlapped", 0)),
+            last_job=state.get("last_job"),
         )

@@ -150,11 +150,17 @@ function render(snap) {
     cell(tr, s.failed, "num"); cell(tr, s.restarts, "num"); cell(tr, s.reason || "");
     button(tr, "Recycle", "recycle", () => act("recycle", { slot: s.slot }));
   });
+  const others = Object.entries(snap.hosts || {}).flatMap(([host, h]) => h.slots.map((s) => [host, s]));
+  fill("#other-slots", others, (tr, [host, s]) => {
+    cell(tr, host); cell(tr, s.slot); cell(tr, s.state, `state-${s.state}`); cell(tr, s.pid); cell(tr, ago(s.uptime_s));
+    cell(tr, mb(s.rss_bytes), "num"); cell(tr, `${(s.cpu_percent || 0).toFixed(0)}%`, "num"); cell(tr, s.processed, "num");
+    cell(tr, s.failed, "num"); cell(tr, s.restarts, "num");
+  });
   fill("#members", Object.entries(snap.members || {}), (tr, [host, workers]) => { cell(tr, host); cell(tr, workers.join(", "), "wrap"); });
   renderWork(snap);
   fill("#schedules", snap.schedules || [], (tr, s) => {
     cell(tr, s.name); cell(tr, s.when); cell(tr, s.target); cell(tr, at(s.last_tick_s)); cell(tr, at(s.next_tick_s));
-    cell(tr, s.fired, "num"); cell(tr, s.missed, "num"); cell(tr, s.overlapped, "num");
+    cell(tr, s.fired, "num"); cell(tr, s.missed, "num"); cell(tr, s.overlapped, "num"); cell(tr, s.last_job || "");
   });
   fillChoices(snap);
   record(sampleOf(st));
@@ -170,7 +176,7 @@ function renderWork(snap) {
     cell(tr, w.retrying, "num"); cell(tr, w.delayed, "num"); cell(tr, w.dead, "num dead"); cell(tr, figures.lag || 0, "num");
     cell(tr, (figures.processed_per_s || 0).toFixed(1), "num"); cell(tr, (figures.failed_per_s || 0).toFixed(1), "num");
     cell(tr, w.paused ? "paused" : (figures.throttled ? `throttled ${figures.throttled}` : ""), w.paused ? "paused state" : "state");
-    cell(tr, w.rate_limit || ""); cell(tr, w.shards, "num");
+    cell(tr, w.rate_limit || ""); cell(tr, w.shards, "num"); cell(tr, w.where || "", "wrap");
     button(tr, w.paused ? "Resume" : "Pause", w.paused ? "resume" : "pause", () => act(w.paused ? "resume" : "pause", { name: w.name }));
   });
 }
