@@ -17,3 +17,20 @@ async def add(job: Job, ctx: HandlerContext) -> None:
 async def add_entry(message: Message, ctx: HandlerContext) -> None:
     _ = int(message.fields["a"]) + int(message.fields["b"])
     await ctx.redis.incr(COUNTER)
+
+
+async def add_batch(jobs: list[Job], ctx: HandlerContext) -> None:
+    """The same job as a batch handler: the sums, then every INCR in one pipelined round trip."""
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        for job in jobs:
+            _ = job.data["a"] + job.data["b"]
+            pipe.incr(COUNTER)
+        await pipe.execute()
+
+
+async def add_entries(messages: list[Message], ctx: HandlerContext) -> None:
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        for message in messages:
+            _ = int(message.fields["a"]) + int(message.fields["b"])
+            pipe.incr(COUNTER)
+        await pipe.execute()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import peers
@@ -39,6 +41,7 @@ class Targets:
     vs_peer: float  # corral queue >= this x the best peer
     vs_raw_queue: float  # corral queue >= this x the raw per-job BLMOVE loop
     vs_raw_stream: float  # corral stream >= this x the raw batched XREADGROUP loop
+    vs_raw_batch: float = 2.0  # corral stream with a batch handler >= this x the raw batched loop
 
 
 def rate_text(result: Result | None) -> str:
@@ -78,6 +81,12 @@ def rows_of(
         ("raw redis.asyncio (batched XREADGROUP)", "-", rate_text(ras), "-",
          f"- / {ratio(ras.rate, rs.rate)}"),
     ]  # fmt: skip
+    if "cqb" in medians and "csb" in medians:
+        cqb, csb = medians["cqb"], medians["csb"]
+        rows.insert(1, (
+            "corral batch handler (queue / stream), INCRs pipelined", rate_text(cqb), rate_text(csb),
+            ratio(cqb.rate, best_rate), f"{ratio(cqb.rate, rq.rate)} / {ratio(csb.rate, rs.rate)}",
+        ))  # fmt: skip
     rows += [
         (p.system, rate_text(p), "-", ratio(p.rate, best_rate) if p.finished else "-", ratio(p.rate, rq.rate))
         for p in peer_runs
@@ -124,6 +133,9 @@ def check_targets(medians: dict[str, Result], best: Result | None, targets: Targ
         (f"corral stream >= {targets.vs_raw_stream:.0%} of raw batched XREADGROUP loop", cs.rate / rs.rate,
          targets.vs_raw_stream),
     ]  # fmt: skip
+    if "csb" in medians:
+        text = f"corral stream batch handler >= {targets.vs_raw_batch:g}x raw batched XREADGROUP loop"
+        checks.append((text, medians["csb"].rate / rs.rate, targets.vs_raw_batch))
     print()
     verdicts = []
     width = max(len(text) for text, _, _ in checks)
@@ -160,6 +172,9 @@ def report(
 ) -> dict[str, Any]:
     """Print the whole report; returns it as JSON-ready data."""
     medians = {"cq": median_run(runs["corral queue"]), "cs": median_run(runs["corral stream"])}
+    for key, system in (("cqb", "corral queue batch handler"), ("csb", "corral stream batch handler")):
+        if system in runs:
+            medians[key] = median_run(runs[system])
     medians.update(
         zip(("rq", "rs", "ras"), (median_run(runs[f"raw {mode}"]) for mode in raw_modes), strict=True)
     )
@@ -169,6 +184,7 @@ def report(
     verdicts = check_targets(medians, best, targets)
     print_cpu([*medians.values(), *peer_runs], width)
     return {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "mode": args.mode,
         "n": args.n,
         "workers": workers,
@@ -185,3 +201,32 @@ def report(
             for r in [*(r for group in runs.values() for r in group), *peer_runs]
         ],
     }
+
+
+def markdown(result: dict[str, Any], command: str) -> str:
+    """The run as BENCHMARKS.md shows it: how it was run (machine, load, command), the table and the
+    targets, all from the run itself."""
+    head = (
+        f"`{command}`, {result['when']}: {result['n']:,} jobs, {result['workers']} worker processes each, "
+        f"python {result['python']}, {result['cpus']} CPUs, load average {result['load_avg_1m']:.2f} at the "
+        f"start and {result['load_avg_1m_end']:.2f} at the end, {result['transport']}, medians of "
+        f"{result['reps']}."
+    )
+    lines = [head, "", "| " + " | ".join(HEADER) + " |", "|---|" + "---:|" * (len(HEADER) - 1)]
+    lines += ["| " + " | ".join(str(row[name]) for name in HEADER) + " |" for row in result["table"]]
+    lines += ["", "| target | measured | result |", "|---|---:|---|"]
+    for target in result["targets"]:
+        value = "-" if target["value"] is None else f"{target['value']:.2f}x"
+        lines.append(f"| {target['target']} | {value} | {target['result']} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_doc(path: Path, name: str, text: str) -> None:
+    """Replace what lies between ``<!-- <name>:begin -->`` and ``<!-- <name>:end -->`` in ``path``."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    doc = path.read_text(encoding="utf-8")
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{path}: no {begin} ... {end} block to update")
+    before, rest = doc.split(begin, 1)
+    _, after = rest.split(end, 1)
+    path.write_text(f"{before}{begin}\n{text}{end}{after}", encoding="utf-8")

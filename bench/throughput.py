@@ -57,7 +57,7 @@ from loguru import logger  # noqa: E402
 
 from bench import peers  # noqa: E402
 from bench.harness import check_alive, measured, stop_processes, wait_until, watch  # noqa: E402
-from bench.report import Result, Targets, median_run, rate_text, report  # noqa: E402
+from bench.report import Result, Targets, markdown, median_run, rate_text, report, update_doc  # noqa: E402
 from bench.server import Server  # noqa: E402
 from corral.contract import QueueSpec, RedisSpec, StreamSpec, WorkSpec  # noqa: E402
 from corral.supervisor.pool import WorkerPool  # noqa: E402
@@ -152,18 +152,19 @@ def run_raw(setup: Setup, mode: str) -> Result:
 CONCURRENCY = [8]  # handlers of a batch in flight at once in each corral child (--concurrency)
 
 
-def work_spec(kind: str, url: str) -> WorkSpec:
+def work_spec(kind: str, url: str, batch: bool = False) -> WorkSpec:
+    """The bench's queue or stream; ``batch``: its batch handler (the INCRs pipelined)."""
     concurrency = CONCURRENCY[0]
     if kind == "queue":
-        queue = QueueSpec(handler="bench.handlers:add", names=(QUEUE,), concurrency=concurrency)
+        handler = "bench.handlers:add_batch" if batch else "bench.handlers:add"
+        queue = QueueSpec(handler=handler, names=(QUEUE,), concurrency=concurrency, batch=batch)
         return WorkSpec(redis=RedisSpec(url=url), queues=(queue,))
-    stream = StreamSpec(
-        stream=STREAM, handler="bench.handlers:add_entry", group=GROUP, concurrency=concurrency
-    )
+    handler = "bench.handlers:add_entries" if batch else "bench.handlers:add_entry"
+    stream = StreamSpec(stream=STREAM, handler=handler, group=GROUP, concurrency=concurrency, batch=batch)
     return WorkSpec(redis=RedisSpec(url=url), streams=(stream,))
 
 
-async def run_corral(setup: Setup, kind: str) -> Result:
+async def run_corral(setup: Setup, kind: str, batch: bool = False) -> Result:
     n, client = setup.n, setup.server.client()
     client.flushall()
     items = payloads(kind, n)
@@ -172,7 +173,7 @@ async def run_corral(setup: Setup, kind: str) -> Result:
         "bench",
         WORKERS,
         "corral.workers.base:BaseWorker",
-        work=work_spec(kind, setup.url).to_json(),
+        work=work_spec(kind, setup.url, batch).to_json(),
         output=lambda _slot: output.extend,
         log_level="WARNING",
         cwd=str(ROOT),
@@ -204,7 +205,8 @@ async def run_corral(setup: Setup, kind: str) -> Result:
                 await conn.process.wait(5.0)
     if output.strip():
         print(f"corral {kind} children said:\n{output.decode(errors='replace')[-2000:]}", file=sys.stderr)
-    return measured(Result(f"corral {kind}", kind, n), seen, since=started)
+    label = f"corral {kind} batch handler" if batch else f"corral {kind}"
+    return measured(Result(label, kind, n), seen, since=started)
 
 
 # -- peers ------------------------------------------------------------------------------------------
@@ -263,12 +265,13 @@ async def corral_and_raw(setup: Setup, reps: int) -> dict[str, list[Result]]:
     runs: dict[str, list[Result]] = {}
     for rep in range(reps):
         for kind in ("queue", "stream"):
-            systems = [f"raw {mode}" for mode in RAW_SYSTEMS if mode.startswith(kind)] + [f"corral {kind}"]
+            systems = [f"raw {mode}" for mode in RAW_SYSTEMS if mode.startswith(kind)]
+            systems += [f"corral {kind}", f"corral {kind} batch handler"]
             for system in systems if rep % 2 == 0 else systems[::-1]:
                 if system.startswith("raw "):
                     result = await asyncio.to_thread(run_raw, setup, system.removeprefix("raw "))
                 else:
-                    result = await run_corral(setup, kind)
+                    result = await run_corral(setup, kind, batch=system.endswith("batch handler"))
                 runs.setdefault(system, []).append(result)
                 progress(result)
     return runs
@@ -297,6 +300,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="5,000 jobs, one run each, shorter deadlines")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--update",
+        metavar="DOC",
+        type=Path,
+        help="write the table into DOC's <!-- throughput:begin/end --> block",
+    )
     parser.add_argument("--no-peers", action="store_true", help="corral and raw redis-py only")
     parser.add_argument("--peers-dir", type=Path, default=_HERE / ".peers", help="the peers' venvs (cached)")
     parser.add_argument("--unix", action="store_true", help="corral and raw on the Unix socket (peers: TCP)")
@@ -351,6 +360,9 @@ def main() -> None:
     print(f"(whole run {time.monotonic() - began:.0f}s)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.update:
+        command = " ".join(["bench/throughput.py", *sys.argv[1:]])
+        update_doc(args.update, "throughput", markdown(result, command))
 
 
 if __name__ == "__main__":

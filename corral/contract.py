@@ -238,6 +238,7 @@ class StreamSpec:
     trim_interval_s: float = setting(30.0, Check.POSITIVE)
     partitions: int = 0  # > 0: shards <stream>:0..P-1, each owned by one slot at a time (ordering)
     timeout_s: float | None = setting(None, Check.POSITIVE)  # a handler running longer: a failed attempt
+    batch: bool = False  # the handler takes the batch: a list of messages (partitioned: one at a time)
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,7 @@ class QueueSpec:
     rate_limit: str | None = setting(None, Check.RATE)  # "200/s": per queue, across every host
     order: str = setting("rotate", Check.ORDER)  # how the names are taken from: in turn, or by priority
     weights: tuple[int, ...] = ()  # order = "weighted": one per name, the chance to be taken from first
+    batch: bool = False  # the handler takes the batch: a list of jobs; failed: retried one by one
 
     @property
     def label(self) -> str:

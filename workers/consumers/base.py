@@ -19,6 +19,7 @@ from typing import Any
 
 from corral.contract import LoadError, RedisSpec, load_object
 from corral.workers import tracing
+from corral.workers.consumers.batches import Collector, run_batched
 from corral.workers.durability import Durability
 from corral.workers.keys import Keys
 from corral.workers.messages import HandlerContext
@@ -181,9 +182,41 @@ class HandlerUnit:
         self.ctx = HandlerContext(redis=redis, worker_id=worker_id, log=log)
         self.runner = HandlerRunner(threads=1)  # replaced by the child's shared one (Consumers)
         self.durable = Durability(redis, RedisSpec())  # off; Consumers sets the [redis] one
+        self.collector: Collector | None = None  # a batch handler's round in progress
+        self.batch_fallbacks = 0  # batches that failed and were retried one item at a time
 
     async def call(self, item: Any) -> Any:
-        """Run the handler on one job or message (sync or async, with or without ``ctx``)."""
+        """Run the handler on one job or message (sync or async, with or without ``ctx``); a batch
+        handler's call is collected with the round's others (``batches.py``)."""
+        if self.collector is not None:
+            return await self.collector.call(item)
+        if self.spec.batch:  # a batch handler outside a collected round: a list of one
+            return await self.invoke([item])
         args = (item, self.ctx) if self.takes_ctx else (item,)
         with tracing.handling(item, self.worker_id):
             return await self.runner.run(self.handler, args, self.is_async, self.spec.timeout_s)
+
+    async def invoke(self, items: list[Any]) -> Any:
+        """A batch handler on ``items``."""
+        args = (items, self.ctx) if self.takes_ctx else (items,)
+        return await self.runner.run(self.handler, args, self.is_async, self.spec.timeout_s)
+
+    async def run_round(
+        self,
+        items: list[Any],
+        handle: Callable[..., Awaitable[None]],
+        concurrency: int,
+        *,
+        collect: bool = True,
+    ) -> None:
+        """``handle(*item)`` for each item of a round: in ``concurrency`` lanes, or (a batch
+        handler, unless ``collect`` is off) with the handler called once for the whole round."""
+        if not (self.spec.batch and collect):
+            await run_all(items, handle, concurrency)
+            return
+        self.collector = Collector(len(items), self.invoke, self.log)
+        try:
+            await run_batched(items, handle, self.collector)
+        finally:
+            self.batch_fallbacks += self.collector.fallbacks
+            self.collector = None

@@ -20,7 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from corral.contract import QueueSpec
-from corral.workers.consumers.base import DeadLetter, HandlerUnit, error_summary, run_all
+from corral.workers.consumers.base import DeadLetter, HandlerUnit, error_summary
 from corral.workers.consumers.client import REDIS_DOWN
 from corral.workers.consumers.discovery import QueueSet
 from corral.workers.consumers.intake import Intake
@@ -119,7 +119,9 @@ class QueueConsumer(HandlerUnit):
         before = self.succeeded
         suspects = any(item in self.deaths for item in batch)  # one at a time: a death is then attributable
         try:
-            await run_all(batch, self._handle, 1 if suspects else self.spec.concurrency)
+            await self.run_round(
+                batch, self._handle, 1 if suspects else self.spec.concurrency, collect=not suspects
+            )
         finally:
             for queue, _ in batch:
                 self._stats(queue).in_flight = 0

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from corral.contract import StreamSpec
-from corral.workers.consumers.base import error_summary, run_all
+from corral.workers.consumers.base import error_summary
 from corral.workers.consumers.client import REDIS_DOWN
 from corral.workers.consumers.entries import Entry, EntryUnit, create_group, is_nogroup
 from corral.workers.consumers.pauses import PAUSED_IDLE_S
@@ -71,7 +71,7 @@ class StreamConsumer(EntryUnit):
         in_hand = [entry_id for entry_id, _, _ in entries]
         self._keeper = asyncio.ensure_future(self._keep_claimed(in_hand))
         try:
-            await run_all(entries, self._handle, self.spec.concurrency)
+            await self.run_round(entries, self._handle, self.spec.concurrency)
         except REDIS_DOWN:
             self.read_own, self._own_cursor = True, b"0"  # what we hold is handled first once back
             raise

@@ -253,3 +253,31 @@ async def fail_until_allowed(job: Job, ctx: HandlerContext) -> None:
     if not await ctx.redis.get("test:allow"):
         raise ValueError(f"not allowed yet: {job.data!r}")
     await ctx.redis.hincrby("test:handled", job.id, 1)
+
+
+async def batch_count(jobs: list[Job], ctx: HandlerContext) -> None:
+    """A batch handler: every job's write in one pipeline (one round trip), the batch's size noted;
+    a batch holding a job with ``"poison"`` fails whole, before writing anything."""
+    if any(isinstance(job.data, dict) and job.data.get("poison") for job in jobs):
+        raise ValueError("a poison job in the batch")
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        for job in jobs:
+            pipe.hincrby("test:handled", job.id, 1)
+        pipe.rpush("test:batch_sizes", len(jobs))
+        await pipe.execute()
+
+
+async def batch_entries(messages: list[Message], ctx: HandlerContext) -> None:
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        for message in messages:
+            pipe.hincrby("test:handled_entries", message.fields.get("n", message.id), 1)
+        pipe.rpush("test:batch_sizes", len(messages))
+        await pipe.execute()
+
+
+def batch_insert(jobs: list[Job]) -> None:
+    """A sync batch handler (run in the child's thread pool): one multi-row INSERT per batch."""
+    import sqlite3
+
+    with sqlite3.connect(jobs[0].data["db"], timeout=10) as db:
+        db.executemany("INSERT INTO rows (id, n) VALUES (?, ?)", [(job.id, job.data["n"]) for job in jobs])
