@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright import sync_api as playwright_api
 
 from corral.workers.keys import Keys
 from tests.e2e.conftest import Corral, wait_until
-
-playwright_api = pytest.importorskip("playwright.sync_api")
 
 H = "tests.integration.workers.redis_handlers"
 TOKEN = "test-token-3f9a"
