@@ -258,15 +258,15 @@ def host_of(pool_values: dict[str, Any], errors: list[str]) -> dict[str, Any]:
 
 def dashboard_of(values: dict[str, Any], errors: list[str]) -> DashboardTable:
     """``[dashboard]``; its token may come from the environment. A dashboard reachable from other
-    machines must have a token (or be read-only): its actions scale, reload and retry."""
+    machines must have a token: its actions scale, reload and retry, its pages show payloads."""
     if os.environ.get(DASHBOARD_TOKEN_ENV):
         values = {**values, "token": os.environ[DASHBOARD_TOKEN_ENV]}
     board = DashboardTable(**values)
     host = (board.listen or "").rpartition(":")[0]
-    if board.listen and host not in LOOPBACK and not board.token and not board.read_only:
+    if board.listen and host not in LOOPBACK and not board.token:
         errors.append(
             f"dashboard.listen: {board.listen} is reachable from other machines: set dashboard.token "
-            f"(or {DASHBOARD_TOKEN_ENV}), or read_only = true"
+            f"(or {DASHBOARD_TOKEN_ENV}); there every page needs it"
         )
     return board
 
@@ -332,6 +332,8 @@ def queue_problem(queue: QueueSpec) -> str | None:
         return ".weights: one weight > 0 for each name (order = 'weighted')"
     if queue.weights and queue.order != "weighted":
         return ".weights: only with order = 'weighted'"
+    if queue.rate_limit and queue.at_most_once:
+        return ".rate_limit: needs the reliable take (at_most_once = false): the limit lives in its script"
     return None
 
 

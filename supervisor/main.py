@@ -39,7 +39,7 @@ from corral.supervisor.settings import PoolSettings
 from corral.supervisor.states import WorkerState
 from corral.supervisor.status import Status, WorkTotals, slot_rows, summary
 from corral.supervisor.systemd import Notifier
-from corral.supervisor.web import Console, WebServer
+from corral.supervisor.web import Console, WebServer, servers_for
 
 TICK_S = 1.0
 
@@ -73,6 +73,7 @@ class Supervisor:
         partitioned = {s.stream: s.partitions for s in config.work.streams if s.partitions}
         self.partitions = PartitionAssigner(self.pool, partitioned) if partitioned else None
         self.web: list[WebServer] = []  # [metrics] and [dashboard]: started after the setup hook
+        self.consoles: list[Console] = []  # what the dashboard sees of us: updated by a reload
         self.started_at = time.monotonic()
         self.state = SupervisorState.STARTING
         self.exit_code = SupervisorExit.OK
@@ -195,26 +196,10 @@ class Supervisor:
             raise ConfigError(f"pool.setup: {self.config.setup} raised {exc!r}") from exc
 
     async def _start_web(self) -> None:
-        """``[metrics] listen`` and ``[dashboard] listen``: one aiohttp server per address, each with
-        ``/metrics``; the dashboard is mounted from its import path (``[dashboard] app``)."""
-        registry = registry_of(self.status)
-        servers: dict[str, WebServer] = {}
-        if self.config.metrics_listen:
-            servers[self.config.metrics_listen] = WebServer(self.config.metrics_listen, registry)
-        board = self.config.dashboard
-        if board.listen:
-            server = servers.setdefault(board.listen, WebServer(board.listen, registry))
-            try:
-                mount = load_object(board.app)
-            except LoadError as exc:
-                raise ConfigError(f"dashboard.app: {exc}") from None
-            console = Console(
-                self.status, self.handlers, self.config, self.redis_url, self.config.log_dir,
-                token=board.token, read_only=board.read_only,
-            )  # fmt: skip
-            server.mount(mount, console)
-        for server in servers.values():
-            self.web.append(server)
+        """``[metrics] listen`` and ``[dashboard] listen`` (``web.servers_for``)."""
+        console = Console(self.status, self.handlers, self.config, self.redis_url, self.config.log_dir)
+        self.web, self.consoles = servers_for(self.config, registry_of(self.status), console)
+        for server in self.web:
             await server.start()
 
     async def _shutdown(self) -> None:
@@ -343,7 +328,7 @@ class Supervisor:
     def _apply(self, new: Config) -> None:
         """Take the new config, but what only a restart can change; the slot count follows the
         config only when the config's ``workers`` changed (a ``corral scale`` survives a reload)."""
-        kept_fields = ("pool_name", "state_dir", "log_dir", "logging")
+        kept_fields = ("pool_name", "state_dir", "log_dir", "logging", "metrics_listen")
         for name in kept_fields:
             if getattr(new, name) != getattr(self.config, name):
                 logger.warning("reload: {} changed; it takes effect only after a restart", name)
@@ -354,7 +339,17 @@ class Supervisor:
             logger.info(
                 "reload: keeping {} slots set by scale (the config says {})", self.pool.size, new.workers
             )
-        self.config = dataclasses.replace(new, **{name: getattr(self.config, name) for name in kept_fields})
+        board = dataclasses.replace(
+            new.dashboard, listen=self.config.dashboard.listen, app=self.config.dashboard.app
+        )
+        if board != new.dashboard:
+            logger.warning(
+                "reload: dashboard.listen or dashboard.app changed; it takes effect only after a restart"
+            )
+        kept = {name: getattr(self.config, name) for name in kept_fields}
+        self.config = dataclasses.replace(new, **kept, dashboard=board)
+        for console in self.consoles:  # a new token, read_only and the queues it knows, at once
+            console.config, console.token, console.read_only = self.config, board.token, board.read_only
         partitioned = {s.stream: s.partitions for s in new.work.streams if s.partitions}
         if self.partitions is not None:
             self.partitions.update(partitioned)

@@ -16,6 +16,8 @@ from aiohttp import web
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from corral.contract import LoadError, load_object
+from corral.supervisor.config import ConfigError
 from corral.supervisor.status import Status
 
 
@@ -40,7 +42,7 @@ Mount = Callable[[web.Application, Console], None]
 class WebServer:
     def __init__(self, listen: str, registry: CollectorRegistry | None = None) -> None:
         host, _, port = listen.rpartition(":")
-        self.host, self.port = host or "127.0.0.1", int(port)
+        self.host, self.port = host.strip("[]") or "127.0.0.1", int(port)  # [::1]:8080 -> ::1
         self.registry = registry
         self.app = web.Application()
         if registry is not None:
@@ -68,3 +70,25 @@ class WebServer:
         assert self.registry is not None
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def servers_for(
+    config: Any, registry: CollectorRegistry, console: Console
+) -> tuple[list[WebServer], list[Console]]:
+    """``[metrics] listen`` and ``[dashboard] listen``: one server per address, each with
+    ``/metrics``; the dashboard mounted from its import path (``[dashboard] app``) with ``console``
+    (given the dashboard's token and read_only). ConfigError when that path does not load."""
+    servers: dict[str, WebServer] = {}
+    if config.metrics_listen:
+        servers[config.metrics_listen] = WebServer(config.metrics_listen, registry)
+    board = config.dashboard
+    if not board.listen:
+        return list(servers.values()), []
+    server = servers.setdefault(board.listen, WebServer(board.listen, registry))
+    try:
+        mount = load_object(board.app)
+    except LoadError as exc:
+        raise ConfigError(f"dashboard.app: {exc}") from None
+    console.token, console.read_only = board.token, board.read_only
+    server.mount(mount, console)
+    return list(servers.values()), [console]

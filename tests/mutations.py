@@ -34,7 +34,7 @@ MUTATIONS = (
         "queues: skip the acknowledgement",
         "workers/consumers/queues.py",
         "await self._ack_jobs(keys=[self._processing(queue), self.keys.deaths(queue)], args=raws)",
-        "pass",
+        "0",
         ("tests/integration/workers/test_queues.py",),
     ),
     Mutation(

@@ -163,6 +163,8 @@ def plan(
         raise ValueError("the unique key must not be empty")
     if not unique_for_s > 0:
         raise ValueError(f"unique_for_s must be > 0, got {unique_for_s:g}")
+    if unique_key is not None and key is not None and shards > 1:
+        raise ValueError("a unique job on a sharded queue goes to its unique key's shard: leave key out")
     job_id = job_id or uuid.uuid4().hex
     list_key = queue_key(queue, shards, key if key is not None else unique_key)
     return Push(

@@ -52,16 +52,23 @@ def entry_carrier() -> dict[str, str]:
 
 
 def job_context(raw_trace: Any) -> Any:
-    return propagate.extract(raw_trace) if isinstance(raw_trace, dict) else None
+    """The producer's context from a job's ``"trace"``; None for none, or one that does not parse
+    (a foreign producer's garbage must never fail the job)."""
+    if not isinstance(raw_trace, dict):
+        return None
+    try:
+        return propagate.extract({str(k): str(v) for k, v in raw_trace.items()})
+    except Exception:
+        return None
 
 
 def entry_context(fields: dict[bytes, bytes]) -> Any:
     found = {
-        key.decode()[1:]: value.decode()
+        key.decode()[1:]: value.decode("utf-8", "replace")
         for key, value in fields.items()
         if key in (b"_traceparent", b"_tracestate")
     }
-    return propagate.extract(found) if found else None
+    return job_context(found) if found else None
 
 
 @contextlib.contextmanager

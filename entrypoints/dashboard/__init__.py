@@ -14,6 +14,7 @@ from corral.supervisor.web import Console
 
 def mount(app: web.Application, console: Console) -> None:
     board = Board(console)
+    app.middlewares.append(actions.guard(board))
     reads.add_routes(app, board)
     actions.add_routes(app, board)
 

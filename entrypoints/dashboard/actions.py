@@ -19,11 +19,45 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from corral.entrypoints.dashboard.board import Board
+from corral.supervisor.config import LOOPBACK
 from corral.workers.control.catalog import UnknownName
 from corral.workers.control.dead_letters import CannotRetry
 
 PROGRESS_EVERY_S = 0.2
 Action = Callable[[Board, dict[str, Any], web.Request], Awaitable[web.StreamResponse]]
+
+
+def token_of(request: web.Request) -> str:
+    """The token a request carries: its Authorization header, or (an EventSource cannot send
+    headers) its ``token`` query parameter."""
+    header = request.headers.get("Authorization", "")
+    return header.removeprefix("Bearer ").strip() if header else request.query.get("token", "")
+
+
+def has_token(board: Board, request: web.Request) -> bool:
+    token = board.console.token
+    return bool(token) and hmac.compare_digest(token_of(request).encode(), str(token).encode())
+
+
+def guard(board: Board) -> Any:
+    """Every request: on a loopback address, a ``Host`` that is not this server's is refused (a
+    page of another site resolving its name to 127.0.0.1: DNS rebinding); on any other address,
+    every ``/api`` read needs the token too (payloads, errors and logs are not for the network)."""
+    listen = board.console.config.dashboard.listen or ""
+    host, _, port = listen.rpartition(":")
+    loopback = host in LOOPBACK
+    allowed = {listen, *(f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]"))}
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        if loopback and request.host not in allowed:
+            raise web.HTTPForbidden(text=f"this dashboard answers as {listen}, not {request.host}")
+        if not loopback and request.path.startswith("/api/") and not has_token(board, request):
+            raise web.HTTPUnauthorized(text="a wrong or missing token: enter the dashboard's token")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return check
 
 
 def refusal(board: Board, request: web.Request) -> web.HTTPException | None:
@@ -35,8 +69,7 @@ def refusal(board: Board, request: web.Request) -> web.HTTPException | None:
     origin = request.headers.get("Origin")
     if origin is not None and origin.split("://", 1)[-1] != request.host:
         return web.HTTPForbidden(text="an action from another site is refused")
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), board.console.token.encode()):
+    if not has_token(board, request):
         return web.HTTPUnauthorized(text="a wrong or missing token: enter the dashboard's token")
     return None
 
@@ -56,7 +89,11 @@ async def dead(board: Board, body: dict[str, Any], request: web.Request) -> web.
     when empty). The answer streams one JSON line per batch done, then the total."""
     operations = ops(board)
     target = operations.resolve(str(body.get("name", "")))
-    ids = [str(i) for i in body["ids"]] if body.get("ids") else None
+    if body.get("do") not in ("retry", "delete"):
+        raise ValueError(f"do: 'retry' or 'delete', got {body.get('do')!r}")
+    if "ids" in body and not (isinstance(body["ids"], list) and body["ids"]):
+        raise ValueError("nothing selected")  # never "all" by accident
+    ids = [str(i) for i in body["ids"]] if "ids" in body else None
     grep = str(body["grep"]) if body.get("grep") and ids is None else None
     total = len(ids) if ids else None if grep else await operations.dead.count(target)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -77,6 +114,10 @@ async def dead(board: Board, body: dict[str, Any], request: web.Request) -> web.
     reporter = asyncio.create_task(report())
     try:
         moved = await verb(target, ids=ids, grep=grep, on_progress=progress)
+    except (CannotRetry, RedisError, OSError) as exc:  # the answer has begun: said in its last line
+        await response.write(line({"error": f"{type(exc).__name__}: {exc}", "n": done, "total": total}))
+        await response.write_eof()
+        return response
     finally:
         reporter.cancel()
     word = "retried" if retrying else "deleted"

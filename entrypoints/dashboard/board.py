@@ -28,7 +28,6 @@ REDIS_EVERY_S = 1.0  # how often the Redis side (depths, dead letters, members) 
 class Board:
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.config = console.config
         self.keys = Keys(self.config.work.redis.key_prefix)
         self.redis: Any = None
         self.ops: Operations | None = None
@@ -58,6 +57,11 @@ class Board:
             await self.redis.aclose()
 
     @property
+    def config(self) -> Any:
+        """The pool's config as the supervisor runs it now (a reload replaces it)."""
+        return self.console.config
+
+    @property
     def host(self) -> str:
         return str(self.config.pool.host or socket.gethostname())  # as the pool names its workers
 
@@ -81,6 +85,8 @@ class Board:
         }
 
     async def _read_redis(self, status: dict[str, Any]) -> dict[str, Any]:
+        if self.ops is not None and self.ops.work is not self.config.work:  # reloaded: new names
+            self.ops = Operations(self.redis, self.config.work)
         if self.ops is None:
             return {"work": [], "members": {}, "schedules": [], "redis": "none"}
         try:

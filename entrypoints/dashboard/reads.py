@@ -28,10 +28,11 @@ def add_routes(app: web.Application, board: Board) -> None:
 
     async def events(request: web.Request) -> web.StreamResponse:
         response = await sse(request)
-        while True:
+        while request.transport is not None and not request.transport.is_closing():
             data = json.dumps(await board.snapshot(), default=str)
             await response.write(f"data: {data}\n\n".encode())
             await asyncio.sleep(EVENT_EVERY_S)
+        return response
 
     async def history(_request: web.Request) -> web.Response:
         return web.json_response(await board.history.read() if board.history else [])
@@ -54,14 +55,15 @@ def add_routes(app: web.Application, board: Board) -> None:
         path = log_path(board, request.query.get("slot", "supervisor"))
         response = await sse(request)
         with path.open("rb") as handle:
-            for line in handle.readlines()[-LOG_LINES:]:
+            for line in await asyncio.to_thread(tail_of, handle):  # off the supervisor's loop
                 await response.write(event_of(line))
-            while True:  # followed live, as `tail -f`
-                chunk = handle.readline()
+            while request.transport is not None and not request.transport.is_closing():
+                chunk = await asyncio.to_thread(handle.readline)  # followed live, as `tail -f`
                 if chunk:
                     await response.write(event_of(chunk))
                 else:
                     await asyncio.sleep(0.25)
+        return response
 
     app.router.add_get("/", page)
     app.router.add_static("/static", STATIC)
@@ -79,6 +81,16 @@ def log_path(board: Board, slot: str) -> Path:
     if not path.exists():
         raise web.HTTPNotFound(text=f"no log file for {slot}")
     return path
+
+
+def tail_of(handle: Any, max_bytes: int = 65536) -> list[bytes]:
+    """The last ``LOG_LINES`` lines of an open log file, reading at most its last ``max_bytes``."""
+    size = handle.seek(0, 2)
+    handle.seek(max(0, size - max_bytes))
+    lines = handle.read().splitlines(keepends=True)
+    if size > max_bytes and lines:
+        lines = lines[1:]  # the first one is cut
+    return list(lines[-LOG_LINES:])
 
 
 def event_of(line: bytes) -> bytes:

@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -247,3 +248,53 @@ def test_every_host_shows_the_other_hosts_slots(
     finally:
         beta.send(signal.SIGTERM)
         beta.wait_exit(30)
+
+
+def http(url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.e2e
+def test_an_empty_selection_acts_on_nothing_and_a_foreign_host_is_refused(board: dict[str, Any]) -> None:
+    """Found by review: "Delete selected" with nothing ticked deleted every dead letter."""
+    redis = board["redis"]
+    redis.lpush("flaky", json.dumps({"n": 1}))
+    wait_until(lambda: redis.llen(KEYS.dead("flaky")) == 1, timeout_s=10, what="a dead letter")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for verb in ("delete", "retry"):
+        status, text = http(board["url"] + "api/act/dead", {"do": verb, "name": "flaky", "ids": []}, auth)
+        assert status == 400 and "nothing selected" in text, (status, text)
+    status, text = http(board["url"] + "api/act/dead", {"do": "drop", "name": "flaky"}, auth)
+    assert status == 400 and "'retry' or 'delete'" in text
+    assert redis.llen(KEYS.dead("flaky")) == 1  # untouched
+    port = board["url"].rsplit(":", 1)[1].rstrip("/")
+    status, text = http(board["url"] + "api/snapshot", headers={"Host": f"evil.example:{port}"})
+    assert status == 403 and "not evil.example" in text  # DNS rebinding
+
+
+@pytest.mark.e2e
+def test_a_reload_rotates_the_token(board: dict[str, Any]) -> None:
+    """Found by review: the dashboard kept the token (and the queues) it started with."""
+    sup = board["sup"]
+    sup.config.write_text(sup.config.read_text().replace(TOKEN, "rotated-token-7"))
+    assert sup.cli("reload").returncode == 0
+
+    def refused_old() -> bool:
+        status, _ = http(
+            board["url"] + "api/act/pause", {"name": "jobs"}, {"Authorization": f"Bearer {TOKEN}"}
+        )
+        return status == 401
+
+    wait_until(refused_old, timeout_s=30, what="the old token refused after the reload")
+    status, text = http(
+        board["url"] + "api/act/resume", {"name": "jobs"}, {"Authorization": "Bearer rotated-token-7"}
+    )
+    assert status == 200 and "resumed queue jobs" in text, (status, text)

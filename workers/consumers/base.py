@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import functools
 import inspect
 import json
@@ -147,7 +148,8 @@ class HandlerRunner:
                 if deadline.expired():
                     raise HandlerTimeout(f"timed out after {timeout_s:g}s") from None
                 raise
-        future = asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(handler, *args))
+        call = functools.partial(contextvars.copy_context().run, handler, *args)  # the span goes along
+        future = asyncio.get_running_loop().run_in_executor(self.executor, call)
         try:
             result = await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:

@@ -13,6 +13,7 @@ from corral.workers.consumers.base import DeadLetter, HandlerUnit
 from corral.workers.consumers.pauses import PauseWatch
 from corral.workers.keys import Keys
 from corral.workers.messages import Message, decode_fields
+from corral.workers.topology import Kind, kind_of_client
 
 Entry = tuple[bytes, dict[bytes, bytes], int]  # id, raw fields, delivery attempt
 
@@ -23,9 +24,19 @@ def is_nogroup(exc: ResponseError) -> bool:
 
 
 async def create_group(redis: Any, stream: str, group: str, start_id: str) -> None:
-    """The consumer group (and the stream: MKSTREAM), unless it exists already."""
+    """The consumer group (and the stream: MKSTREAM), unless it exists already. On a cluster it is
+    sent to the stream's node by its slot: the cluster client finds the key of a subcommand like
+    XGROUP CREATE through its command table, which was seen to come up empty ("Missing key") on a
+    client started while the cluster healed from a failover."""
     try:
-        await redis.xgroup_create(stream, group, id=start_id, mkstream=True)
+        if kind_of_client(redis) is Kind.CLUSTER:
+            await redis.initialize()  # the slot map (a no-op once loaded)
+            node = redis.get_node_from_key(stream)
+            await redis.execute_command(
+                "XGROUP CREATE", stream, group, start_id, "MKSTREAM", target_nodes=node
+            )
+        else:
+            await redis.xgroup_create(stream, group, id=start_id, mkstream=True)
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise

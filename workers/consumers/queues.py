@@ -314,36 +314,43 @@ class QueueConsumer(HandlerUnit):
     async def _ack(self) -> None:
         if not self.unacked or self.spec.at_most_once:
             self.unacked.clear()
-            await self._release_unique()
+            await self._release_unique(None)
             return
         # one LREM per job, but one command per queue: a pipeline of LREMs costs the client a command
         # packed and a reply parsed per job, about as much as the trivial job itself
         by_queue: dict[str, list[bytes]] = {}
         for queue, raw in self.unacked:
             by_queue.setdefault(queue, []).append(raw)
-        if len(by_queue) == 1 and not self.durable.on and not self.done_unique:
+        if len(by_queue) == 1 and not self.durable.on:
             [(queue, raws)] = by_queue.items()
-            await self._ack_jobs(keys=[self._processing(queue), self.keys.deaths(queue)], args=raws)
+            removed = [
+                await self._ack_jobs(keys=[self._processing(queue), self.keys.deaths(queue)], args=raws)
+            ]
         else:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for queue, raws in by_queue.items():
                     keys = [self._processing(queue), self.keys.deaths(queue)]
                     await self._ack_jobs(keys=keys, args=raws, client=pipe)
-                for job in self.done_unique:  # after the ack: never a duplicate while it is held
-                    await self.settlement.release(pipe, job.queue, job)
-                await self.durable.execute(pipe, list(by_queue))
-            self.done_unique.clear()
+                removed = (await self.durable.execute(pipe, list(by_queue)))[: len(by_queue)]
+        # after the ack, never a duplicate while it is held; not where a job was not ours to ack (a
+        # peer recovered it from us while we stalled: it is queued again, its key must hold)
+        whole = {
+            queue for (queue, raws), n in zip(by_queue.items(), removed, strict=True) if int(n) == len(raws)
+        }
+        await self._release_unique(whole)
         for item in self.unacked:
             self.deaths.pop(item, None)
         self.unacked.clear()
 
-    async def _release_unique(self) -> None:
-        if self.done_unique:
+    async def _release_unique(self, queues: set[str] | None) -> None:
+        """The unique keys of the jobs just done (of ``queues`` only, when given)."""
+        done = [job for job in self.done_unique if queues is None or job.queue in queues]
+        self.done_unique.clear()
+        if done:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for job in self.done_unique:
+                for job in done:
                     await self.settlement.release(pipe, job.queue, job)
                 await pipe.execute()
-            self.done_unique.clear()
 
     async def _hand_back(self) -> None:
         """Fast stop: acknowledge what was handled, put everything else back at the front."""

@@ -57,12 +57,14 @@ class Settlement:
         """One job out of our processing list and to ``to``, atomically; given up on (``DEAD``), its
         unique lock goes in the same step."""
         key, how = WHERE[to](self.keys, queue)
-        if self.at_most_once:  # no processing list: just where it goes
+        if self.at_most_once:  # no processing list: just where it goes (and a dead one's lock goes)
             await (
                 self.redis.zadd(key, {payload: due_s})
                 if how == "zadd"
                 else getattr(self.redis, how)(key, payload)
             )
+            if job is not None and job.unique is not None and to is Destination.DEAD:
+                await self._release(keys=[self.keys.unique(queue, job.unique)], args=[job.id])
             return
         unique = job.unique if job is not None and to is Destination.DEAD else None
         keys = [

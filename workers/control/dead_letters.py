@@ -340,21 +340,27 @@ class DeadLetters:
         chunk was acted on. A list is read from its tail (new letters arrive at its head): the
         letters left there are skipped by their count; a stream after the last id read."""
         dead = self.dead_key(target, key)
+        # only the letters there when the pass began: one dead-lettered again meanwhile (a retried
+        # poison job) is not retried again by the same pass, which therefore ends
         if target.kind is Kind.STREAM:
-            low = "-"
-            while entries := await self.redis.xrange(dead, low, "+", count=READ_CHUNK):
+            newest = await self.redis.xrevrange(dead, "+", "-", count=1)
+            low, high = "-", newest[0][0] if newest else None
+            while high is not None and (
+                entries := await self.redis.xrange(dead, low, high, count=READ_CHUNK)
+            ):
                 letters = [stream_letter(target, key, dead, entry_id, raw) for entry_id, raw in entries]
                 yield [letter for letter in letters if wanted(letter)]
                 low = "(" + entries[-1][0].decode()
             return
-        kept = 0
-        while chunk := await self.redis.lrange(dead, -(kept + READ_CHUNK), -(kept + 1)):
+        kept, left = 0, int(await self.redis.llen(dead))
+        while left > 0 and (
+            chunk := await self.redis.lrange(dead, -(kept + min(READ_CHUNK, left)), -(kept + 1))
+        ):
             letters = [queue_letter(target, key, dead, record) for record in reversed(chunk)]
             chosen = [letter for letter in letters if wanted(letter)]
             yield chosen
             kept += len(chunk) - len(chosen)
-            if len(chunk) < READ_CHUNK:
-                return
+            left -= len(chunk)
 
     async def _send_back(self, kind: Kind, letters: builtins.list[Letter]) -> int:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -16,6 +16,16 @@ function say(text, ok) {
 }
 
 function token() { return sessionStorage.getItem("corral-token") || ""; }
+// reads carry the token too (needed when the dashboard listens beyond loopback; EventSource cannot
+// send a header, so it goes as a query parameter)
+function withToken(url) { return token() ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token())}` : url; }
+let events = null;
+function connect() {
+  if (events) events.close();
+  events = new EventSource(withToken("/api/events"));
+  events.onmessage = (event) => render(JSON.parse(event.data));
+  events.onerror = () => say("no answer from the supervisor (or a token is needed): retrying", false);
+}
 
 async function act(action, body, onLine) {
   const response = await fetch(`/api/act/${action}`, {
@@ -44,6 +54,7 @@ async function act(action, body, onLine) {
   }
   take(buffer);
   if (last && last.done) say(last.done, true);
+  if (last && last.error) say(`${action}: ${last.error}`, false);
   return last;
 }
 
@@ -137,7 +148,7 @@ function render(snap) {
   snapshot = snap;
   const st = snap.status;
   document.body.classList.toggle("read-only", !snap.actions || !snap.token_set);
-  $("#token-form").hidden = !snap.actions || !snap.token_set;
+  $("#token-form").hidden = !snap.token_set;
   $("#mode").textContent = !snap.actions ? "read-only" : snap.token_set ? "" : "read-only: no token configured";
   $("#pool").textContent = `${st.pool} on ${snap.host}`;
   $("#state").textContent = st.state;
@@ -202,7 +213,7 @@ async function searchDead() {
   const name = $("#dead-name").value;
   if (!name) return;
   const query = new URLSearchParams({ name, grep: $("#dead-grep").value, limit: "200" });
-  const response = await fetch(`/api/dead?${query}`);
+  const response = await fetch(withToken(`/api/dead?${query}`));
   if (!response.ok) { say(await response.text(), false); return; }
   const found = await response.json();
   $("#dead-count").textContent = `${found.letters.length} shown of ${found.total}`;
@@ -248,7 +259,7 @@ function followLog() {
   if (logSource) logSource.close();
   const pre = $("#log");
   pre.textContent = "";
-  logSource = new EventSource(`/api/logs?slot=${encodeURIComponent($("#log-slot").value || "supervisor")}`);
+  logSource = new EventSource(withToken(`/api/logs?slot=${encodeURIComponent($("#log-slot").value || "supervisor")}`));
   logSource.onmessage = (event) => {
     pre.textContent += JSON.parse(event.data) + "\n";
     if (pre.textContent.length > 400000) pre.textContent = pre.textContent.slice(-300000);
@@ -267,20 +278,24 @@ function show(tab) {
 async function start() {
   document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => show(b.dataset.tab)));
   $("#token").value = token();
-  $("#token-form").addEventListener("submit", (e) => { e.preventDefault(); sessionStorage.setItem("corral-token", $("#token").value); say("token set for this tab", true); });
+  $("#token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    sessionStorage.setItem("corral-token", $("#token").value);
+    say("token set for this tab", true);
+    connect();
+  });
   $("#dead-form").addEventListener("submit", (e) => { e.preventDefault(); searchDead(); });
-  $("#dead-retry-selected").addEventListener("click", () => dead("retry", { ids: picked() }));
-  $("#dead-delete-selected").addEventListener("click", () => dead("delete", { ids: picked() }));
+  const selected = (verb) => () => (picked().length ? dead(verb, { ids: picked() }) : say("nothing selected", false));
+  $("#dead-retry-selected").addEventListener("click", selected("retry"));
+  $("#dead-delete-selected").addEventListener("click", selected("delete"));
   $("#dead-retry-all").addEventListener("click", () => dead("retry", { grep: $("#dead-grep").value }));
   $("#dead-delete-all").addEventListener("click", () => dead("delete", { grep: $("#dead-grep").value }));
   $("#scale").addEventListener("click", () => act("scale", { workers: Number($("#scale-n").value) }));
   $("#reload").addEventListener("click", () => act("reload", {}));
   $("#log-slot").addEventListener("change", followLog);
-  const history = await (await fetch("/api/history")).json();
-  history.forEach(record);
-  const events = new EventSource("/api/events");
-  events.onmessage = (event) => render(JSON.parse(event.data));
-  events.onerror = () => say("connection to the supervisor lost; retrying", false);
+  const answer = await fetch(withToken("/api/history"));
+  if (answer.ok) (await answer.json()).forEach(record);
+  connect();
 }
 
 start();

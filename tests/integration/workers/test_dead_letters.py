@@ -268,3 +268,33 @@ def test_partitioned_stream_letters_go_back_to_their_shard(redis_any: Any, run: 
         await r.aclose()
 
     run(body())
+
+
+def test_a_bulk_retry_of_poison_jobs_ends_though_they_die_again(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    """Retried poison jobs are dead-lettered again at once by a running consumer: the pass covers
+    only the letters there when it began, so it ends, each retried once (found by review)."""
+
+    async def body() -> tuple[int, int]:
+        r = client(redis_clean.url)
+        work = queue_work(redis_clean.url, names=("pz",), handler=f"{H}:fail_always", max_attempts=1)
+        await r.lpush("pz", *(json.dumps({"n": n}) for n in range(3000)))
+        worker = await local_worker(work)
+        try:
+            await wait_for(lambda: _llen_is(r, KEYS.dead("pz"), 3000), timeout_s=20, what="3000 dead letters")
+            target = Catalog(work).resolve("pz")
+            moved = await asyncio.wait_for(DeadLetters(r, KEYS).retry(target), 30)
+        finally:
+            await worker.stop()
+        total = await r.llen(KEYS.dead("pz")) + await r.llen("pz")
+        await r.aclose()
+        return moved, total
+
+    moved, total = run(body())
+    assert moved == 3000, moved  # each once, not again after it died again
+    assert total == 3000  # none lost or doubled
+
+
+async def _llen_is(r: Any, key: str, n: int) -> bool:
+    return int(await r.llen(key)) == n

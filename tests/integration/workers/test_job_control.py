@@ -204,3 +204,32 @@ def test_weighted_priority_shares_by_weight_and_starves_nobody(
     share = order.count("a") / len(order)
     print(f"weighted 3:1, first 200 jobs with both queues full: {share:.0%} from the weight-3 queue")
     assert 0.62 <= share <= 0.88, share  # 75 % expected; the lighter queue is never starved
+
+
+def test_a_stalled_worker_acking_a_recovered_unique_job_keeps_its_key(
+    redis_clean: Any, local_worker: Any, run: Any
+) -> None:
+    """Found by review: a worker recovered away while stalled acked (removing nothing) and still
+    released the job's unique key, so a duplicate could be enqueued beside the requeued job."""
+
+    async def body() -> None:
+        r = client(redis_clean.url)
+        job = await aenqueue(r, "sq", {"n": 1}, unique_key="only-one")
+        work = queue_work(redis_clean.url, names=("sq",), handler=f"{H}:block_all")
+        stalled = await local_worker(work, name="stalled")
+        try:
+            await wait_for(lambda: r.lrange("test:started", 0, -1), what="the job in hand")
+            peer = await local_worker(work, name="peer", start=False)  # recovers it, as a sweep would
+            await peer.consumers.recover(stalled.worker_id, force=True)
+            assert await r.llen("sq") == 1  # queued again
+            await r.set("test:release", 1)  # the stalled handler finishes and acks: nothing removed
+            await wait_for(lambda: equals(r.hlen("test:handled"), 1), what="the stalled handler done")
+            await wait_for(lambda: stalled.consumers.queues[0].unacked == [], what="its ack")
+            assert await r.get(KEYS.unique("sq", "only-one")) == job.encode()  # still held
+            with pytest.raises(DuplicateJob):
+                await aenqueue(r, "sq", {"n": 2}, unique_key="only-one")
+        finally:
+            await stalled.stop()
+            await r.aclose()
+
+    run(body())

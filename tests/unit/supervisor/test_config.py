@@ -289,7 +289,8 @@ def test_a_dashboard_reachable_from_other_machines_needs_a_token(
     assert "dashboard.listen: 0.0.0.0:8080 is reachable from other machines: set dashboard.token" in str(
         caught.value
     )
-    assert load(write(tmp_path, text + "read_only = true\n")).dashboard.read_only
+    with pytest.raises(ConfigError):  # read-only pages still show payloads and logs
+        load(write(tmp_path, text + "read_only = true\n"))
     local = load(write(tmp_path, Q + '[dashboard]\nlisten = "127.0.0.1:8080"\n')).dashboard
     assert local.token is None and local.app == "corral.entrypoints.dashboard:mount"
     monkeypatch.setenv("CORRAL_DASHBOARD_TOKEN", "from-env")
