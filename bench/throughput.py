@@ -296,7 +296,7 @@ def run_peers(setup: Setup, quick: bool) -> list[Result]:
     return results
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="5,000 jobs, one run each, shorter deadlines")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -316,14 +316,15 @@ def main() -> None:
         help="corral: handlers of a batch in flight at once (1: one after another)",
     )
     args = parser.parse_args()
-    CONCURRENCY[0] = args.concurrency
     args.mode = "quick" if args.quick else "full"
     args.n, args.reps, args.deadline = (5_000, 1, 30.0) if args.quick else (20_000, 3, 60.0)
     args.transport = "corral and raw over a Unix socket" if args.unix else "TCP"
     args.load = os.getloadavg()[0]  # other work on the machine skews every figure below
-    logger.remove()
-    logger.add(sys.stderr, level="ERROR")
-    began = time.monotonic()
+    return args
+
+
+def run_everything(args: argparse.Namespace) -> tuple[dict[str, list[Result]], list[Result]]:
+    """corral and the raw loops (and the peers), on one private server stopped on the way out."""
     workdir = Path(tempfile.mkdtemp(prefix="corral-tput-"))
     server = Server(workdir)
     ok = False
@@ -347,6 +348,16 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"logs kept in {workdir}", file=sys.stderr)
+    return runs, peer_runs
+
+
+def main() -> None:
+    args = parse_args()
+    CONCURRENCY[0] = args.concurrency
+    logger.remove()
+    logger.add(sys.stderr, level="ERROR")
+    began = time.monotonic()
+    runs, peer_runs = run_everything(args)
     targets = Targets(TARGET_VS_PEER, TARGET_VS_RAW_QUEUE, TARGET_VS_RAW_STREAM)
     result = report(
         runs,

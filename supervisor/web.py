@@ -8,7 +8,7 @@ and ask of the running pool.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ class Console:
     log_dir: Path
     token: str | None = None
     read_only: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Mount = Callable[[web.Application, Console], None]

@@ -32,14 +32,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from corral.entrypoints.cli.files import DURATION, UNIT_S
+from corral.entrypoints.cli.files import DURATION, UNIT_S, iso_time_s
+from corral.entrypoints.cli.jobs import operations
 from corral.entrypoints.cli.say import fail
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config, redacted
 from corral.workers.control.catalog import Catalog, Target, UnknownName
 from corral.workers.control.dead_letters import CannotRetry, DeadLetters, Letter
-from corral.workers.control.operations import Operations
-from corral.workers.topology import connect
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError, TimeoutError)
 
@@ -170,15 +169,12 @@ def moment(action: str, flag: str, text: str | None) -> float | None:
     match = DURATION.match(text)
     if match:
         return time.time() - float(match.group(1)) * UNIT_S[match.group(2)]
-    try:
-        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+    at_s = iso_time_s(text, f"dead {action}: {flag}")
+    if at_s is None:
         raise ValueError(
             f"dead {action}: {flag}: {text!r} is neither a duration like 30m, 2h or 1d nor an ISO 8601 time"
-        ) from None
-    if at.tzinfo is None:
-        raise ValueError(f"dead {action}: {flag}: {text!r} has no time zone (add Z or an offset like +01:00)")
-    return at.timestamp()
+        )
+    return at_s
 
 
 def limit_of(text: str) -> int:
@@ -189,21 +185,15 @@ def limit_of(text: str) -> int:
 
 async def connected(config: Config, order: Order) -> int:
     url = config.redis_url
-    spec = dataclasses.replace(config.work.redis, url=url, socket_timeout_s=5.0, connect_timeout_s=5.0)
-    client: Any = None
     try:
-        client = await connect(spec)
-        letters = Operations(client, config.work).dead
-        return await ACTIONS[order.action](letters, order, config)
+        async with operations(config) as ops:
+            return await ACTIONS[order.action](ops.dead, order, config)
     except UNREACHABLE as exc:
         return fail(f"cannot reach Redis at {redacted(url)}: {exc}", SupervisorExit.NOT_RUNNING)
     except CannotRetry as exc:
         return fail(f"dead {order.action}: {exc}", SupervisorExit.FAILED)
     except RedisError as exc:
         return fail(f"dead: Redis at {redacted(url)} answered with an error: {exc}", SupervisorExit.FAILED)
-    finally:
-        if client is not None:
-            await client.aclose()
 
 
 def console() -> Console:

@@ -87,16 +87,25 @@ def when_of(args: argparse.Namespace) -> tuple[float | None, float | None]:
     if args.delay is not None:
         return duration_s("--delay", args.delay), None
     if args.at is not None:
-        try:
-            at = datetime.fromisoformat(args.at.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"--at: {args.at!r} is not an ISO 8601 time like 2026-12-01T10:00:00Z") from None
-        if at.tzinfo is None:
-            raise ValueError(f"--at: {args.at!r} has no time zone (add Z or an offset like +01:00)")
-        if at.timestamp() <= time.time():
+        at_s = iso_time_s(args.at, "--at")
+        if at_s is None:
+            raise ValueError(f"--at: {args.at!r} is not an ISO 8601 time like 2026-12-01T10:00:00Z")
+        if at_s <= time.time():
             raise ValueError(f"--at: {args.at} is in the past")
-        return None, at.timestamp()
+        return None, at_s
     return None, None
+
+
+def iso_time_s(text: str, what: str) -> float | None:
+    """An ISO 8601 time with a time zone, as unix seconds; None when ``text`` is no ISO time;
+    ValueError (naming ``what``) when it has no zone."""
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        raise ValueError(f"{what}: {text!r} has no time zone (add Z or an offset like +01:00)")
+    return at.timestamp()
 
 
 def declared_shards(config: Config, queue: str) -> int:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,16 +53,25 @@ def run(config: Config, args: argparse.Namespace) -> int:
     return with_operations(config, lambda ops: actions[args.command](ops, args))
 
 
+@contextlib.asynccontextmanager
+async def operations(config: Config) -> AsyncIterator[Operations]:
+    """``Operations`` on a client of the pool's Redis (any topology), closed on the way out."""
+    spec = dataclasses.replace(
+        config.work.redis, url=config.redis_url, socket_timeout_s=5.0, connect_timeout_s=5.0
+    )
+    client = await connect(spec)
+    try:
+        yield Operations(client, config.work)
+    finally:
+        await client.aclose()
+
+
 def with_operations(config: Config, action: Callable[[Operations], Awaitable[int]]) -> int:
     """Run ``action`` on the pool's Redis; user mistakes and Redis away are one line each."""
 
     async def go() -> int:
-        spec = dataclasses.replace(config.work.redis, url=config.redis_url, socket_timeout_s=5.0)
-        client = await connect(spec)
-        try:
-            return await action(Operations(client, config.work))
-        finally:
-            await client.aclose()
+        async with operations(config) as ops:
+            return await action(ops)
 
     try:
         return asyncio.run(go())

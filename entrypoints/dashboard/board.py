@@ -84,6 +84,11 @@ class Board:
             "host": self.host,
         }
 
+    @staticmethod
+    def _where(fleet: Any, keys: tuple[str, ...]) -> str:
+        """The servers (a cluster's primaries) a queue's or stream's keys live on."""
+        return ", ".join(sorted({fleet.placement.get(key, "") for key in keys}))
+
     async def _read_redis(self, status: dict[str, Any]) -> dict[str, Any]:
         if self.ops is not None and self.ops.work is not self.config.work:  # reloaded: new names
             self.ops = Operations(self.redis, self.config.work)
@@ -92,19 +97,14 @@ class Board:
         try:
             discovered = list(status.get("work", {}).get("queues", {}))
             rows = await self.ops.overview(discovered)
-            keys = {row.name: self.ops.resolve(row.name).keys for row in rows}
-            names = [key for row_keys in keys.values() for key in row_keys]
+            names = [key for row in rows for key in row.keys]
             fleet = await fleet_snapshot(self.redis, self.keys, self.config.pool_name, names)
             schedules = await self.ops.schedules()
             hosts = await self.history.hosts() if self.history is not None else {}
         except (RedisError, OSError) as exc:
             return {**self._redis_view, "redis": f"away: {type(exc).__name__}"}
-        where = {
-            name: sorted({fleet.placement.get(key, "") for key in row_keys})
-            for name, row_keys in keys.items()
-        }
         return {
-            "work": [{**row.to_json(), "where": ", ".join(where[row.name])} for row in rows],
+            "work": [{**row.to_json(), "where": self._where(fleet, row.keys)} for row in rows],
             "hosts": hosts,
             "members": fleet.hosts,
             "topology": fleet.topology,

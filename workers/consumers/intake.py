@@ -25,18 +25,17 @@ from typing import Any
 from corral.contract import QueueSpec, parse_rate
 from corral.workers.consumers.discovery import QueueSet
 from corral.workers.consumers.pauses import PauseWatch
-from corral.workers.keys import Keys, queue_shards
+from corral.workers.keys import queue_shards
 
 RATE_BURST_S = 0.1
 RATE_POLL_S = 0.05
 
 
 class Intake:
-    def __init__(self, spec: QueueSpec, discovery: QueueSet, pauses: PauseWatch, keys: Keys) -> None:
+    def __init__(self, spec: QueueSpec, discovery: QueueSet, pauses: PauseWatch) -> None:
         self.spec = spec
         self.discovery = discovery
         self.pauses = pauses
-        self.keys = keys
         self.ranked = [list(queue_shards(name, spec.shards)) for name in spec.names]
         self.weights = list(spec.weights)
         self.rng = random.Random()

@@ -65,7 +65,8 @@ class QueueConsumer(HandlerUnit):
         self.interrupted = False  # the last round raised: our processing lists may hold strays
         self.discovery = QueueSet(spec, redis=redis, keys=keys, log=log)
         self.promoter = Promoter(redis, keys)
-        self.intake = Intake(spec, self.discovery, PauseWatch(redis, keys), keys)
+        self.intake = Intake(spec, self.discovery, PauseWatch(redis, keys))
+        self._paused_shown: set[str] = set()
         self._take = Script(redis, TAKE)
         self._move_all = Script(redis, MOVE_ALL)
         self.deaths: dict[tuple[str, bytes], int] = {}  # taken jobs whose worker died before
@@ -130,8 +131,10 @@ class QueueConsumer(HandlerUnit):
 
     async def _take_batch(self) -> list[tuple[str, bytes]]:
         queues = await self.intake.order()
-        for queue in self.queues:
-            self._stats(queue).paused = queue in self.intake.paused
+        if self.intake.paused != self._paused_shown:  # status follows a pause at once
+            self._paused_shown = set(self.intake.paused)
+            for queue in self.queues:
+                self._stats(queue).paused = queue in self._paused_shown
         if not queues:  # every queue paused: look again soon (the pause may be lifted)
             await asyncio.sleep(PAUSED_IDLE_S)
             return []

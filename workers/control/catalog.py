@@ -36,10 +36,6 @@ class Target:
     queue: QueueSpec | None = None
     stream: StreamSpec | None = None
 
-    @property
-    def group(self) -> str:
-        return self.stream.group if self.stream is not None else ""
-
 
 class Catalog:
     def __init__(self, work: WorkSpec, keys: Keys | None = None) -> None:

@@ -3,7 +3,7 @@ wait, retry, are delayed, are dead, whether it is paused, its rate limit and sha
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from corral.workers.control.catalog import Kind, Target
@@ -21,9 +21,10 @@ class WorkRow:
     dead: int  # dead letters
     paused: bool
     rate_limit: str | None
+    keys: tuple[str, ...] = field(default=(), repr=False)  # its lists or stream keys
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: value for name, value in asdict(self).items() if name != "keys"}
 
 
 def _queue(pipe: Any, keys: Keys, key: str) -> int:
@@ -69,6 +70,7 @@ async def overview(redis: Any, keys: Keys, targets: list[Target]) -> list[WorkRo
                 dead,
                 paused > 0,
                 limit,
+                target.keys,
             )
         )
     return rows
