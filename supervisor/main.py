@@ -42,6 +42,7 @@ from corral.supervisor.systemd import Notifier
 from corral.supervisor.web import Console, WebServer, servers_for
 
 TICK_S = 1.0
+WEB_CLOSE_TIMEOUT_S = 3.0  # the last rung of the exit: open dashboard connections are cut
 
 
 def private_dirs(*dirs: Path) -> None:
@@ -204,8 +205,15 @@ class Supervisor:
 
     async def _shutdown(self) -> None:
         await self.control.close()
-        for server in self.web:
-            await server.close()
+        for server in self.web:  # a stuck client (an event stream) must not hold the exit
+            try:
+                await asyncio.wait_for(server.close(), WEB_CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                logger.warning(
+                    "http server on port {} did not close in {:g}s; exiting anyway",
+                    server.port,
+                    WEB_CLOSE_TIMEOUT_S,
+                )
         if self.redis_server is not None:
             await self.redis_server.stop()  # last: the workers needed it until they exited
         if self._wrote_pid_file:

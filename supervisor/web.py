@@ -56,9 +56,10 @@ class WebServer:
     async def start(self) -> None:
         if self.registry is not None and not self._mounted:
             self.app.router.add_get("/", self._metrics)  # a metrics-only server answers / too
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # handlers still running 1 s into a shutdown (an open event stream) are cancelled
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=1.0).start()
+        await web.TCPSite(self._runner, self.host, self.port).start()
         logger.info("http on http://{}:{}/", self.host, self.port)
 
     async def close(self) -> None:
