@@ -4,6 +4,8 @@ bench — compute a+b, then one INCR of the shared counter."""
 
 from __future__ import annotations
 
+import time
+
 from corral.workers.messages import HandlerContext, Job, Message
 
 COUNTER = "bench:count"
@@ -34,3 +36,8 @@ async def add_entries(messages: list[Message], ctx: HandlerContext) -> None:
             _ = int(message.fields["a"]) + int(message.fields["b"])
             pipe.incr(COUNTER)
         await pipe.execute()
+
+
+async def mark_done(job: Job, ctx: HandlerContext) -> None:
+    """``bench/startup.py``: the first job done writes the time it was done."""
+    await ctx.redis.set("bench:done", repr(time.time()))

@@ -115,14 +115,15 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], group: bool = False) ->
             proc.wait(5.0)
 
 
-def measured(result: Result, seen: Watch, since: float | None = None) -> Result:
-    """The span and count: from ``since`` (the first push) or else from the first completed job."""
-    if since is not None:
-        result.clock, result.done, result.seconds = "push", seen.count, seen.end_t - since
-    else:
-        assert seen.first_t is not None
-        result.clock, result.done = "first job", seen.count - seen.first_count
-        result.seconds = seen.end_t - seen.first_t
+def measured(result: Result, seen: Watch, spawned_at: float) -> Result:
+    """Whole run: from ``spawned_at`` (the workers started; every job was enqueued before) to the
+    last job; steady: from the first completed job on; start-up: the span between the two."""
+    if seen.first_t is None:
+        result.error = "no job done"
+        return result
+    result.done, result.seconds = seen.count, seen.end_t - spawned_at
+    result.startup_s = seen.first_t - spawned_at
+    result.steady_done, result.steady_s = seen.count - seen.first_count, seen.end_t - seen.first_t
     if seen.count < result.n and result.error is None:
         result.error = f"DNF: {seen.count:,} of {result.n:,} done at the deadline"
     jobs = seen.count - seen.first_count  # CPU is sampled from the first reading on

@@ -13,14 +13,14 @@ counter every 2 ms.
 - raw (``bench/baselines.py``, synchronous redis-py): the per-job reliable loop (BLMOVE, INCR, LREM)
   and the batched loop (XREADGROUP COUNT 100, INCR each, one XACK); for reference, the batched loop
   again on redis.asyncio, the client corral's handlers get.
-  corral and raw: the workers are started and ready (blocked on the empty queue or stream), then all
-  jobs are pushed in pipelines (LPUSH of 1000 jobs a command, or XADD) and the clock runs from the
-  first push to the counter reaching N: the push is inside the measured time.
 - peers (``bench/peers.py``; RQ, dramatiq, arq, Celery, each in a venv of its own under
-  ``--peers-dir``, created on the first run and reused): N jobs are enqueued with the peer's own client
-  before its workers start, and the clock runs from the first completed job to the N-th: neither the
-  enqueueing nor the workers' start-up is counted against them. A peer still short of N at its
-  deadline is DNF, with the rate of what it did.
+  ``--peers-dir``, created on the first run and reused), with their own clients.
+
+Every system is measured the same way: N jobs are enqueued first (corral and raw: pipelines of LPUSH
+of 1000 jobs, or XADD; peers: their own client), then its 2 workers are spawned and the clock runs
+from the spawn to the counter reaching N. Reported: the whole run (N / spawn -> last job, start-up
+included), the steady rate (from the first completed job on) and the start-up (spawn -> first job
+done). A system still short of N at its deadline is DNF, with the rate of what it did.
 
 corral and raw run 3 times (--quick: once), alternating, and the median is reported; peers run once,
 but dramatiq, the fastest (the peer corral's 3x target is measured against), 3 times: the median.
@@ -56,7 +56,7 @@ import redis  # noqa: E402
 from loguru import logger  # noqa: E402
 
 from bench import peers  # noqa: E402
-from bench.harness import check_alive, measured, stop_processes, wait_until, watch  # noqa: E402
+from bench.harness import check_alive, measured, stop_processes, watch  # noqa: E402
 from bench.report import Result, Targets, markdown, median_run, rate_text, report, update_doc  # noqa: E402
 from bench.server import Server  # noqa: E402
 from corral.contract import QueueSpec, RedisSpec, StreamSpec, WorkSpec  # noqa: E402
@@ -67,7 +67,6 @@ WORKERS = 2
 QUEUE = "bench:queue"
 STREAM = "bench:stream"
 GROUP = "bench"
-READY = "bench:ready"
 CHUNK = 1000  # jobs per LPUSH, commands per pipeline round trip
 BASELINES = _HERE / "baselines.py"
 TARGET_VS_PEER = 3.0
@@ -130,20 +129,19 @@ def run_raw(setup: Setup, mode: str) -> Result:
     items = payloads(kind, n)
     procs: list[subprocess.Popen[bytes]] = []
     try:
+        push(client, kind, items)
+        started = time.perf_counter()
         with (setup.workdir / f"raw-{mode}.log").open("ab") as log:
             for i in range(WORKERS):
                 argv = [sys.executable, str(BASELINES), mode, setup.url, f"raw-{i}"]
                 procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
         check = check_alive(procs, f"raw {mode}")
-        wait_until(lambda: int(client.get(READY) or 0) >= WORKERS, 30.0, "raw workers ready", check)
-        started = time.perf_counter()
-        push(client, kind, items)
         limits = (setup.deadline_s, setup.deadline_s)
         pids = [p.pid for p in procs]
         seen = watch(client, n, limits_s=limits, workers=pids, server=setup.server.pid, check=check)
     finally:
         stop_processes(procs)
-    return measured(Result(RAW_SYSTEMS[mode], kind, n), seen, since=started)
+    return measured(Result(RAW_SYSTEMS[mode], kind, n), seen, started)
 
 
 # -- corral -----------------------------------------------------------------------------------------
@@ -179,23 +177,27 @@ async def run_corral(setup: Setup, kind: str, batch: bool = False) -> Result:
         cwd=str(ROOT),
     )
     conns: list[Any] = []
-    pool.on("spawning", conns.append)
+    pids: list[int] = []  # the watch samples their CPU: filled as the children start
+    pool.on("spawning", lambda conn: (conns.append(conn), pids.append(conn.pid)))
 
     def check() -> None:
         if any(not c.alive for c in conns):
             raise RuntimeError(f"corral {kind}: a child died:\n{output.decode(errors='replace')[-3000:]}")
 
+    if kind == "stream":
+        client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    await asyncio.to_thread(push, client, kind, items)
     try:
-        if not await pool.spawn_all(60.0):
-            raise RuntimeError(
-                f"corral {kind}: children not ready:\n{output.decode(errors='replace')[-3000:]}"
-            )
         started = time.perf_counter()
-        await asyncio.to_thread(push, client, kind, items)
-        limits, pids = (setup.deadline_s, setup.deadline_s), [c.pid for c in conns]
+        spawning = asyncio.ensure_future(pool.spawn_all(60.0))
+        limits = (setup.deadline_s, setup.deadline_s)
         seen = await asyncio.to_thread(
             watch, client, n, limits_s=limits, workers=pids, server=setup.server.pid, check=check
         )
+        if not await spawning:
+            raise RuntimeError(
+                f"corral {kind}: children not ready:\n{output.decode(errors='replace')[-3000:]}"
+            )
     finally:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(pool.stop(graceful_timeout_s=5.0), 30.0)
@@ -206,7 +208,7 @@ async def run_corral(setup: Setup, kind: str, batch: bool = False) -> Result:
     if output.strip():
         print(f"corral {kind} children said:\n{output.decode(errors='replace')[-2000:]}", file=sys.stderr)
     label = f"corral {kind} batch handler" if batch else f"corral {kind}"
-    return measured(Result(label, kind, n), seen, since=started)
+    return measured(Result(label, kind, n), seen, started)
 
 
 # -- peers ------------------------------------------------------------------------------------------
@@ -243,9 +245,7 @@ def run_peer(setup: Setup, peer: peers.Peer, deadline_s: float) -> Result:
         return result
     finally:
         stop_processes(procs, group=True)
-    assert seen.first_t is not None
-    result.startup_s = seen.first_t - started
-    return measured(result, seen)
+    return measured(result, seen, started)
 
 
 # -- the report ---------------------------------------------------------------------------------------
@@ -257,7 +257,11 @@ def run_peer(setup: Setup, peer: peers.Peer, deadline_s: float) -> Result:
 def progress(result: Result) -> None:
     extra = f", {result.worker_cpu_us:.0f} us CPU/job" if result.worker_cpu_us else ""
     extra += f", {result.error}" if result.error else ""
-    print(f"  {result.system:<44} {rate_text(result):>10}/s  ({result.seconds:.2f}s{extra})", flush=True)
+    steady = f"steady {result.steady_rate:,.0f}/s, start-up {result.startup_s or 0:.2f}s"
+    print(
+        f"  {result.system:<44} {rate_text(result):>10}/s  ({result.seconds:.2f}s, {steady}{extra})",
+        flush=True,
+    )
 
 
 async def corral_and_raw(setup: Setup, reps: int) -> dict[str, list[Result]]:

@@ -10,9 +10,17 @@ The import package's rooms are the repository's top-level folders (linked here):
 - ``corral.entrypoints``: the ``corral`` CLI, the child bootstrap and the example apps.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-try:
-    __version__ = version("corral")
-except PackageNotFoundError:  # a source tree that is not installed
-    __version__ = "unknown"
+
+def __getattr__(name: str) -> Any:
+    """``corral.__version__``, read from the installed metadata when asked (importlib.metadata costs
+    every child ~20 ms of start-up: not at import)."""
+    if name != "__version__":
+        raise AttributeError(f"module 'corral' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("corral")
+    except PackageNotFoundError:  # a source tree that is not installed
+        return "unknown"

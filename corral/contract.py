@@ -5,6 +5,8 @@ Both sides import this module and nothing else of each other; it imports nothing
 - **How a child is started**: the supervisor runs ``python -m corral.entrypoints.child`` with a
   ``ChildSpec`` as JSON in the ``CORRAL_CHILD`` environment variable (``SPEC_ENV``) and one end of a
   socketpair as file descriptor ``ChildSpec.fd``.
+  Or it is forked from a zygote (the same module with ``ZYGOTE_FLAG``) that preloaded its code:
+  the same spec, sent to the zygote with the socket (``ZygoteReply``).
 - **What it says when ready**: a ``ReadyInfo`` (pid, slot, worker id) with the channel's ``ready``.
 - **What they tell each other**: the ``Event`` names below, with the payloads their docs give.
 - **How a child ends**: an ``ExitCode``, which the supervisor decodes (``ExitCode.describe``).
@@ -24,6 +26,7 @@ from typing import Any, TypedDict
 
 SPEC_ENV = "CORRAL_CHILD"  # the environment variable that carries a child's ChildSpec as JSON
 CHILD_MODULE = "corral.entrypoints.child"  # what the supervisor runs with ``python -m``
+ZYGOTE_FLAG = "--zygote"  # ``python -m CHILD_MODULE --zygote``: preload, then fork children on request
 
 
 class LoadError(Exception):
@@ -54,6 +57,19 @@ class Event(StrEnum):
     RECOVER = "corral.recover"  # supervisor -> child, request: {"worker_id": dead worker} -> counts moved
     ASSIGN = "corral.partitions.assign"  # supervisor -> child, request: {"stream", "shards"} -> shards owned
     REVOKE = "corral.partitions.revoke"  # same; answered once the round in progress is acknowledged
+
+
+class ZygoteReply(StrEnum):
+    """The one key of each map a zygote sends the supervisor (``corral.ipc.fdpass`` frames). It says
+    READY (its pid), PROBLEMS (the import errors, then exits) or UNSAFE (why it will not fork, then
+    exits) once; then answers each request ``{"spec": ChildSpec JSON}`` (with the child's IPC socket
+    and output pipe attached) with PID or ERROR."""
+
+    READY = "ready"
+    PROBLEMS = "problems"
+    UNSAFE = "unsafe"
+    PID = "pid"
+    ERROR = "error"
 
 
 class StopMode(StrEnum):
@@ -186,6 +202,7 @@ class Check(StrEnum):
     TIMEZONE = "an IANA time zone like 'UTC' or 'Europe/Paris'"
     ORDER = "'rotate', 'strict' or 'weighted'"
     CATCH_UP = "'skip', 'once' or 'all'"
+    SPAWN = "'zygote' or 'exec'"
 
 
 RATE_UNITS_S = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}

@@ -1,16 +1,22 @@
 """The child bootstrap: ``python -m corral.entrypoints.child`` (started by the supervisor, not by hand).
 
 With ``--check`` it only imports what the children will run (the worker and every handler) and
-exits: the supervisor runs that before it starts any child, and before a reload."""
+exits: the supervisor runs that before it starts any child, and before a reload, when children are
+exec'd. With ``--zygote`` it imports the same, then forks children on the supervisor's request
+(``corral.workers.zygote``)."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from corral.contract import SPEC_ENV
+from corral.contract import SPEC_ENV, ZYGOTE_FLAG
 from corral.workers.boot import check_child, run_child
+from corral.workers.zygote import serve
 
 if __name__ == "__main__":
     raw = os.environ.get(SPEC_ENV)
-    sys.exit(check_child(raw) if sys.argv[1:] == ["--check"] else run_child(raw))
+    flags = sys.argv[1:]
+    if flags == ["--check"]:
+        sys.exit(check_child(raw))
+    sys.exit(serve(raw) if flags == [ZYGOTE_FLAG] else run_child(raw))

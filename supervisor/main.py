@@ -327,7 +327,7 @@ class Supervisor:
 
     async def _reload_with(self, new: Config) -> None:
         settings = self._settings(new)
-        if problems := await self.pool.check_imports(new.worker, settings):
+        if problems := await self.pool.check_imports(new.worker, settings, reload=True):
             raise ConfigError("the workers cannot import their code: " + "; ".join(problems))
         self._apply(new)
         ok = await self.pool.reload(new.worker, settings)

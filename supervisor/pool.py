@@ -23,13 +23,12 @@ from loguru import logger
 from corral.contract import ChildSpec, Event, ExitCode, ReadyInfo, StopMode
 from corral.ipc import Channel, ChannelClosed, RequestTimeout, socketpair
 from corral.supervisor import monitor
-from corral.supervisor.childenv import check_imports, child_env
 from corral.supervisor.connection import WorkerConnection
 from corral.supervisor.events import ChildHandler, EventBus, Listener, PoolEvent, PoolEvents
 from corral.supervisor.lifecycle import Escalation, HeartbeatSettings, StopDeadlines, heartbeat, stop_child
-from corral.supervisor.process import spawn
 from corral.supervisor.settings import PoolSettings
 from corral.supervisor.slot import Slot
+from corral.supervisor.spawner import Spawner
 from corral.supervisor.states import SlotHistory, WorkerState
 
 
@@ -56,6 +55,7 @@ class WorkerPool:
         self.log = logger.bind(pool=name)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._events = EventBus(self.spawn_task)
+        self.spawner = Spawner(name)
         self._handlers: PoolEvents | None = None  # what every child may ask of the parent
         self._wake = asyncio.Event()
         self._escalation = Escalation()
@@ -122,6 +122,7 @@ class WorkerPool:
         async with self._reload_lock:
             self.target = target or self.target
             self.settings = settings or self.settings
+            await self.spawner.renew(self.child_spec(0, -1), self.settings)
             for slot in self.slots.values():
                 if slot.fatal_reason:
                     self.log.info("slot {}: fatal cleared by reload", slot.index)
@@ -160,6 +161,7 @@ class WorkerPool:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.spawner.close()
 
     def skip_ahead(self) -> None:
         """Every stop ladder in progress moves to its next rung now (a second TERM)."""
@@ -270,12 +272,11 @@ class WorkerPool:
         parent_sock, child_sock = socketpair()
         try:
             channel = await Channel.open(parent_sock, name=f"slot-{slot.index}")
-            process = await spawn(
-                [self.settings.python, *self.settings.bootstrap],
-                env=child_env(self.child_spec(slot.index, child_sock.fileno()), self.settings),
-                pass_fds=[child_sock.fileno()],
-                on_output=self.settings.output(slot.index),
-                cwd=self.settings.cwd,
+            process = await self.spawner.start(
+                self.child_spec(slot.index, child_sock.fileno()),
+                self.child_spec(0, -1),
+                self.settings,
+                self.settings.output(slot.index),
             )
         finally:
             child_sock.close()
@@ -310,12 +311,13 @@ class WorkerPool:
         )
 
     async def check_imports(
-        self, target: str | None = None, settings: PoolSettings | None = None
+        self, target: str | None = None, settings: PoolSettings | None = None, reload: bool = False
     ) -> list[str]:
         """Whether children of ``target`` (and ``settings``' streams and queues) can import their code:
-        the problems found by a throwaway child, one line each (empty: fine)."""
+        the problems found by a new zygote or a throwaway child, one line each (empty: fine).
+        ``reload``: a reload follows, whose children are forked from that zygote."""
         settings = settings or self.settings
-        return await check_imports(self.child_spec(0, -1, target, settings), settings)
+        return await self.spawner.prepare(self.child_spec(0, -1, target, settings), settings, reload)
 
     async def _watch(self, slot: Slot, conn: WorkerConnection) -> None:
         await asyncio.shield(conn.process.exited)  # cancelling this watcher must not cancel the exit
@@ -390,4 +392,5 @@ class WorkerPool:
                     if reason:
                         current.log.info("slot {} pid {}: recycling: {}", current.slot, current.pid, reason)
                         self.request_recycle(slot.index, reason)
+            self.spawner.reap_strays({c.pid for c in self.connections()})
             await asyncio.sleep(self.settings.monitor_interval_s)

@@ -15,8 +15,10 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 _PRCTL: Callable[..., int] | None = (
     ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 )
@@ -38,17 +40,18 @@ class _OutputPipe(asyncio.Protocol):
 
 
 class ChildProcess:
-    def __init__(self, popen: subprocess.Popen[bytes], output_done: asyncio.Future[None]) -> None:
-        self.popen = popen
-        self.pid = popen.pid
+    """A child of ours by pid: exec'd by ``spawn`` (``wait`` is its ``Popen.wait``) or forked by a
+    zygote and re-parented to us (``adopt``); either way we reap it, so its pid is never recycled
+    under us while ``exited`` is not done."""
+
+    def __init__(self, pid: int, output_done: asyncio.Future[None], wait: Callable[[], int]) -> None:
+        self.pid = pid
         self.output_done = output_done
+        self.returncode: int | None = None  # negative: killed by that signal
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._wait = wait
         self._pidfd: int | None = None
         self._watch()
-
-    @property
-    def returncode(self) -> int | None:
-        return self.popen.returncode
 
     def signal(self, sig: int) -> bool:
         """Send ``sig`` if the child has not been reaped yet (so never to a recycled pid)."""
@@ -58,7 +61,7 @@ class ChildProcess:
             if self._pidfd is not None:
                 signal.pidfd_send_signal(self._pidfd, sig)
             else:
-                self.popen.send_signal(sig)
+                os.kill(self.pid, sig)
         except ProcessLookupError:
             return False
         return True
@@ -75,20 +78,27 @@ class ChildProcess:
         try:
             self._pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):  # not Linux, or an old kernel: a thread waits instead
-            loop.run_in_executor(None, self.popen.wait).add_done_callback(lambda _: self._reap())
+            loop.run_in_executor(None, self._wait).add_done_callback(lambda f: self._reap(f.result()))
             return
         loop.add_reader(self._pidfd, self._reap)
 
-    def _reap(self) -> None:
+    def _reap(self, code: int | None = None) -> None:
         if self.exited.done():
             return
         if self._pidfd is not None:
             asyncio.get_running_loop().remove_reader(self._pidfd)
-        code = self.popen.wait()
-        if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
-        self.exited.set_result(code)
+        self.returncode = self._wait() if code is None else code
+        self.exited.set_result(self.returncode)
+
+
+def _wait_pid(pid: int) -> int:
+    """Reap a child that is not a ``Popen``'s (one a zygote forked)."""
+    try:
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    except ChildProcessError:  # reaped by somebody else: its code is lost
+        return -1
 
 
 def _die_with_parent() -> None:
@@ -111,7 +121,6 @@ async def spawn(
     """Start a child with stdout+stderr on a pipe read by the event loop; ``new_session``: in a
     session (and process group) of its own, out of reach of signals sent to ours; ``die_with_parent``:
     SIGTERM to it when we die, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``, kept across exec)."""
-    loop = asyncio.get_running_loop()
     read_fd, write_fd = os.pipe()
     try:
         popen = subprocess.Popen(  # noqa: ASYNC220 - fork+exec is quick; no blocking wait here
@@ -132,14 +141,38 @@ async def spawn(
         raise
     finally:
         os.close(write_fd)
+    try:
+        done = await read_output(read_fd, on_output)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            popen.kill()
+        popen.wait()
+        raise
+    return ChildProcess(popen.pid, done, popen.wait)
+
+
+def adopt(pid: int, output_done: asyncio.Future[None]) -> ChildProcess:
+    """Watch a child a zygote forked for us (re-parented to us: ``become_subreaper``)."""
+    return ChildProcess(pid, output_done, partial(_wait_pid, pid))
+
+
+async def read_output(read_fd: int, on_output: OutputSink) -> asyncio.Future[None]:
+    """Drain a pipe's read end into ``on_output`` on the loop (closing it in the end); the future is
+    done once every writer has closed the pipe."""
+    loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     reader = os.fdopen(read_fd, "rb", buffering=0)
     try:
         await loop.connect_read_pipe(lambda: _OutputPipe(on_output, done), reader)
     except BaseException:
         reader.close()
-        with contextlib.suppress(ProcessLookupError):
-            popen.kill()
-        popen.wait()
         raise
-    return ChildProcess(popen, done)
+    return done
+
+
+def become_subreaper() -> bool:
+    """Orphans of our descendants become our children (Linux ``PR_SET_CHILD_SUBREAPER``): what a
+    zygote forks through a go-between that exits is ours to reap. False where it cannot be."""
+    if _PRCTL is None:
+        return False
+    return bool(_PRCTL(PR_SET_CHILD_SUBREAPER, 1) == 0)

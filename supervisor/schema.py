@@ -159,6 +159,7 @@ SPECIAL: dict[Check, Any] = {
     Check.TIMEZONE: _timezone,
     Check.ORDER: lambda v: None if v in ("rotate", "strict", "weighted") else f"must be {Check.ORDER.value}",
     Check.CATCH_UP: lambda v: None if v in ("skip", "once", "all") else f"must be {Check.CATCH_UP.value}",
+    Check.SPAWN: lambda v: None if v in ("zygote", "exec") else f"must be {Check.SPAWN.value}",
 }
 
 

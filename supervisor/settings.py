@@ -12,7 +12,7 @@ from corral.supervisor.process import OutputSink
 from corral.supervisor.states import RestartPolicy
 
 
-def stderr_sink(_slot: int) -> OutputSink:
+def stderr_sink(_slot: int | str) -> OutputSink:
     """Default destination of a child's output when no log manager is attached: our stderr."""
 
     def write(data: bytes) -> None:
@@ -37,12 +37,13 @@ class PoolSettings:
     max_jobs: int | None = setting(None, Check.POSITIVE, table="health")  # processed above (+ jitter)
     max_jobs_jitter: int = setting(0, table="health")
     sync_threads: int = setting(8, Check.POSITIVE, table="pool")  # a child's pool for sync handlers
+    spawn: str = setting("zygote", Check.SPAWN, table="pool")  # fork from a preloaded zygote, or exec
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     options: dict[str, Any] = field(default_factory=dict)  # handed to every child (WorkerContext)
     work: dict[str, Any] = field(default_factory=dict)  # streams/queues/redis (a WorkSpec as JSON)
     config_dir: str = ""  # handed to children (WorkerContext.config_dir, .state_dir)
     state_dir: str = ""
-    output: Callable[[int], OutputSink] = stderr_sink  # slot -> where its stdout/stderr goes
+    output: Callable[[int | str], OutputSink] = stderr_sink  # slot (or 'zygote') -> where its output goes
     log_level: str = "INFO"
     log_json: bool = False
     stats_interval_s: float = 1.0

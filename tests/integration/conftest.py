@@ -94,10 +94,10 @@ class ConsumerPool:
 
     pool: WorkerPool
     recovery: Recovery
-    output: dict[int, bytearray]
+    output: dict[int | str, bytearray]  # by slot, and "zygote"
 
-    def log(self, slot: int | None = None) -> str:
-        slots = [slot] if slot is not None else sorted(self.output)
+    def log(self, slot: int | str | None = None) -> str:
+        slots = [slot] if slot is not None else sorted(self.output, key=str)
         return "".join(self.output[s].decode("utf-8", "replace") for s in slots if s in self.output)
 
     def worker_id(self, slot: int) -> str:

@@ -1,0 +1,156 @@
+"""The supervisor's side of a zygote: start one, ask it for children, close it.
+
+The zygote (``corral.workers.zygote``) is an exec'd child like any other, run with
+``ZYGOTE_FLAG``; it imports the children's code once, then forks each child in a millisecond or so.
+The conversation is one request at a time over a socketpair (``corral.ipc.fdpass``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+from dataclasses import dataclass
+
+from loguru import logger
+
+from corral.contract import ZYGOTE_FLAG, ChildSpec, ExitCode, ZygoteReply
+from corral.ipc import ProtocolError, fdpass, socketpair
+from corral.ipc.errors import EndOfStream
+from corral.supervisor.childenv import child_env
+from corral.supervisor.process import ChildProcess, OutputSink, adopt, read_output, spawn
+from corral.supervisor.settings import PoolSettings
+
+FORK_TIMEOUT_S = 10.0  # a fork answers in milliseconds: past this the zygote is broken
+CLOSE_TIMEOUT_S = 2.0  # hung up on, it exits at once; past this, SIGKILL
+SAID_MAX_BYTES = 16 * 1024
+
+
+class ZygoteGone(Exception):
+    """The zygote could not fork a child (it died, hung or answered nonsense): exec one instead."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a zygote is not serving: the import problems of the code (one line each), or why forking
+    it would be unsafe (then children are exec'd and the imports were fine)."""
+
+    problems: list[str]
+    unsafe: str = ""
+
+
+class Zygote:
+    def __init__(self, process: ChildProcess, sock: socket.socket, pid: int) -> None:
+        self.process = process
+        self.pid = pid
+        self._sock: socket.socket | None = sock
+        self._lock = asyncio.Lock()
+        self.log = logger.bind(zygote=pid)
+
+    @property
+    def alive(self) -> bool:
+        return not self.process.exited.done() and self._sock is not None
+
+    @classmethod
+    async def start(
+        cls, template: ChildSpec, settings: PoolSettings, on_output: OutputSink
+    ) -> Zygote | Refusal:
+        """Start a zygote for children like ``template`` and wait until it has imported their code."""
+        said = bytearray()  # what it printed while importing: part of the problems when they fail
+
+        def tee(data: bytes) -> None:
+            said.extend(data[: max(0, SAID_MAX_BYTES - len(said))])
+            on_output(data)
+
+        parent, child = socketpair()
+        try:
+            process = await spawn(
+                [settings.python, *settings.bootstrap, ZYGOTE_FLAG],
+                env=child_env(dataclasses.replace(template, fd=child.fileno()), settings),
+                pass_fds=[child.fileno()],
+                on_output=tee,
+                cwd=settings.cwd,
+                die_with_parent=True,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        parent.setblocking(False)
+        try:
+            reply = await asyncio.wait_for(fdpass.arecv(parent), settings.ready_timeout_s)
+        except (TimeoutError, EndOfStream, ProtocolError, OSError) as exc:
+            reply = {ZygoteReply.PROBLEMS: [_no_answer(exc, await _ended(process), settings)]}
+        except BaseException:
+            await _end(process, parent)
+            raise
+        if (pid := reply.get(ZygoteReply.READY)) is not None:
+            said.clear()
+            return cls(process, parent, int(pid))
+        await _end(process, parent)  # and its output read to the end
+        if (unsafe := reply.get(ZygoteReply.UNSAFE)) is not None:
+            return Refusal([], str(unsafe))
+        problems = [str(p) for p in reply.get(ZygoteReply.PROBLEMS) or ["the zygote said nothing"]]
+        return Refusal(said.decode("utf-8", "replace").splitlines() + problems)
+
+    async def fork(self, spec: ChildSpec, ipc_fd: int, on_output: OutputSink) -> ChildProcess:
+        """A child of ``spec`` (its IPC end is ``ipc_fd``), forked and re-parented to us."""
+        async with self._lock:
+            if not self.alive:
+                raise ZygoteGone("the zygote has exited")
+            read_fd, write_fd = os.pipe()
+            try:
+                reply = await self._ask(spec, (ipc_fd, write_fd))
+            except BaseException:
+                os.close(read_fd)
+                raise
+            finally:
+                os.close(write_fd)
+        pid = reply.get(ZygoteReply.PID)
+        if not isinstance(pid, int):
+            os.close(read_fd)
+            raise ZygoteGone(str(reply.get(ZygoteReply.ERROR) or f"a reply without a pid: {reply!r}"))
+        return adopt(pid, await read_output(read_fd, on_output))
+
+    async def close(self) -> None:
+        """Hang up (it exits at once: its children are not its own); SIGKILL past the deadline."""
+        sock, self._sock = self._sock, None
+        await _end(self.process, sock, CLOSE_TIMEOUT_S)
+
+    async def _ask(self, spec: ChildSpec, fds: tuple[int, int]) -> dict[str, object]:
+        sock = self._sock
+        assert sock is not None
+        try:
+            fdpass.send(sock, {"spec": spec.to_env()}, fds)
+            return await asyncio.wait_for(fdpass.arecv(sock), FORK_TIMEOUT_S)
+        except (TimeoutError, EndOfStream, ProtocolError, OSError) as exc:
+            self.log.warning("zygote pid {}: no child ({!r}); closing it", self.pid, exc)
+            await self.close()
+            raise ZygoteGone(repr(exc)) from exc
+        except BaseException:  # cancelled mid-request: its answer would be read as the next one's
+            await asyncio.shield(self.close())
+            raise
+
+
+def _no_answer(exc: BaseException, code: int | None, settings: PoolSettings) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"importing the worker and handlers took over {settings.ready_timeout_s:g}s"
+    return f"the zygote ended before it was ready: {ExitCode.describe(code)}"
+
+
+async def _ended(process: ChildProcess) -> int | None:
+    return await process.wait(CLOSE_TIMEOUT_S)
+
+
+async def _end(process: ChildProcess, sock: socket.socket | None, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+    if sock is not None:
+        sock.close()
+    if await process.wait(timeout_s) is None:
+        process.signal(signal.SIGKILL)
+        await process.wait()
+    with contextlib.suppress(TimeoutError):  # its last output reaches the log
+        await asyncio.wait_for(asyncio.shield(process.output_done), 1.0)

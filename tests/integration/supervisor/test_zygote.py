@@ -1,0 +1,219 @@
+"""Children forked from a preloaded zygote (``[pool] spawn = "zygote"``, the default) and exec'd
+ones (``"exec"``), through the pool's Python API with real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from corral.supervisor import WorkerPool, WorkerState
+from tests.integration.conftest import kill_children, wait_for
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the zygote needs Linux (a subreaper)")
+
+APP = """\
+import os, subprocess, threading, time
+from corral.workers import BaseWorker
+
+VERSION = {version!r}
+if {thread!r}:
+    threading.Thread(target=time.sleep, args=(3600,), name="warm-cache", daemon=True).start()
+
+
+class Worker(BaseWorker):
+    async def start(self):
+        self.on("version", lambda _d: {{"version": VERSION, "pid": os.getpid(), "ppid": os.getppid()}})
+        self.on("spawn_sleeper", lambda s: subprocess.Popen(["sleep", str(s)]).pid)
+        await super().start()
+
+    async def run(self):
+        await self.stopping.wait()
+"""
+
+
+class App:
+    """A worker module in a folder of its own, rewritten at will (its code "on disk")."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.module = f"zygote_app_{uuid.uuid4().hex[:8]}"
+        self.write("v1")
+
+    def write(self, version: str, thread: bool = False) -> None:
+        path = self.folder / f"{self.module}.py"
+        path.write_text(textwrap.dedent(APP.format(version=version, thread=thread)))
+        os.utime(path, ns=(0, os.stat(path).st_mtime_ns + 10**9))  # a new mtime: no stale .pyc
+
+    @property
+    def target(self) -> str:
+        return f"{self.module}:Worker"
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> App:
+    return App(tmp_path)
+
+
+@pytest.fixture
+def make_pool(app: App) -> Iterator[Callable[..., WorkerPool]]:
+    """Pools of ``app``'s worker; every child and zygote SIGKILLed at teardown if still alive."""
+    pids: list[int] = []
+    pools: list[WorkerPool] = []
+
+    def make(size: int, **settings: Any) -> WorkerPool:
+        settings.setdefault("ready_timeout_s", 20.0)
+        settings.setdefault("output", lambda _slot: lambda _data: None)
+        path = os.pathsep.join([str(app.folder), *sys.path])
+        settings.setdefault("env", {"PYTHONPATH": path})
+        pool = WorkerPool("test", size, app.target, **settings)
+        pool.on("spawning", lambda conn: pids.append(conn.pid))
+        pools.append(pool)
+        return pool
+
+    yield make
+    kill_children(pids + [p.spawner.zygote.pid for p in pools if p.spawner.zygote])
+
+
+def zygote_pid(pool: WorkerPool) -> int:
+    assert pool.spawner.zygote is not None and pool.spawner.zygote.alive, pool.spawner.exec_reason
+    return pool.spawner.zygote.pid
+
+
+def forked(pid: int) -> bool:
+    """Whether ``pid`` was forked from a zygote (it keeps the zygote's command line)."""
+    return "--zygote" in psutil.Process(pid).cmdline()
+
+
+async def ask_version(pool: WorkerPool, slot: int) -> dict[str, Any]:
+    conn = pool.get(slot)
+    assert conn is not None
+    answer: dict[str, Any] = await conn.request("version", None, timeout_s=5)
+    return answer
+
+
+def test_children_are_forked_ours_and_healed_from_the_zygote(
+    make_pool: Callable[..., WorkerPool], run: Any
+) -> None:
+    async def body() -> None:
+        pool = make_pool(2)
+        try:
+            assert await pool.spawn_all()
+            zygote = zygote_pid(pool)
+            for slot in (0, 1):
+                answer = await ask_version(pool, slot)
+                assert answer["ppid"] == os.getpid()  # re-parented to us, not the zygote's
+                assert forked(answer["pid"])
+            victim = pool.get(0)
+            assert victim is not None
+            os.kill(victim.pid, signal.SIGKILL)
+            assert await victim.process.wait(10) == -signal.SIGKILL  # we reap it: its real code
+            await wait_for(lambda: pool.get(0) not in (None, victim), 10, "slot 0 replaced")
+            assert await pool.wait_ready(10)
+            replacement = pool.get(0)
+            assert replacement is not None and forked(replacement.pid)
+            assert zygote_pid(pool) == zygote
+        finally:
+            await pool.stop(graceful_timeout_s=5)
+        assert pool.spawner.zygote is None and gone(zygote)
+
+    run(body(), timeout_s=60)
+
+
+def test_a_reload_runs_the_code_on_disk_from_a_fresh_zygote(
+    make_pool: Callable[..., WorkerPool], app: App, run: Any
+) -> None:
+    async def body() -> None:
+        pool = make_pool(2)
+        try:
+            assert await pool.spawn_all()
+            first = zygote_pid(pool)
+            app.write("v2")
+            restarted = pool.get(1)
+            assert restarted is not None
+            os.kill(restarted.pid, signal.SIGKILL)  # a crash restart keeps the running code...
+            await wait_for(lambda: pool.get(1) not in (None, restarted), 10, "slot 1 replaced")
+            assert await pool.wait_ready(10)
+            assert (await ask_version(pool, 1))["version"] == "v1"
+            assert await pool.reload()  # ...a reload takes the new one
+            assert zygote_pid(pool) != first
+            assert [(await ask_version(pool, s))["version"] for s in (0, 1)] == ["v2", "v2"]
+            await wait_for(lambda: gone(first), 5, "the old zygote gone")
+        finally:
+            await pool.stop(graceful_timeout_s=5)
+
+    run(body(), timeout_s=60)
+
+
+def test_code_that_starts_a_thread_at_import_is_execd(
+    make_pool: Callable[..., WorkerPool], app: App, run: Any
+) -> None:
+    async def body() -> None:
+        app.write("threaded", thread=True)
+        pool = make_pool(1)
+        try:
+            assert await pool.spawn_all()
+            assert pool.spawner.zygote is None
+            assert "warm-cache" in pool.spawner.exec_reason
+            answer = await ask_version(pool, 0)
+            assert answer["version"] == "threaded" and not forked(answer["pid"])
+        finally:
+            await pool.stop(graceful_timeout_s=5)
+
+    run(body(), timeout_s=60)
+
+
+def test_exec_spawning_and_a_dead_zygote(make_pool: Callable[..., WorkerPool], run: Any) -> None:
+    async def body() -> None:
+        execd = make_pool(1, spawn="exec")
+        pool = make_pool(1)
+        try:
+            assert await execd.spawn_all()
+            assert execd.spawner.zygote is None and not forked((await ask_version(execd, 0))["pid"])
+            assert await pool.spawn_all()
+            os.kill(zygote_pid(pool), signal.SIGKILL)  # its children live on: they are ours
+            await wait_for(lambda: pool.spawner.zygote and not pool.spawner.zygote.alive, 5, "zygote dead")
+            conn = pool.get(0)
+            assert conn is not None and conn.state is WorkerState.READY
+            await ask_version(pool, 0)
+            os.kill(conn.pid, signal.SIGKILL)  # its replacement comes from a new zygote
+            await wait_for(lambda: pool.get(0) not in (None, conn), 10, "slot 0 replaced")
+            assert await pool.wait_ready(10)
+            assert forked((await ask_version(pool, 0))["pid"])
+        finally:
+            await asyncio.gather(execd.stop(graceful_timeout_s=5), pool.stop(graceful_timeout_s=5))
+
+    run(body(), timeout_s=60)
+
+
+def test_orphans_of_a_killed_child_are_reaped(make_pool: Callable[..., WorkerPool], run: Any) -> None:
+    async def body() -> None:
+        pool = make_pool(1, monitor_interval_s=0.1)
+        try:
+            assert await pool.spawn_all()
+            conn = pool.get(0)
+            assert conn is not None
+            sleeper = await conn.request("spawn_sleeper", 1.0, timeout_s=5)
+            os.kill(conn.pid, signal.SIGKILL)  # its sleeper becomes ours (the subreaper)...
+            await wait_for(lambda: psutil.Process(sleeper).ppid() == os.getpid(), 5, "sleeper adopted")
+            await wait_for(lambda: not psutil.pid_exists(sleeper), 10, "sleeper reaped, no zombie")
+        finally:
+            await pool.stop(graceful_timeout_s=5)
+
+    run(body(), timeout_s=60)
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

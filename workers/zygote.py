@@ -1,0 +1,145 @@
+"""The zygote: an interpreter that has imported what the children run and forks them on request.
+
+``python -m corral.entrypoints.child --zygote`` runs ``serve``: it imports the worker and every
+handler of its template ``ChildSpec`` (so it is the import check too), then, with no thread and no
+event loop in it, answers each request of the supervisor (a child's spec, and the child's IPC
+socket and output pipe as descriptors) with the pid of a child forked from it.
+
+A child is forked twice (zygote -> a go-between -> the child) and the go-between exits at once, so
+the child is re-parented to the supervisor (a ``PR_SET_CHILD_SUBREAPER``): the supervisor reaps it,
+reads its exit code and signals it as it does an exec'd child, and the zygote's death does not touch
+it. The child waits to see the supervisor as its parent, then boots as an exec'd child does
+(``run_child``) and leaves with ``os._exit``: it never returns into the zygote's loop.
+
+Preloading is unsafe when importing the code starts a thread (a fork copies only the forking
+thread: a lock it held stays held) or opens connections the children would share; the zygote
+refuses to serve when a thread runs after the imports and the supervisor execs children instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+
+from corral.contract import BadChildSpec, ChildSpec, ExitCode, ZygoteReply
+from corral.ipc import fdpass
+from corral.ipc.errors import EndOfStream
+from corral.workers.boot import cancellable_wait_for, check, run_child
+
+REPARENT_TIMEOUT_S = 2.0  # the go-between exits right after its fork: this is a deadline, not a wait
+
+
+def serve(raw_spec: str | None) -> int:
+    """The zygote's whole life: preload, report, fork children until the supervisor hangs up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    try:
+        spec = ChildSpec.from_env(raw_spec)
+    except BadChildSpec as exc:
+        print(f"corral zygote: {exc}", file=sys.stderr)
+        return ExitCode.BOOT_USAGE
+    sock = socket.socket(fileno=spec.fd)
+    cancellable_wait_for()  # what run_child does first, done once for every child
+    if problems := check(spec):
+        fdpass.send(sock, {ZygoteReply.PROBLEMS: problems})
+        return ExitCode.BOOT_IMPORT
+    if unsafe := threads_running():
+        fdpass.send(sock, {ZygoteReply.UNSAFE: f"threads running after the imports: {unsafe}"})
+        return ExitCode.OK
+    gc.collect()
+    gc.freeze()  # what the imports made stays out of the children's collections: fewer copied pages
+    fdpass.send(sock, {ZygoteReply.READY: os.getpid()})
+    while True:
+        try:
+            request, fds = fdpass.recv(sock, max_fds=2)
+        except (EndOfStream, ConnectionError):
+            return ExitCode.OK
+        fdpass.send(sock, fork_child(sock, request.get("spec", ""), fds))
+
+
+def threads_running() -> str:
+    """The names of the threads other than ours (a fork would copy none of them)."""
+    return ", ".join(t.name for t in threading.enumerate() if t is not threading.current_thread())
+
+
+def fork_child(sock: socket.socket, raw_spec: str, fds: list[int]) -> dict[str, object]:
+    """Fork one child (through a go-between that exits at once); its pid, or why not."""
+    if len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        return {ZygoteReply.ERROR: f"a fork request carries 2 descriptors, not {len(fds)}"}
+    ipc_fd, out_fd = fds
+    read_fd, write_fd = os.pipe()
+    try:
+        between = os.fork()
+        if between == 0:
+            _go_between(sock, raw_spec, (ipc_fd, out_fd), (read_fd, write_fd))
+        os.close(write_fd)
+        write_fd = -1
+        pid_bytes = _read_all(read_fd, 4)
+        os.waitpid(between, 0)  # once reaped, its child is the supervisor's
+    except OSError as exc:
+        return {ZygoteReply.ERROR: f"fork failed: {exc}"}
+    finally:
+        for fd in (ipc_fd, out_fd, read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+    if len(pid_bytes) != 4:
+        return {ZygoteReply.ERROR: "the go-between exited without a pid"}
+    return {ZygoteReply.PID: int.from_bytes(pid_bytes, "big")}
+
+
+def _go_between(sock: socket.socket, raw_spec: str, fds: tuple[int, int], pipe: tuple[int, int]) -> None:
+    """In the go-between: fork the child, tell the zygote its pid through ``pipe``, exit."""
+    read_fd, write_fd = pipe
+    try:
+        os.close(read_fd)
+        pid = os.fork()
+        if pid == 0:
+            os.close(write_fd)
+            _become_child(sock, raw_spec, *fds)
+        os.write(write_fd, pid.to_bytes(4, "big"))
+    finally:
+        os._exit(0)
+
+
+def _become_child(sock: socket.socket, raw_spec: str, ipc_fd: int, out_fd: int) -> None:
+    """In the forked child: take its descriptors, wait to be the supervisor's, boot; never returns."""
+    code: int = ExitCode.CRASHED
+    try:
+        sock.close()
+        os.dup2(out_fd, 1)
+        os.dup2(out_fd, 2)
+        os.close(out_fd)
+        spec = dataclasses.replace(ChildSpec.from_env(raw_spec), fd=ipc_fd)
+        deadline = time.monotonic() + REPARENT_TIMEOUT_S
+        while os.getppid() != spec.parent_pid:  # the go-between is exiting: microseconds
+            if time.monotonic() > deadline:
+                os._exit(ExitCode.ORPHANED)
+            time.sleep(0.001)
+        code = run_child(spec.to_env())
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _read_all(fd: int, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
