@@ -247,7 +247,7 @@ def idle_cpu(window_s: float) -> dict[str, float]:
                 time.sleep(0.5)
             time.sleep(2.0)  # the status client and the children's start-up are over
             children = sup.children(recursive=True)
-            zygote = [p for p in children if "--zygote" in p.cmdline()]
+            zygote = [p for p in children if p.cmdline()[:1] == ["corral: bench zygote"]]
             workers = [p for p in children if p not in zygote]
             before = cpu_s([sup]), cpu_s(zygote), cpu_s(workers), time.perf_counter()
             time.sleep(window_s)
@@ -346,6 +346,8 @@ def report(
     widths = [max(len(str(r[i])) for r in [TABLE_HEAD, *rows]) for i in range(len(TABLE_HEAD))]
     for row in [TABLE_HEAD, *rows]:
         print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if idle["zygotes"] != 1:
+        print(f"WARNING: {idle['zygotes']:.0f} zygote processes found under the idle supervisor, not 1")
     if idle["children_left"]:
         print(f"WARNING: {idle['children_left']:.0f} children of the supervisor outlived it (killed)")
     return {

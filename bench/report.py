@@ -102,6 +102,8 @@ def rows_of(
         return (label, rate_text(q), rate_text(s), both(q, s, steady), both(q, s, startup), vs_peer, vs_raw)
 
     rows = [row(f"corral, concurrency {concurrency}", medians["cq"], medians["cs"])]
+    if "cq1" in medians and "cs1" in medians:
+        rows.append(row("corral, concurrency 1", medians["cq1"], medians["cs1"]))
     if "cqb" in medians and "csb" in medians:
         rows.append(row("corral batch handler, INCRs pipelined", medians["cqb"], medians["csb"]))
     rows += [
@@ -158,6 +160,12 @@ def check_targets(medians: dict[str, Result], best: Result | None, targets: Targ
     if "csb" in medians:
         text = f"corral stream batch handler >= {targets.vs_raw_batch:g}x raw batched XREADGROUP loop"
         checks.append((text, medians["csb"].rate / rs.rate, targets.vs_raw_batch))
+        steady_ratio = medians["csb"].steady_rate / rs.steady_rate if rs.steady_rate else None
+        checks.append((f"{text}, steady", steady_ratio, targets.vs_raw_batch))
+    for kind, one in (("queue", "cq1"), ("stream", "cs1")):
+        if one in medians and medians[one].steady_rate:
+            lanes = medians["cq" if kind == "queue" else "cs"].steady_rate / medians[one].steady_rate
+            checks.append((f"corral {kind}: 8 lanes >= 1 lane, steady", lanes, 1.0))
     print()
     verdicts = []
     width = max(len(text) for text, _, _ in checks)
@@ -194,7 +202,13 @@ def report(
 ) -> dict[str, Any]:
     """Print the whole report; returns it as JSON-ready data."""
     medians = {"cq": median_run(runs["corral queue"]), "cs": median_run(runs["corral stream"])}
-    for key, system in (("cqb", "corral queue batch handler"), ("csb", "corral stream batch handler")):
+    optional = (
+        ("cqb", "corral queue batch handler"),
+        ("csb", "corral stream batch handler"),
+        ("cq1", "corral queue concurrency 1"),
+        ("cs1", "corral stream concurrency 1"),
+    )
+    for key, system in optional:
         if system in runs:
             medians[key] = median_run(runs[system])
     medians.update(

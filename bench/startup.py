@@ -1,26 +1,30 @@
-"""Start-up to first job: ``corral run`` (a fresh supervisor, 2 slots) until its first job is done,
-against a raw redis-py loop started the same way (a fresh interpreter that connects and BRPOPs).
+"""Start-up to the first job done: ``corral run`` (a fresh supervisor, 2 slots) against a raw redis-py
+loop started the same way (a fresh interpreter that imports redis, connects and BRPOPs).
 
-    .venv/bin/python bench/startup.py [--reps 5] [--json PATH]
+    .venv/bin/python bench/startup.py [--reps 7] [--json PATH] [--update BENCHMARKS.md]
 
 - given URL: a private valkey-server (TCP) runs already and the job waits on the queue before the
-  process starts; the clock runs from the spawn of ``corral run`` (or of the raw loop) until the
+  process is spawned; the clock runs from the spawn of ``corral run`` (or of the raw loop) until the
   handler has written its timestamp.
 - embedded server: ``corral run`` with no ``[redis] url`` starts its own valkey-server; the job is
-  pushed as soon as that server's socket answers (so the server's start is inside the time).
+  pushed as soon as that server's socket answers (the server's start is inside the time).
 
-Medians of ``--reps`` runs. The handler is ``bench.handlers:mark_done`` (one SET).
+Medians of ``--reps`` runs, the three alternating. The handler is ``bench.handlers:mark_done`` (one
+SET of the time); the raw loop does the same SET.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +35,24 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
+from bench.report import update_doc  # noqa: E402
 from bench.server import Server  # noqa: E402
 
 QUEUE = "bench:start"
 DONE = "bench:done"
-CORRAL = [sys.executable, "-m", "corral.entrypoints.cli"]
+TARGET = 1.5  # corral run's start-up <= this x the raw loop's
 RAW = """
 import sys, time, redis
 r = redis.Redis.from_url(sys.argv[1])
 _, job = r.brpop(["bench:start"], timeout=30)
-r.set("bench:done", time.time())
+r.set("bench:done", repr(time.time()))
 """
+SYSTEMS = ("raw redis-py loop", "corral run, given URL", "corral run, embedded server")
+
+
+def corral_argv() -> list[str]:
+    script = Path(sys.executable).parent / "corral"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "corral.entrypoints.cli"]
 
 
 def config(folder: Path, url: str | None) -> Path:
@@ -59,44 +70,57 @@ def config(folder: Path, url: str | None) -> Path:
 def wait_done(client: Any, deadline_s: float = 30.0) -> float:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        with_value = client.get(DONE)
-        if with_value:
-            return float(with_value)
+        value = client.get(DONE)
+        if value:
+            return float(value)
         time.sleep(0.002)
-    raise TimeoutError("the first job was not done in time")
+    raise TimeoutError("the first job was not done within 30 s")
+
+
+def push_when_up(client: redis.Redis, proc: subprocess.Popen[bytes], deadline_s: float = 30.0) -> None:
+    """The embedded server: push the job as soon as its socket answers."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            client.lpush(QUEUE, json.dumps({"n": 1}))
+            return
+        except (redis.ConnectionError, FileNotFoundError):
+            if proc.poll() is not None or time.monotonic() > end:
+                raise
+            time.sleep(0.002)
+
+
+def stop(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """SIGTERM ``corral run``; it must be gone within 30 s (then SIGKILL, and its output shown)."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        print(f"corral run did not stop within 30 s:\n{log.read_text()[-3000:]}", file=sys.stderr)
+        proc.kill()
+        proc.wait(10)
+        raise
 
 
 def run_corral(url: str | None, server: Server) -> float:
     with tempfile.TemporaryDirectory(prefix="corral-start-") as tmp:
-        path = config(Path(tmp), url)
-        client = server.client() if url else None
-        if client is not None:
-            client.flushall()
+        path, log = config(Path(tmp), url), Path(tmp) / "out.log"
+        client = server.client()
+        client.flushall()
+        if url:
             client.lpush(QUEUE, json.dumps({"n": 1}))
-        started = time.time()
-        out = (Path(tmp) / "out.log").open("wb")
-        proc = subprocess.Popen([*CORRAL, "run", "-c", str(path)], cwd=tmp, stdout=out, stderr=out)
+        else:
+            client = redis.Redis(unix_socket_path=str(Path(tmp) / "run" / "redis.sock"))
+        with log.open("wb") as out:
+            started = time.time()
+            proc = subprocess.Popen([*corral_argv(), "run", "-c", str(path)], cwd=tmp, stdout=out, stderr=out)
         try:
-            if client is None:  # the embedded server: push once its socket answers
-                client = redis.Redis(unix_socket_path=str(Path(tmp) / "run" / "redis.sock"))
-                end = time.monotonic() + 30
-                while True:
-                    try:
-                        client.lpush(QUEUE, json.dumps({"n": 1}))
-                        break
-                    except (redis.ConnectionError, FileNotFoundError):
-                        if time.monotonic() > end:
-                            raise
-                        time.sleep(0.002)
+            if not url:
+                push_when_up(client, proc)
             return wait_done(client) - started
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                print((Path(tmp) / "out.log").read_text()[-3000:], file=sys.stderr)
-                proc.kill()
-                raise
+            stop(proc, log)
+            client.close()
 
 
 def run_raw(server: Server) -> float:
@@ -108,35 +132,67 @@ def run_raw(server: Server) -> float:
     return wait_done(client) - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--json", metavar="PATH")
-    args = parser.parse_args()
+def measure(reps: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in SYSTEMS}
     with tempfile.TemporaryDirectory(prefix="corral-start-server-") as tmp:
         server = Server(Path(tmp))
         server.start()
         try:
-            times: dict[str, list[float]] = {
-                "raw redis-py loop": [],
-                "corral, given URL": [],
-                "corral, embedded": [],
-            }
-            for _ in range(args.reps):
-                times["raw redis-py loop"].append(run_raw(server))
-                times["corral, given URL"].append(run_corral(server.tcp_url, server))
-                times["corral, embedded"].append(run_corral(None, server))
-                print("  rep:", {k: round(v[-1], 3) for k, v in times.items()}, flush=True)
+            for _ in range(reps):
+                times[SYSTEMS[0]].append(run_raw(server))
+                times[SYSTEMS[1]].append(run_corral(server.tcp_url, server))
+                times[SYSTEMS[2]].append(run_corral(None, server))
+                print("  rep:", {k: f"{v[-1] * 1000:.0f} ms" for k, v in times.items()}, flush=True)
         finally:
             server.stop()
-    raw = statistics.median(times["raw redis-py loop"])
-    print(f"start-up to the first job done, medians of {args.reps} (python {sys.version.split()[0]}):")
+    return times
+
+
+def table(times: dict[str, list[float]], reps: int, load: float) -> tuple[str, list[dict[str, Any]]]:
+    raw = statistics.median(times[SYSTEMS[0]])
+    rows = []
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"  {name:<20} {median * 1000:7.0f} ms  ({median / raw:.2f}x the raw loop; "
-              f"range {min(values) * 1000:.0f}-{max(values) * 1000:.0f} ms)")  # fmt: skip
+        ratio = median / raw
+        verdict = "" if name == SYSTEMS[0] else ("PASS" if ratio <= TARGET else "FAIL")
+        rows.append(
+            {
+                "system": name,
+                "median ms": f"{median * 1000:.0f}",
+                "range ms": f"{min(values) * 1000:.0f}-{max(values) * 1000:.0f}",
+                "vs raw": f"{ratio:.2f}x",
+                f"target <= {TARGET:g}x": verdict,
+            }
+        )
+    head = (
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC: spawn -> first job done, medians of {reps}, python "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs, load average {load:.2f} at the start"
+    )
+    return head, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--json", metavar="PATH", help="also write every time as JSON")
+    parser.add_argument("--update", metavar="DOC", type=Path, help="write the table into DOC (BENCHMARKS.md)")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    times = measure(args.reps)
+    head, rows = table(times, args.reps, load)
+    columns = list(rows[0])
+    print(head)
+    for row in rows:
+        print("  " + " | ".join(f"{row[c]:<28}" if c == "system" else f"{row[c]:>10}" for c in columns))
     if args.json:
-        Path(args.json).write_text(json.dumps(times, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"head": head, "rows": rows, "times_s": times}, indent=2) + "\n"
+        )
+    if args.update:
+        lines = [f"`{' '.join(['bench/startup.py', *sys.argv[1:]])}`, {head}.", ""]
+        lines += ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 2) + "---|"]
+        lines += ["| " + " | ".join(row[c].replace("->", "→") for c in columns) + " |" for row in rows]
+        update_doc(args.update, "startup", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -150,9 +150,9 @@ def run_raw(setup: Setup, mode: str) -> Result:
 CONCURRENCY = [8]  # handlers of a batch in flight at once in each corral child (--concurrency)
 
 
-def work_spec(kind: str, url: str, batch: bool = False) -> WorkSpec:
+def work_spec(kind: str, url: str, batch: bool = False, concurrency: int | None = None) -> WorkSpec:
     """The bench's queue or stream; ``batch``: its batch handler (the INCRs pipelined)."""
-    concurrency = CONCURRENCY[0]
+    concurrency = concurrency or CONCURRENCY[0]
     if kind == "queue":
         handler = "bench.handlers:add_batch" if batch else "bench.handlers:add"
         queue = QueueSpec(handler=handler, names=(QUEUE,), concurrency=concurrency, batch=batch)
@@ -162,7 +162,7 @@ def work_spec(kind: str, url: str, batch: bool = False) -> WorkSpec:
     return WorkSpec(redis=RedisSpec(url=url), streams=(stream,))
 
 
-async def run_corral(setup: Setup, kind: str, batch: bool = False) -> Result:
+async def run_corral(setup: Setup, kind: str, batch: bool = False, concurrency: int | None = None) -> Result:
     n, client = setup.n, setup.server.client()
     client.flushall()
     items = payloads(kind, n)
@@ -171,7 +171,7 @@ async def run_corral(setup: Setup, kind: str, batch: bool = False) -> Result:
         "bench",
         WORKERS,
         "corral.workers.base:BaseWorker",
-        work=work_spec(kind, setup.url, batch).to_json(),
+        work=work_spec(kind, setup.url, batch, concurrency).to_json(),
         output=lambda _slot: output.extend,
         log_level="WARNING",
         cwd=str(ROOT),
@@ -208,6 +208,7 @@ async def run_corral(setup: Setup, kind: str, batch: bool = False) -> Result:
     if output.strip():
         print(f"corral {kind} children said:\n{output.decode(errors='replace')[-2000:]}", file=sys.stderr)
     label = f"corral {kind} batch handler" if batch else f"corral {kind}"
+    label += " concurrency 1" if concurrency == 1 else ""
     return measured(Result(label, kind, n), seen, started)
 
 
@@ -270,12 +271,13 @@ async def corral_and_raw(setup: Setup, reps: int) -> dict[str, list[Result]]:
     for rep in range(reps):
         for kind in ("queue", "stream"):
             systems = [f"raw {mode}" for mode in RAW_SYSTEMS if mode.startswith(kind)]
-            systems += [f"corral {kind}", f"corral {kind} batch handler"]
+            systems += [f"corral {kind}", f"corral {kind} concurrency 1", f"corral {kind} batch handler"]
             for system in systems if rep % 2 == 0 else systems[::-1]:
                 if system.startswith("raw "):
                     result = await asyncio.to_thread(run_raw, setup, system.removeprefix("raw "))
                 else:
-                    result = await run_corral(setup, kind, batch=system.endswith("batch handler"))
+                    batch, one_lane = system.endswith("batch handler"), system.endswith("concurrency 1")
+                    result = await run_corral(setup, kind, batch, 1 if one_lane else None)
                 runs.setdefault(system, []).append(result)
                 progress(result)
     return runs

@@ -12,11 +12,14 @@ import sys
 
 from corral.contract import SPEC_ENV, ZYGOTE_FLAG
 from corral.workers.boot import check_child, run_child
-from corral.workers.zygote import serve
 
 if __name__ == "__main__":
     raw = os.environ.get(SPEC_ENV)
     flags = sys.argv[1:]
     if flags == ["--check"]:
         sys.exit(check_child(raw))
-    sys.exit(serve(raw) if flags == [ZYGOTE_FLAG] else run_child(raw))
+    if flags == [ZYGOTE_FLAG]:
+        from corral.workers.zygote import serve  # only the zygote and what it forks load it
+
+        sys.exit(serve(raw))
+    sys.exit(run_child(raw))

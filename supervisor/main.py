@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from loguru import logger
@@ -29,7 +29,6 @@ from corral.supervisor.config import Config, ConfigError, redacted
 from corral.supervisor.control import AlreadyRunning, ControlServer
 from corral.supervisor.events import PoolEvent
 from corral.supervisor.logs import LogManager
-from corral.supervisor.metrics import registry_of
 from corral.supervisor.partitions import PartitionAssigner
 from corral.supervisor.pool import WorkerPool
 from corral.supervisor.rates import Rates
@@ -39,7 +38,9 @@ from corral.supervisor.settings import PoolSettings
 from corral.supervisor.states import WorkerState
 from corral.supervisor.status import Status, WorkTotals, slot_rows, summary
 from corral.supervisor.systemd import Notifier
-from corral.supervisor.web import Console, WebServer, servers_for
+
+if TYPE_CHECKING:  # the web side (aiohttp, prometheus) is imported only when something listens
+    from corral.supervisor.web import Console, WebServer
 
 TICK_S = 1.0
 WEB_CLOSE_TIMEOUT_S = 3.0  # the last rung of the exit: open dashboard connections are cut
@@ -198,6 +199,11 @@ class Supervisor:
 
     async def _start_web(self) -> None:
         """``[metrics] listen`` and ``[dashboard] listen`` (``web.servers_for``)."""
+        if not (self.config.metrics_listen or self.config.dashboard.listen):
+            return
+        from corral.supervisor.metrics import registry_of
+        from corral.supervisor.web import Console, servers_for
+
         console = Console(self.status, self.handlers, self.config, self.redis_url, self.config.log_dir)
         self.web, self.consoles = servers_for(self.config, registry_of(self.status), console)
         for server in self.web:

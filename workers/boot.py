@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import select
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ import time
 from typing import Any
 
 from loguru import logger
+from setproctitle import setproctitle
 
 from corral.contract import BadChildSpec, ChildSpec, ExitCode, LoadError, WorkSpec, load_object
 from corral.workers.base import BaseWorker
@@ -100,9 +102,17 @@ def guard_against_orphaning(parent_pid: int, grace_s: float) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent_pid:
         os._exit(ExitCode.ORPHANED)
+    try:  # the parent's pidfd: readable when it exits; nothing to wake up for until then
+        parent_fd = os.pidfd_open(parent_pid)
+    except (AttributeError, OSError):
+        parent_fd = -1
+    if os.getppid() != parent_pid:  # died before we held it (that pid may be another's now)
+        os._exit(ExitCode.ORPHANED)
 
     def watch() -> None:
-        while os.getppid() == parent_pid:
+        if parent_fd >= 0:
+            select.select([parent_fd], [], [])
+        while os.getppid() == parent_pid:  # no pidfd (an old kernel): look every 0.1 s
             time.sleep(0.1)
         time.sleep(grace_s)  # the loop gets this long to hand work back, then we go
         os._exit(ExitCode.ORPHANED)
@@ -147,6 +157,7 @@ def run_child(raw_spec: str | None) -> int:
     except BadChildSpec as exc:
         print(f"corral child: {exc}", file=sys.stderr)
         return ExitCode.BOOT_USAGE
+    setproctitle(f"corral: {spec.pool} worker {spec.slot}")  # what ps and top show for this child
     guard_against_orphaning(spec.parent_pid, spec.orphan_grace_s)
     setup_logging(spec)
     try:

@@ -29,7 +29,9 @@ import threading
 import time
 import traceback
 
-from corral.contract import BadChildSpec, ChildSpec, ExitCode, ZygoteReply
+from setproctitle import setproctitle
+
+from corral.contract import SPEC_ENV, BadChildSpec, ChildSpec, ExitCode, ZygoteReply
 from corral.ipc import fdpass
 from corral.ipc.errors import EndOfStream
 from corral.workers.boot import cancellable_wait_for, check, run_child
@@ -47,6 +49,7 @@ def serve(raw_spec: str | None) -> int:
         print(f"corral zygote: {exc}", file=sys.stderr)
         return ExitCode.BOOT_USAGE
     sock = socket.socket(fileno=spec.fd)
+    setproctitle(f"corral: {spec.pool} zygote")
     cancellable_wait_for()  # what run_child does first, done once for every child
     if problems := check(spec):
         fdpass.send(sock, {ZygoteReply.PROBLEMS: problems})
@@ -125,7 +128,8 @@ def _become_child(sock: socket.socket, raw_spec: str, ipc_fd: int, out_fd: int) 
             if time.monotonic() > deadline:
                 os._exit(ExitCode.ORPHANED)
             time.sleep(0.001)
-        code = run_child(spec.to_env())
+        os.environ[SPEC_ENV] = raw_spec = spec.to_env()  # as an exec'd child's environment says
+        code = run_child(raw_spec)
     except BaseException:
         traceback.print_exc()
     finally:

@@ -17,11 +17,11 @@ import dataclasses
 import json
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, NoReturn
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
@@ -41,58 +41,6 @@ from corral.workers.control.catalog import Catalog, Target, UnknownName
 from corral.workers.control.dead_letters import CannotRetry, DeadLetters, Letter
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError, TimeoutError)
-
-
-class _Parser(argparse.ArgumentParser):
-    """A mistake in a ``dead`` command's arguments is one line, exit 2 (not a usage screen); IDs may
-    come after the options too. No abbreviations: ``--al`` must not mean ``--all``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(SupervisorExit.CONFIG, f"corral: {self.prog.removeprefix('corral ')}: {message}\n")
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        parsed, extras = super().parse_known_args(args, namespace)
-        if isinstance(getattr(parsed, "ids", None), list):
-            parsed.ids += [arg for arg in extras if not arg.startswith("-")]
-            extras = [arg for arg in extras if arg.startswith("-")]
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return parsed, extras
-
-
-def add_parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
-    dead = sub.add_parser("dead", parents=[common], help="the dead letters of a queue or stream")
-    config = _Parser(add_help=False)  # -c after the action too; SUPPRESS: keep one before
-    config.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file (./corral.toml)")
-    actions = dead.add_subparsers(dest="dead_action", metavar="ACTION", parser_class=_Parser)
-    actions.add_parser("counts", parents=[config], help="how many dead letters each queue and stream has")
-    listing = actions.add_parser("list", parents=[config], help="the newest dead letters of NAME")
-    listing.add_argument("name", help="a queue or stream of corral.toml")
-    listing.add_argument("--grep", help="only those whose job, fields or error contain TEXT (any case)")
-    listing.add_argument("--since", help="only those failed since: 1h, 30m, 2d or an ISO time with a zone")
-    listing.add_argument("--limit", default="50", help="at most this many (default: 50)")
-    listing.add_argument("--json", action="store_true", help="print them as a JSON array")
-    show = actions.add_parser("show", parents=[config], help="one dead letter in full")
-    show.add_argument("name", help="a queue or stream of corral.toml")
-    show.add_argument("id", help="its ID, as `corral dead list` shows it")
-    for action, verb in (
-        ("retry", "put dead letters back on their queue or stream"),
-        ("purge", "delete dead letters"),
-    ):
-        command = actions.add_parser(action, parents=[config], help=verb)
-        command.add_argument("name", help="a queue or stream of corral.toml")
-        command.add_argument("ids", nargs="*", metavar="ID", help="these dead letters")
-        command.add_argument("--all", action="store_true", help="every dead letter of NAME")
-        command.add_argument("--grep", help="those whose job, fields or error contain TEXT (any case)")
-    purge = actions.choices["purge"]
-    purge.add_argument("--before", help="those failed before: 1h (ago), 2d, or an ISO time with a zone")
 
 
 class Action(StrEnum):

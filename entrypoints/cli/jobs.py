@@ -30,19 +30,6 @@ from corral.workers.control.catalog import UnknownName
 from corral.workers.control.operations import Operations, ScheduleRow
 from corral.workers.topology import connect
 
-COMMANDS = frozenset({"pause", "resume", "schedules"})
-
-
-def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
-    pause = sub.add_parser("pause", parents=[common], help="stop every host taking from a queue or stream")
-    pause.add_argument("name", help="a queue or stream of the pool (every list or shard of it)")
-    resume = sub.add_parser("resume", parents=[common], help="take from a paused queue or stream again")
-    resume.add_argument("name", help="a queue or stream of the pool")
-    schedules = sub.add_parser("schedules", parents=[common], help="each schedule: its last and next run")
-    schedules.add_argument("--json", action="store_true", help="print the schedules as JSON")
-
 
 def run(config: Config, args: argparse.Namespace) -> int:
     actions: dict[str, Callable[[Operations, argparse.Namespace], Awaitable[int]]] = {

@@ -15,19 +15,16 @@ import sys
 
 from loguru import logger
 
-from corral.entrypoints import scaffold
-from corral.entrypoints.cli import dead, jobs
-from corral.entrypoints.cli.control import control
-from corral.entrypoints.cli.files import produce, show_logs, show_shards
-from corral.entrypoints.cli.inspect import inspect
-from corral.entrypoints.cli.parser import CONTROL, build_parser
+from corral.entrypoints.cli.parser import CONTROL, JOBS, build_parser
 from corral.entrypoints.cli.say import fail, warn
 from corral.ipc import IPCError
 from corral.supervisor import config as config_module
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config, ConfigError, Where
 from corral.supervisor.control import NotRunning
-from corral.supervisor.main import Supervisor
+
+# Each command imports what it needs when it runs (below): `corral run` does not pay for the
+# dead-letter tables or the dashboard's client, a `corral status` not for the supervisor.
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "run":
         logger.add(sys.stderr, level="WARNING", format="corral: {message}")
     if args.command == "init":
+        from corral.entrypoints import scaffold
+
         return scaffold.run(args)
     try:
         config: Config | None = config_module.load(args.config)
@@ -65,19 +64,29 @@ def main(argv: list[str] | None = None) -> int:
 
 def dispatch(args: argparse.Namespace, config: Config | None, where: Where) -> int:
     if args.command == "logs":
+        from corral.entrypoints.cli.files import show_logs
+
         return show_logs(where.log_dir, args.slot, args.lines, args.follow)
-    if config is None:
-        return asyncio.run(control(where, args, None))
-    if args.command == "run":
+    if config is not None and args.command == "run":
+        from corral.supervisor.main import Supervisor
+
         return asyncio.run(Supervisor(config).run())
-    if args.command in ("enqueue", "publish"):
-        return produce(config, args)
-    if args.command == "shards":
-        return show_shards(config, args.queue)
-    if args.command == "dead":
+    if config is not None and args.command in ("enqueue", "publish", "shards"):
+        from corral.entrypoints.cli.files import produce, show_shards
+
+        return show_shards(config, args.queue) if args.command == "shards" else produce(config, args)
+    if config is not None and args.command == "dead":
+        from corral.entrypoints.cli import dead
+
         return dead.run(config, args)
-    if args.command in jobs.COMMANDS:
+    if config is not None and args.command in JOBS:
+        from corral.entrypoints.cli import jobs
+
         return jobs.run(config, args)
-    if args.command == "inspect":
+    if config is not None and args.command == "inspect":
+        from corral.entrypoints.cli.inspect import inspect
+
         return asyncio.run(inspect(config, args))
+    from corral.entrypoints.cli.control import control
+
     return asyncio.run(control(where, args, config))

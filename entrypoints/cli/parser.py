@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import corral
 from corral.entrypoints import scaffold
-from corral.entrypoints.cli import dead, jobs
+from corral.supervisor.actions import SupervisorExit
 
 # commands that talk to a running supervisor: they work from the state dir alone when the config
 # file on disk does not validate (a bad edit must not lock the operator out)
 CONTROL = frozenset({"status", "reload", "scale", "recycle", "stop", "request", "send", "logs"})
+JOBS = frozenset({"pause", "resume", "schedules"})  # job control straight to Redis (cli/jobs.py)
 
 
 def _positive(text: str) -> float:
@@ -42,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the exit")
     _child_messages(sub, common)
     _producers(sub, common)
-    jobs.add_parsers(sub, common)
-    dead.add_parser(sub, common)
+    _jobs(sub, common)
+    _dead(sub, common)
     inspect = sub.add_parser("inspect", parents=[common], help="list work in Redis no live member holds")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     logs = sub.add_parser("logs", parents=[common], help="print (or follow) a slot's log file")
@@ -88,3 +91,62 @@ def _producers(
     publish.add_argument("stream", help="the stream (its shard is chosen by --key when partitioned)")
     publish.add_argument("data", help='the entry\'s fields, as a JSON object: {"type": "x", "id": "1"}')
     publish.add_argument("--key", help="partition key (e.g. a game id): one key, one shard, in order")
+
+
+def _jobs(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    pause = sub.add_parser("pause", parents=[common], help="stop every host taking from a queue or stream")
+    pause.add_argument("name", help="a queue or stream of the pool (every list or shard of it)")
+    resume = sub.add_parser("resume", parents=[common], help="take from a paused queue or stream again")
+    resume.add_argument("name", help="a queue or stream of the pool")
+    schedules = sub.add_parser("schedules", parents=[common], help="each schedule: its last and next run")
+    schedules.add_argument("--json", action="store_true", help="print the schedules as JSON")
+
+
+class DeadParser(argparse.ArgumentParser):
+    """A mistake in a ``dead`` command's arguments is one line, exit 2 (not a usage screen); IDs may
+    come after the options too. No abbreviations: ``--al`` must not mean ``--all``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(SupervisorExit.CONFIG, f"corral: {self.prog.removeprefix('corral ')}: {message}\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if isinstance(getattr(parsed, "ids", None), list):
+            parsed.ids += [arg for arg in extras if not arg.startswith("-")]
+            extras = [arg for arg in extras if arg.startswith("-")]
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+def _dead(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    dead = sub.add_parser("dead", parents=[common], help="the dead letters of a queue or stream")
+    config = DeadParser(add_help=False)  # -c after the action too; SUPPRESS: keep one before
+    config.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file (./corral.toml)")
+    actions = dead.add_subparsers(dest="dead_action", metavar="ACTION", parser_class=DeadParser)
+    actions.add_parser("counts", parents=[config], help="how many dead letters each queue and stream has")
+    listing = actions.add_parser("list", parents=[config], help="the newest dead letters of NAME")
+    listing.add_argument("name", help="a queue or stream of corral.toml")
+    listing.add_argument("--grep", help="only those whose job, fields or error contain TEXT (any case)")
+    listing.add_argument("--since", help="only those failed since: 1h, 30m, 2d or an ISO time with a zone")
+    listing.add_argument("--limit", default="50", help="at most this many (default: 50)")
+    listing.add_argument("--json", action="store_true", help="print them as a JSON array")
+    show = actions.add_parser("show", parents=[config], help="one dead letter in full")
+    show.add_argument("name", help="a queue or stream of corral.toml")
+    show.add_argument("id", help="its ID, as `corral dead list` shows it")
+    for action, verb in (
+        ("retry", "put dead letters back on their queue or stream"),
+        ("purge", "delete dead letters"),
+    ):
+        command = actions.add_parser(action, parents=[config], help=verb)
+        command.add_argument("name", help="a queue or stream of corral.toml")
+        command.add_argument("ids", nargs="*", metavar="ID", help="these dead letters")
+        command.add_argument("--all", action="store_true", help="every dead letter of NAME")
+        command.add_argument("--grep", help="those whose job, fields or error contain TEXT (any case)")
+    purge = actions.choices["purge"]
+    purge.add_argument("--before", help="those failed before: 1h (ago), 2d, or an ISO time with a zone")

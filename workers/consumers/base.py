@@ -140,6 +140,8 @@ class HandlerRunner:
         self, handler: Handler, args: tuple[Any, ...], is_async: bool, timeout_s: float | None
     ) -> Any:
         if is_async:
+            if timeout_s is None:
+                return await handler(*args)
             deadline = asyncio.timeout(timeout_s)
             try:
                 async with deadline:
@@ -195,6 +197,8 @@ class HandlerUnit:
         if self.spec.batch:  # a batch handler outside a collected round: a list of one
             return await self.invoke([item])
         args = (item, self.ctx) if self.takes_ctx else (item,)
+        if not tracing.enabled():  # the common case: no span, no context manager per job
+            return await self.runner.run(self.handler, args, self.is_async, self.spec.timeout_s)
         with tracing.handling(item, self.worker_id):
             return await self.runner.run(self.handler, args, self.is_async, self.spec.timeout_s)
 

@@ -22,7 +22,7 @@ from tests.integration.conftest import kill_children, wait_for
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the zygote needs Linux (a subreaper)")
 
 APP = """\
-import os, subprocess, threading, time
+import os, subprocess, sys, threading, time
 from corral.workers import BaseWorker
 
 VERSION = {version!r}
@@ -32,7 +32,10 @@ if {thread!r}:
 
 class Worker(BaseWorker):
     async def start(self):
-        self.on("version", lambda _d: {{"version": VERSION, "pid": os.getpid(), "ppid": os.getppid()}})
+        self.on("version", lambda _d: {{
+            "version": VERSION, "pid": os.getpid(), "ppid": os.getppid(),
+            "forked": "corral.workers.zygote" in sys.modules,  # an exec'd child never loads it
+        }})
         self.on("spawn_sleeper", lambda s: subprocess.Popen(["sleep", str(s)]).pid)
         await super().start()
 
@@ -89,11 +92,6 @@ def zygote_pid(pool: WorkerPool) -> int:
     return pool.spawner.zygote.pid
 
 
-def forked(pid: int) -> bool:
-    """Whether ``pid`` was forked from a zygote (it keeps the zygote's command line)."""
-    return "--zygote" in psutil.Process(pid).cmdline()
-
-
 async def ask_version(pool: WorkerPool, slot: int) -> dict[str, Any]:
     conn = pool.get(slot)
     assert conn is not None
@@ -112,15 +110,16 @@ def test_children_are_forked_ours_and_healed_from_the_zygote(
             for slot in (0, 1):
                 answer = await ask_version(pool, slot)
                 assert answer["ppid"] == os.getpid()  # re-parented to us, not the zygote's
-                assert forked(answer["pid"])
+                assert answer["forked"]
+                assert psutil.Process(answer["pid"]).cmdline()[0] == f"corral: test worker {slot}"
+            assert psutil.Process(zygote).cmdline()[0] == "corral: test zygote"
             victim = pool.get(0)
             assert victim is not None
             os.kill(victim.pid, signal.SIGKILL)
             assert await victim.process.wait(10) == -signal.SIGKILL  # we reap it: its real code
             await wait_for(lambda: pool.get(0) not in (None, victim), 10, "slot 0 replaced")
             assert await pool.wait_ready(10)
-            replacement = pool.get(0)
-            assert replacement is not None and forked(replacement.pid)
+            assert (await ask_version(pool, 0))["forked"]
             assert zygote_pid(pool) == zygote
         finally:
             await pool.stop(graceful_timeout_s=5)
@@ -165,7 +164,7 @@ def test_code_that_starts_a_thread_at_import_is_execd(
             assert pool.spawner.zygote is None
             assert "warm-cache" in pool.spawner.exec_reason
             answer = await ask_version(pool, 0)
-            assert answer["version"] == "threaded" and not forked(answer["pid"])
+            assert answer["version"] == "threaded" and not answer["forked"]
         finally:
             await pool.stop(graceful_timeout_s=5)
 
@@ -178,7 +177,7 @@ def test_exec_spawning_and_a_dead_zygote(make_pool: Callable[..., WorkerPool], r
         pool = make_pool(1)
         try:
             assert await execd.spawn_all()
-            assert execd.spawner.zygote is None and not forked((await ask_version(execd, 0))["pid"])
+            assert execd.spawner.zygote is None and not (await ask_version(execd, 0))["forked"]
             assert await pool.spawn_all()
             os.kill(zygote_pid(pool), signal.SIGKILL)  # its children live on: they are ours
             await wait_for(lambda: pool.spawner.zygote and not pool.spawner.zygote.alive, 5, "zygote dead")
@@ -188,7 +187,7 @@ def test_exec_spawning_and_a_dead_zygote(make_pool: Callable[..., WorkerPool], r
             os.kill(conn.pid, signal.SIGKILL)  # its replacement comes from a new zygote
             await wait_for(lambda: pool.get(0) not in (None, conn), 10, "slot 0 replaced")
             assert await pool.wait_ready(10)
-            assert forked((await ask_version(pool, 0))["pid"])
+            assert (await ask_version(pool, 0))["forked"]
         finally:
             await asyncio.gather(execd.stop(graceful_timeout_s=5), pool.stop(graceful_timeout_s=5))
 
