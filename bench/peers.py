@@ -1,4 +1,5 @@
-"""The peers of the throughput bench: RQ, dramatiq, arq and Celery, each in its own cached venv.
+"""The peers of the throughput bench: huey, taskiq, RQ, dramatiq, arq and Celery, each in its own
+cached venv.
 
 Each peer gets a small module (written to a temp dir by ``write_modules``) with the bench's job —
 ``add(a, b)``: a+b, then one INCR of ``bench:count`` — and ``enqueue(n)``, which uses the peer's own
@@ -27,6 +28,8 @@ REQUIREMENTS = {
     "dramatiq": "dramatiq[redis]==2.2.1",
     "arq": "arq==0.28.0",  # arq needs redis<6: a venv of its own
     "celery": "celery[redis]==5.7.0",
+    "huey": "huey==3.5.4 redis",
+    "taskiq": "taskiq==0.13.0 taskiq-redis==1.2.4",
 }
 MARKER = ".bench-requirement"
 
@@ -156,6 +159,62 @@ def enqueue(n):
 if __name__ == "__main__":  # through the module's own name: task names must not say __main__
     __import__(os.path.basename(__file__)[:-3]).enqueue(int(sys.argv[2]))
 """,
+    "peer_huey": COMMON
+    + """
+import redis
+from huey import RedisHuey
+
+huey = RedisHuey("bench", url=URL)
+client = redis.Redis.from_url(URL)
+
+
+@huey.task()
+def add(a, b):
+    _ = a + b
+    client.incr(COUNTER)
+
+
+def enqueue(n):
+    for i in range(n):
+        add(i, 1)
+
+
+if __name__ == "__main__":  # through the module's own name: task names must not say __main__
+    __import__(os.path.basename(__file__)[:-3]).enqueue(int(sys.argv[2]))
+""",
+    "peer_taskiq": COMMON
+    + """
+import asyncio
+
+import redis.asyncio
+from taskiq_redis import ListQueueBroker
+
+broker = ListQueueBroker(URL)
+_client = None
+
+
+@broker.task
+async def add(a, b):
+    global _client
+    if _client is None:  # per worker process, on its own loop
+        _client = redis.asyncio.Redis.from_url(URL)
+    _ = a + b
+    await _client.incr(COUNTER)
+
+
+def enqueue(n):
+    async def go():
+        await broker.startup()
+        for i in range(n):
+            await add.kiq(i, 1)
+        await broker.shutdown()
+
+    asyncio.run(go())
+
+
+if __name__ == "__main__":  # through the module's own name: task names must not say __main__
+    __import__(os.path.basename(__file__)[:-3]).enqueue(int(sys.argv[2]))
+""",
 }
 
 
@@ -184,6 +243,22 @@ class Peer:
 
 RQ = ("{bin}/rq", "worker", "-u", "{url}", "--logging_level", "WARNING", "-n", "bench-{n}")
 PEERS = (
+    Peer(
+        "huey (2 worker processes)",
+        "huey",
+        "peer_huey",
+        ("{bin}/huey_consumer", "peer_huey.huey", "-w", "2", "-k", "process", "-q"),
+        processes=1,
+        reps=3,  # the best peers of the issue's run (huey, dramatiq, taskiq): medians
+    ),
+    Peer(
+        "taskiq (2 worker processes)",
+        "taskiq",
+        "peer_taskiq",
+        ("{bin}/taskiq", "worker", "peer_taskiq:broker", "--workers", "2", "--log-level", "WARNING"),
+        processes=1,
+        reps=3,
+    ),
     Peer("RQ (fork per job)", "rq", "peer_rq", (*RQ, "default"), deadline_s=30.0),
     Peer("RQ (SimpleWorker)", "rq", "peer_rq", (*RQ, "-w", "rq.worker.SimpleWorker", "default")),
     Peer(
@@ -255,9 +330,8 @@ def ensure_venvs(venv_dir: Path, names: set[str], timeout_s: float) -> dict[str,
             print(f"installing {requirement} into {path} ...", flush=True)
             q = shlex.quote
             venv = f"{q(sys.executable)} -m venv {q(str(path))}"
-            install = (
-                f"{q(str(path / 'bin' / 'pip'))} install -q --disable-pip-version-check {q(requirement)}"
-            )
+            packages = " ".join(map(q, requirement.split()))
+            install = f"{q(str(path / 'bin' / 'pip'))} install -q --disable-pip-version-check {packages}"
             script = f"{venv} && {install} && printf %s {q(requirement)} > {q(str(marker))}"
             with (venv_dir / f"{name}.log").open("wb") as log:
                 procs[name] = subprocess.Popen(

@@ -251,7 +251,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"`{command}`, {result['when']}: {result['n']:,} jobs, {result['workers']} worker processes each, "
         f"python {result['python']}, {result['cpus']} CPUs, load average {result['load_avg_1m']:.2f} at the "
         f"start and {result['load_avg_1m_end']:.2f} at the end, {result['transport']}, medians of "
-        f"{result['reps']} (peers: one run each, dramatiq: median of 3). Every job enqueued first, then the "
+        f"{result['reps']} (peers: huey, dramatiq and taskiq medians of 3, the others one run). Every job "
+        "enqueued first, then the "
         "workers spawned: rates over the whole run (spawn → last job), steady from the first job done, "
         "start-up = spawn → first job done."
     )

@@ -130,9 +130,12 @@ def redis_client(config: Config) -> Any:
 
 
 def show_logs(log_dir: Path, slot: str, lines: int, follow: bool) -> int:
-    name = "supervisor.log" if slot == "supervisor" else f"worker-{slot}.log"
-    if slot != "supervisor" and not slot.isdigit():
-        return fail(f"logs takes a slot number or 'supervisor', got {slot!r}", SupervisorExit.CONFIG)
+    named = slot in ("supervisor", "zygote", "redis")  # the supervisor's own files
+    name = f"{slot}.log" if named else f"worker-{slot}.log"
+    if not named and not slot.isdigit():
+        return fail(
+            f"logs takes a slot number, 'supervisor', 'zygote' or 'redis', got {slot!r}", SupervisorExit.CONFIG
+        )
     path = log_dir / name
     if not path.exists():
         return fail(f"no log file {path}", SupervisorExit.FAILED)

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", parents=[common], help="list work in Redis no live member holds")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     logs = sub.add_parser("logs", parents=[common], help="print (or follow) a slot's log file")
-    logs.add_argument("slot", help="a slot number, or 'supervisor'")
+    logs.add_argument("slot", help="a slot number, 'supervisor', 'zygote' or 'redis' (the embedded server)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("-n", "--lines", type=int, default=50, help="how many last lines to print first")
     return parser

@@ -34,7 +34,8 @@ from corral.supervisor.control import NotRunning, call
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _SCRIPT = Path(sys.executable).with_name("corral")
 CORRAL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "corral.entrypoints.cli"]
-CHILD_MARK = "corral.entrypoints.child"
+CHILD_MARK = "corral.entrypoints.child"  # an exec'd child's (or the zygote's) command line, at first
+CHILD_TITLE = re.compile(r"corral: \S+ (worker \d+|zygote)$")  # what a child names itself (setproctitle)
 T = TypeVar("T")
 
 TRANSITION = re.compile(r"slot (\d+) pid (\d+): (\w+) -> (\w+)")
@@ -91,7 +92,9 @@ def is_our_child_process(pid: int) -> bool:
     """A live corral child (checked by command line, so that a recycled pid is never killed)."""
     try:
         proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and CHILD_MARK in " ".join(proc.cmdline())
+        command = " ".join(proc.cmdline()).strip()  # a set title is padded with NULs
+        ours = CHILD_MARK in command or CHILD_TITLE.match(command) is not None
+        return proc.status() != psutil.STATUS_ZOMBIE and ours
     except psutil.Error:
         return False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -73,9 +74,7 @@ def test_events_of_one_key_stay_in_order_across_reload_and_kill(
             before_reload = {row["pid"] for row in sup.status()["slots"]}
             sup.send(signal.SIGHUP)
         if seq == 40:
-            victim = sup.status()["slots"][1]["pid"]
-            os.kill(victim, signal.SIGKILL)
-            killed.append(victim)
+            killed.append(kill_slot(sup, 1))
 
     def handled_everything() -> bool:
         return all(len(set(client.lrange(f"test:order:{k}", 0, -1))) == EVENTS_PER_KEY for k in KEYS)
@@ -147,3 +146,17 @@ def test_a_reload_that_changes_partitions_moves_every_shard(corral: Callable[...
     assert sup.log().count("partitions:") < 30, "the assigner looped"
     sup.send(signal.SIGTERM)
     assert sup.wait_exit(30) == 0
+
+
+def kill_slot(sup: Corral, slot: int) -> int:
+    """SIGKILL the slot's child; the one status names may have just exited (the reload in progress
+    replaced it, a child is ready in ~15 ms): ask again."""
+    deadline = time.monotonic() + 10
+    while True:
+        victim = sup.status()["slots"][slot]["pid"]
+        try:
+            os.kill(victim, signal.SIGKILL)
+            return int(victim)
+        except ProcessLookupError:
+            if time.monotonic() > deadline:
+                raise
