@@ -1,6 +1,7 @@
 """IPC benchmark: corral's ``Channel`` against a bare asyncio baseline, across a real child process.
 
     .venv/bin/python bench/ipc.py [--quick] [--rounds N] [--pin split|same|none] [--json PATH]
+                                  [--update BENCHMARKS.md]
 
 The script re-executes itself (``--child corral|raw --fd N``) as the peer, which inherits one end of
 ``ipc.socketpair()``. The baseline: an asyncio.Protocol on each side, same framing (4-byte big-endian
@@ -32,10 +33,12 @@ from typing import Any, Protocol
 # This file is bench/ipc.py: drop its directory from sys.path so `import ipc` finds the package.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))  # for `bench.*`
 
 import msgpack  # noqa: E402
 from loguru import logger  # noqa: E402
 
+from bench.report import update_doc  # noqa: E402
 from corral import ipc  # noqa: E402
 
 HEADER = struct.Struct(">I")
@@ -292,6 +295,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds per implementation (default 3, quick 1)")
     parser.add_argument("--pin", choices=("split", "same", "none"), default="split", help="CPU placement")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--update", metavar="DOC", type=Path, help="write the table into DOC (BENCHMARKS.md)")
     parser.add_argument("--child", choices=("corral", "raw"), help=argparse.SUPPRESS)
     parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -329,6 +333,21 @@ def main() -> None:
             "one_way_msg_per_s_by_round": per_round,
         }
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.update:
+        command = " ".join(["bench/ipc.py", *sys.argv[1:]])
+        update_doc(args.update, f"ipc-{args.pin}", markdown(rows, targets, command, setup))
+
+
+def markdown(rows: Rows, targets: dict[str, bool], command: str, setup: str) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    head = f"`{command}`, {when}: {setup}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}."
+    lines = [head, "", "| metric | corral | baseline | ratio |", "|---|---:|---:|---:|"]
+    for metric, row in rows.items():
+        fmt = ",.0f" if "msg/s" in metric else ".1f"
+        lines.append(f"| {metric} | {row['corral']:{fmt}} | {row['baseline']:{fmt}} | {row['ratio']:.2f}x |")
+    lines += ["", "| target | result |", "|---|---|"]
+    lines += [f"| {target} | {'PASS' if met else 'FAIL'} |" for target, met in targets.items()]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

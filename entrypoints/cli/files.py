@@ -134,7 +134,8 @@ def show_logs(log_dir: Path, slot: str, lines: int, follow: bool) -> int:
     name = f"{slot}.log" if named else f"worker-{slot}.log"
     if not named and not slot.isdigit():
         return fail(
-            f"logs takes a slot number, 'supervisor', 'zygote' or 'redis', got {slot!r}", SupervisorExit.CONFIG
+            f"logs takes a slot number, 'supervisor', 'zygote' or 'redis', got {slot!r}",
+            SupervisorExit.CONFIG,
         )
     path = log_dir / name
     if not path.exists():
