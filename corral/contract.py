@@ -27,6 +27,7 @@ from typing import Any, TypedDict
 SPEC_ENV = "CORRAL_CHILD"  # the environment variable that carries a child's ChildSpec as JSON
 CHILD_MODULE = "corral.entrypoints.child"  # what the supervisor runs with ``python -m``
 ZYGOTE_FLAG = "--zygote"  # ``python -m CHILD_MODULE --zygote``: preload, then fork children on request
+ZYGOTE_FD_ENV = "CORRAL_ZYGOTE_FD"  # the zygote's end of its socketpair with the supervisor
 
 
 class LoadError(Exception):
@@ -60,10 +61,13 @@ class Event(StrEnum):
 
 
 class ZygoteReply(StrEnum):
-    """The one key of each map a zygote sends the supervisor (``corral.ipc.fdpass`` frames). It says
-    READY (its pid), PROBLEMS (the import errors, then exits) or UNSAFE (why it will not fork, then
-    exits) once; then answers each request ``{"spec": ChildSpec JSON}`` (with the child's IPC socket
-    and output pipe attached) with PID or ERROR."""
+    """The one key of each map a zygote sends the supervisor (``corral.ipc.fdpass`` frames). A
+    zygote starts with corral's child runtime imported and waits for ``{"spec": ChildSpec JSON of a
+    template child, "env": {...}}`` (the children's environment on top of its own; PYTHONPATH also
+    put first on its import path); it imports their worker and handlers, says READY (its pid),
+    PROBLEMS (the import errors, then exits) or UNSAFE (why it will not fork, then exits); then
+    answers each request ``{"spec": ChildSpec JSON}`` (with the child's IPC socket and output pipe
+    attached) with PID or ERROR."""
 
     READY = "ready"
     PROBLEMS = "problems"

@@ -19,7 +19,7 @@ if __name__ == "__main__":
     if flags == ["--check"]:
         sys.exit(check_child(raw))
     if flags == [ZYGOTE_FLAG]:
-        from corral.workers.zygote import serve  # only the zygote and what it forks load it
+        from corral.workers.zygote import serve  # only the zygote (and what it forks) loads it
 
-        sys.exit(serve(raw))
+        sys.exit(serve())
     sys.exit(run_child(raw))

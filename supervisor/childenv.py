@@ -11,17 +11,32 @@ import contextlib
 import os
 
 from corral.contract import SPEC_ENV, ChildSpec, ExitCode
+from corral.supervisor.seed import base_env
 from corral.supervisor.settings import PoolSettings
 
-SYSTEMD_ENV = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"})
+
+def child_spec(pool: str, host: str, slot: int, fd: int, *, target: str, s: PoolSettings) -> ChildSpec:
+    """What the child of ``slot`` of pool ``pool`` on ``host`` is told (``fd``: its IPC end)."""
+    return ChildSpec(
+        fd=fd,
+        slot=slot,
+        pool=pool,
+        target=target,
+        host=host,
+        parent_pid=os.getpid(),
+        options=s.options,
+        log_level=s.log_level,
+        log_json=s.log_json,
+        stats_interval_s=s.stats_interval_s,
+        work=s.work,
+        config_dir=s.config_dir,
+        state_dir=s.state_dir,
+        sync_threads=s.sync_threads,
+    )
 
 
 def child_env(spec: ChildSpec, settings: PoolSettings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}  # systemd talks to us only
-    env.update(settings.env)
-    env[SPEC_ENV] = spec.to_env()
-    env.update(PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
-    return env
+    return {**base_env(settings.env), SPEC_ENV: spec.to_env()}
 
 
 async def check_imports(spec: ChildSpec, settings: PoolSettings) -> list[str]:

@@ -34,6 +34,7 @@ from corral.supervisor.pool import WorkerPool
 from corral.supervisor.rates import Rates
 from corral.supervisor.recovery import Recovery
 from corral.supervisor.redis_server import EmbeddedRedis, EmbeddedRedisError
+from corral.supervisor.seed import Seed
 from corral.supervisor.settings import PoolSettings
 from corral.supervisor.states import WorkerState
 from corral.supervisor.status import Status, WorkTotals, slot_rows, summary
@@ -58,7 +59,7 @@ def private_dirs(*dirs: Path) -> None:
 
 
 class Supervisor:
-    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, notifier: Notifier | None = None, seed: Seed | None = None) -> None:
         self.config = config
         self.notifier = notifier or Notifier.from_env()
         self.logs = LogManager(config.log_dir, config.logging)
@@ -66,6 +67,7 @@ class Supervisor:
         self.redis_url = self.redis_server.url if self.redis_server else config.work.redis.url
         self.actions: asyncio.Queue[tuple[Action, Any]] = asyncio.Queue()
         self.pool = WorkerPool(config.pool_name, config.workers, config.worker, self._settings(config))
+        self.pool.spawner.adopt(seed)  # the zygote corral run launched first, if any
         self.handlers = control_handlers(self.pool, self.actions, self.status)
         self.control = ControlServer(config.control_socket, self.handlers)
         self.recovery = Recovery(self.pool) if config.uses_redis else None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import signal
 import socket
 import time
@@ -23,6 +22,7 @@ from loguru import logger
 from corral.contract import ChildSpec, Event, ExitCode, ReadyInfo, StopMode
 from corral.ipc import Channel, ChannelClosed, RequestTimeout, socketpair
 from corral.supervisor import monitor
+from corral.supervisor.childenv import child_spec
 from corral.supervisor.connection import WorkerConnection
 from corral.supervisor.events import ChildHandler, EventBus, Listener, PoolEvent, PoolEvents
 from corral.supervisor.lifecycle import Escalation, HeartbeatSettings, StopDeadlines, heartbeat, stop_child
@@ -30,6 +30,7 @@ from corral.supervisor.settings import PoolSettings
 from corral.supervisor.slot import Slot
 from corral.supervisor.spawner import Spawner
 from corral.supervisor.states import SlotHistory, WorkerState
+from corral.supervisor.zygote import ForkFailed
 
 
 class WorkerPool:
@@ -234,7 +235,13 @@ class WorkerPool:
 
     async def _launch(self, slot: Slot, replacing: bool) -> bool:
         slot.backoff_until = 0.0
-        conn = await self._spawn(slot)
+        try:
+            conn = await self._spawn(slot)
+        except (OSError, ForkFailed) as exc:  # no child, or one cut off from us: try again soon
+            self.log.error("slot {}: no child started: {!r}; trying again in 1s", slot.index, exc)
+            slot.backoff_until = self.clock() + 1.0
+            self.wake()
+            return False
         if replacing:
             slot.next = conn
         else:
@@ -272,12 +279,14 @@ class WorkerPool:
         parent_sock, child_sock = socketpair()
         try:
             channel = await Channel.open(parent_sock, name=f"slot-{slot.index}")
-            process = await self.spawner.start(
-                self.child_spec(slot.index, child_sock.fileno()),
-                self.child_spec(0, -1),
-                self.settings,
-                self.settings.output(slot.index),
-            )
+            spec, template = self.child_spec(slot.index, child_sock.fileno()), self.child_spec(0, -1)
+            try:
+                process = await self.spawner.start(
+                    spec, template, self.settings, self.settings.output(slot.index)
+                )
+            except BaseException:
+                channel.close("no child")  # a child cut off from us sees its end close: it exits
+                raise
         finally:
             child_sock.close()
         conn = WorkerConnection(slot.index, slot.generation, process, channel)
@@ -292,22 +301,8 @@ class WorkerPool:
         self, slot: int, fd: int, target: str | None = None, settings: PoolSettings | None = None
     ) -> ChildSpec:
         """What the child of ``slot`` is told (``target`` and ``settings``: those of a reload)."""
-        s = settings or self.settings
-        return ChildSpec(
-            fd=fd,
-            slot=slot,
-            pool=self.name,
-            target=target or self.target,
-            host=self.host,
-            parent_pid=os.getpid(),
-            options=s.options,
-            log_level=s.log_level,
-            log_json=s.log_json,
-            stats_interval_s=s.stats_interval_s,
-            work=s.work,
-            config_dir=s.config_dir,
-            state_dir=s.state_dir,
-            sync_threads=s.sync_threads,
+        return child_spec(
+            self.name, self.host, slot, fd, target=target or self.target, s=settings or self.settings
         )
 
     async def check_imports(

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-_PRCTL: Callable[..., int] | None = (
-    ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-)
+from corral.supervisor import linux
+
+STATUS_LOST = 255  # the exit code of a child reaped by somebody else (as a shell says for one)
 OutputSink = Callable[[bytes], None]  # called with each chunk of output, and b"" at its end
 
 
@@ -98,14 +94,7 @@ def _wait_pid(pid: int) -> int:
     try:
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     except ChildProcessError:  # reaped by somebody else: its code is lost
-        return -1
-
-
-def _die_with_parent() -> None:
-    """Runs in the forked child before exec: one prctl call, resolved before any fork (no dlopen
-    lock taken after the fork)."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+        return STATUS_LOST
 
 
 async def spawn(
@@ -134,7 +123,7 @@ async def spawn(
             close_fds=True,
             start_new_session=new_session,
             # the supervisor forks from its one event-loop thread: a preexec_fn is safe here
-            preexec_fn=_die_with_parent if die_with_parent and _PRCTL is not None else None,  # noqa: PLW1509
+            preexec_fn=linux.die_with_parent if die_with_parent and linux.AVAILABLE else None,  # noqa: PLW1509
         )
     except BaseException:
         os.close(read_fd)
@@ -152,7 +141,7 @@ async def spawn(
 
 
 def adopt(pid: int, output_done: asyncio.Future[None]) -> ChildProcess:
-    """Watch a child a zygote forked for us (re-parented to us: ``become_subreaper``)."""
+    """Watch a child a zygote forked for us (re-parented to us: ``linux.become_subreaper``)."""
     return ChildProcess(pid, output_done, partial(_wait_pid, pid))
 
 
@@ -168,11 +157,3 @@ async def read_output(read_fd: int, on_output: OutputSink) -> asyncio.Future[Non
         reader.close()
         raise
     return done
-
-
-def become_subreaper() -> bool:
-    """Orphans of our descendants become our children (Linux ``PR_SET_CHILD_SUBREAPER``): what a
-    zygote forks through a go-between that exits is ours to reap. False where it cannot be."""
-    if _PRCTL is None:
-        return False
-    return bool(_PRCTL(PR_SET_CHILD_SUBREAPER, 1) == 0)

@@ -13,18 +13,18 @@ zygote that died (a new one is started by the next spawn).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import sys
 from enum import StrEnum
 
-import psutil
 from loguru import logger
 
 from corral.contract import ChildSpec
 from corral.supervisor.childenv import check_imports, child_env
-from corral.supervisor.process import ChildProcess, OutputSink, become_subreaper, spawn
+from corral.supervisor.linux import become_subreaper
+from corral.supervisor.process import ChildProcess, OutputSink, spawn
+from corral.supervisor.seed import Seed
 from corral.supervisor.settings import PoolSettings
+from corral.supervisor.strays import StrayReaper
 from corral.supervisor.zygote import Refusal, Zygote, ZygoteGone
 
 
@@ -38,9 +38,18 @@ class Spawner:
         self.log = logger.bind(pool=pool)
         self.zygote: Zygote | None = None
         self.exec_reason = ""  # why children are exec'd though the zygote is asked for
-        self._fresh = False  # a zygote prepared since the last reload: the reload's own check
+        self._pending: Zygote | Refusal | None = None  # a reload's zygote, checked, not used yet
         self._lock = asyncio.Lock()
         self._strays = StrayReaper()
+        self._seed: Seed | None = None  # a zygote launched before we knew the children (corral run)
+
+    def adopt(self, seed: Seed | None) -> None:
+        """Use ``seed`` for the first zygote, if it fits the children's settings then."""
+        if self._seed is not None:
+            self._seed.close()
+        if seed is not None:
+            seed.taken = True
+        self._seed = seed
 
     def method(self, settings: PoolSettings) -> SpawnMethod:
         if settings.spawn == SpawnMethod.EXEC or sys.platform != "linux":
@@ -49,22 +58,35 @@ class Spawner:
 
     async def prepare(self, template: ChildSpec, settings: PoolSettings, reload: bool = False) -> list[str]:
         """Import the children's code afresh (a new zygote, or a throwaway exec'd child); the
-        problems found, one line each (empty: fine). ``reload``: the check of a reload that follows,
-        which then uses this zygote (``renew``)."""
+        problems found, one line each (empty: fine). ``reload``: the check of a reload that follows;
+        its zygote is held aside until the reload begins (``renew``): the running pool's restarts
+        keep forking from the running code's zygote until then."""
         if self.method(settings) is SpawnMethod.EXEC:
+            self.adopt(None)  # a seed corral run launched early: not needed
             return await check_imports(template, settings)
-        async with self._lock:
-            problems = await self._prepare(template, settings)
-            self._fresh = reload and not problems
-            return problems
+        if not reload:
+            async with self._lock:
+                return await self._prepare(template, settings)
+        if not become_subreaper():
+            return await check_imports(template, settings)
+        started = await self._start(template, settings)
+        if isinstance(started, Refusal) and started.problems:
+            return started.problems  # no reload: the running code's zygote goes on serving
+        await self._discard_pending()
+        self._pending = started
+        return []
 
     async def renew(self, template: ChildSpec, settings: PoolSettings) -> None:
         """A reload: the next children run the code on disk now (the zygote of the reload's check,
         or a new one)."""
-        fresh, self._fresh = self._fresh, False
-        if self.method(settings) is SpawnMethod.ZYGOTE and not fresh:
-            async with self._lock:
-                await self._prepare(template, settings)
+        pending, self._pending = self._pending, None
+        if self.method(settings) is SpawnMethod.EXEC:  # the reload switched to exec'd children
+            await self.close()
+            return
+        async with self._lock:
+            problems = await (self._install(pending) if pending else self._prepare(template, settings))
+        if problems:
+            self.log.error("reload: the new code does not import: {}", "; ".join(problems))
 
     async def start(
         self, spec: ChildSpec, template: ChildSpec, settings: PoolSettings, on_output: OutputSink
@@ -93,6 +115,13 @@ class Spawner:
         zygote, self.zygote = self.zygote, None
         if zygote is not None:
             await zygote.close()
+        await self._discard_pending()
+        self.adopt(None)
+
+    async def _discard_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if isinstance(pending, Zygote):
+            await pending.close()
 
     async def _zygote(self, template: ChildSpec, settings: PoolSettings) -> Zygote | None:
         if self.method(settings) is SpawnMethod.EXEC:
@@ -107,10 +136,29 @@ class Spawner:
 
     async def _prepare(self, template: ChildSpec, settings: PoolSettings) -> list[str]:
         if not become_subreaper():
+            self.adopt(None)
             self.exec_reason = "this system cannot re-parent a zygote's children to the supervisor"
             return await check_imports(template, settings)
+        return await self._install(await self._start(template, settings))
+
+    async def _start(self, template: ChildSpec, settings: PoolSettings) -> Zygote | Refusal:
+        """A new zygote: the seed ``corral run`` launched, when it fits these children, or one
+        launched now."""
         self._strays.active = True
-        started = await Zygote.start(template, settings, settings.output("zygote"))
+        seed, self._seed = self._seed, None
+        s = settings
+        if seed is not None and not seed.fits(s.python, s.bootstrap, s.env, s.cwd):
+            seed.close()  # started otherwise than these children must be: start one that is
+            seed = None
+        started = await Zygote.start(template, settings, settings.output("zygote"), seed)
+        if seed is not None and isinstance(started, Zygote):
+            started.log.info(
+                "zygote pid {} was launched by corral run before its config was read", started.pid
+            )
+        return started
+
+    async def _install(self, started: Zygote | Refusal) -> list[str]:
+        """Fork from ``started`` from now on (the old zygote closed), or say why not."""
         if isinstance(started, Refusal):
             if started.unsafe:  # the new code cannot be preloaded: no zygote, not even the old one
                 await self.close()
@@ -125,32 +173,3 @@ class Spawner:
         if old is not None:
             await old.close()
         return []
-
-
-class StrayReaper:
-    """As the subreaper we inherit the orphans of our descendants (a worker's own subprocess that
-    outlived it): reap those left zombies for two sweeps running. Our own children are reaped the
-    moment they exit (their pidfd), so a zombie that lasts a sweep is nobody's but ours to reap."""
-
-    def __init__(self) -> None:
-        self.active = False
-        self._seen: set[int] = set()
-
-    def reap(self, known: set[int]) -> None:
-        with contextlib.suppress(psutil.Error):
-            zombies = {
-                p.pid
-                for p in psutil.Process().children()
-                if p.pid not in known and _status(p) == psutil.STATUS_ZOMBIE
-            }
-            for pid in zombies & self._seen:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
-            self._seen = zombies - self._seen
-
-
-def _status(process: psutil.Process) -> str:
-    try:
-        return str(process.status())
-    except psutil.Error:
-        return ""

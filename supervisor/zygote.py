@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import signal
 import socket
@@ -17,11 +16,11 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from corral.contract import ZYGOTE_FLAG, ChildSpec, ExitCode, ZygoteReply
-from corral.ipc import ProtocolError, fdpass, socketpair
+from corral.contract import SPEC_ENV, ChildSpec, ExitCode, ZygoteReply
+from corral.ipc import ProtocolError, fdpass
 from corral.ipc.errors import EndOfStream
-from corral.supervisor.childenv import child_env
-from corral.supervisor.process import ChildProcess, OutputSink, adopt, read_output, spawn
+from corral.supervisor.process import ChildProcess, OutputSink, adopt, read_output
+from corral.supervisor.seed import Seed, launch
 from corral.supervisor.settings import PoolSettings
 
 FORK_TIMEOUT_S = 10.0  # a fork answers in milliseconds: past this the zygote is broken
@@ -30,7 +29,12 @@ SAID_MAX_BYTES = 16 * 1024
 
 
 class ZygoteGone(Exception):
-    """The zygote could not fork a child (it died, hung or answered nonsense): exec one instead."""
+    """The zygote was gone before it was asked for a child: exec one instead."""
+
+
+class ForkFailed(Exception):
+    """The zygote was asked for a child and gave no pid (it died, hung, or its fork failed): a child
+    may exist all the same, holding the IPC end it was sent, so this spawn failed as a whole."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,12 @@ class Zygote:
         self._sock: socket.socket | None = sock
         self._lock = asyncio.Lock()
         self.log = logger.bind(zygote=pid)
+        process.exited.add_done_callback(self._exited)
+
+    def _exited(self, exited: asyncio.Future[int]) -> None:
+        if self._sock is not None:  # not closed by us
+            why = ExitCode.describe(exited.result())
+            self.log.warning("zygote pid {} exited ({}); the next child starts another", self.pid, why)
 
     @property
     def alive(self) -> bool:
@@ -56,34 +66,39 @@ class Zygote:
 
     @classmethod
     async def start(
-        cls, template: ChildSpec, settings: PoolSettings, on_output: OutputSink
+        cls, template: ChildSpec, settings: PoolSettings, on_output: OutputSink, seed: Seed | None = None
     ) -> Zygote | Refusal:
-        """Start a zygote for children like ``template`` and wait until it has imported their code."""
+        """A zygote for children like ``template``, once it has imported their code: ``seed`` (one
+        launched before, ``corral run``'s) or one launched now."""
         said = bytearray()  # what it printed while importing: part of the problems when they fail
 
         def tee(data: bytes) -> None:
             said.extend(data[: max(0, SAID_MAX_BYTES - len(said))])
             on_output(data)
 
-        parent, child = socketpair()
+        if seed is None:
+            seed = launch(settings.python, settings.bootstrap, settings.env, settings.cwd)
+        parent = seed.sock
         try:
-            process = await spawn(
-                [settings.python, *settings.bootstrap, ZYGOTE_FLAG],
-                env=child_env(dataclasses.replace(template, fd=child.fileno()), settings),
-                pass_fds=[child.fileno()],
-                on_output=tee,
-                cwd=settings.cwd,
-                die_with_parent=True,
-            )
+            done = await read_output(seed.output_fd, tee)  # which now owns (and closes) that end
         except BaseException:
             parent.close()
+            seed.process.kill()
+            seed.process.wait()
             raise
-        finally:
-            child.close()
+        process = ChildProcess(seed.process.pid, done, seed.process.wait)
+        try:
+            env = {**settings.env, SPEC_ENV: template.to_env()}
+            fdpass.send(parent, {"spec": template.to_env(), "env": env})
+        except OSError:
+            pass  # it died already: the reply below says so
         parent.setblocking(False)
         try:
             reply = await asyncio.wait_for(fdpass.arecv(parent), settings.ready_timeout_s)
-        except (TimeoutError, EndOfStream, ProtocolError, OSError) as exc:
+        except TimeoutError as exc:
+            process.signal(signal.SIGKILL)  # still importing: it will not be used
+            reply = {ZygoteReply.PROBLEMS: [_no_answer(exc, None, settings)]}
+        except (EndOfStream, ProtocolError, OSError) as exc:
             reply = {ZygoteReply.PROBLEMS: [_no_answer(exc, await _ended(process), settings)]}
         except BaseException:
             await _end(process, parent)
@@ -98,7 +113,19 @@ class Zygote:
         return Refusal(said.decode("utf-8", "replace").splitlines() + problems)
 
     async def fork(self, spec: ChildSpec, ipc_fd: int, on_output: OutputSink) -> ChildProcess:
-        """A child of ``spec`` (its IPC end is ``ipc_fd``), forked and re-parented to us."""
+        """A child of ``spec`` (its IPC end is ``ipc_fd``), forked and re-parented to us.
+        ``ZygoteGone`` before the request went out (exec one instead); ``ForkFailed`` after (a child
+        may exist and hold ``ipc_fd``: the caller must close its end). Cancelled, it still takes
+        the child in hand, SIGKILLs it, and then lets the cancellation through."""
+        asking = asyncio.ensure_future(self._fork(spec, ipc_fd, on_output))
+        try:
+            return await asyncio.shield(asking)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                (await asking).signal(signal.SIGKILL)  # nobody would watch it
+            raise
+
+    async def _fork(self, spec: ChildSpec, ipc_fd: int, on_output: OutputSink) -> ChildProcess:
         async with self._lock:
             if not self.alive:
                 raise ZygoteGone("the zygote has exited")
@@ -113,11 +140,22 @@ class Zygote:
         pid = reply.get(ZygoteReply.PID)
         if not isinstance(pid, int):
             os.close(read_fd)
-            raise ZygoteGone(str(reply.get(ZygoteReply.ERROR) or f"a reply without a pid: {reply!r}"))
-        return adopt(pid, await read_output(read_fd, on_output))
+            raise ForkFailed(str(reply.get(ZygoteReply.ERROR) or f"a reply without a pid: {reply!r}"))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        child = adopt(pid, done)  # watched (its pidfd) before anything else can fail
+        try:
+            (await read_output(read_fd, on_output)).add_done_callback(lambda _: done.set_result(None))
+        except OSError:
+            done.set_result(None)  # its output is lost, not the child
+        return child
 
     async def close(self) -> None:
-        """Hang up (it exits at once: its children are not its own); SIGKILL past the deadline."""
+        """Hang up once no fork is in progress (it exits at once: its children are not its own);
+        SIGKILL past the deadline."""
+        async with self._lock:
+            await self._close_now()
+
+    async def _close_now(self) -> None:
         sock, self._sock = self._sock, None
         await _end(self.process, sock, CLOSE_TIMEOUT_S)
 
@@ -126,13 +164,17 @@ class Zygote:
         assert sock is not None
         try:
             fdpass.send(sock, {"spec": spec.to_env()}, fds)
+        except OSError as exc:  # nothing went out: no child
+            await self._close_now()
+            raise ZygoteGone(repr(exc)) from exc
+        try:
             return await asyncio.wait_for(fdpass.arecv(sock), FORK_TIMEOUT_S)
         except (TimeoutError, EndOfStream, ProtocolError, OSError) as exc:
-            self.log.warning("zygote pid {}: no child ({!r}); closing it", self.pid, exc)
-            await self.close()
-            raise ZygoteGone(repr(exc)) from exc
+            self.log.warning("zygote pid {}: no answer to a fork ({!r}); closing it", self.pid, exc)
+            await self._close_now()
+            raise ForkFailed(repr(exc)) from exc
         except BaseException:  # cancelled mid-request: its answer would be read as the next one's
-            await asyncio.shield(self.close())
+            await asyncio.shield(self._close_now())
             raise
 
 

@@ -1,9 +1,10 @@
 """The zygote: an interpreter that has imported what the children run and forks them on request.
 
-``python -m corral.entrypoints.child --zygote`` runs ``serve``: it imports the worker and every
-handler of its template ``ChildSpec`` (so it is the import check too), then, with no thread and no
-event loop in it, answers each request of the supervisor (a child's spec, and the child's IPC
-socket and output pipe as descriptors) with the pid of a child forked from it.
+``python -m corral.entrypoints.child --zygote`` runs ``serve``: with corral's child runtime imported,
+it waits for its template ``ChildSpec`` (``corral run`` starts it before it knows one), imports the
+worker and every handler (so it is the import check too), then, with no thread and no event loop in
+it, answers each request of the supervisor (a child's spec, and the child's IPC socket and output
+pipe as descriptors) with the pid of a child forked from it.
 
 A child is forked twice (zygote -> a go-between -> the child) and the go-between exits at once, so
 the child is re-parented to the supervisor (a ``PR_SET_CHILD_SUBREAPER``): the supervisor reaps it,
@@ -18,6 +19,7 @@ refuses to serve when a thread runs after the imports and the supervisor execs c
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import gc
@@ -31,24 +33,34 @@ import traceback
 
 from setproctitle import setproctitle
 
-from corral.contract import SPEC_ENV, BadChildSpec, ChildSpec, ExitCode, ZygoteReply
-from corral.ipc import fdpass
+from corral.contract import SPEC_ENV, ZYGOTE_FD_ENV, BadChildSpec, ChildSpec, ExitCode, ZygoteReply
+from corral.ipc import ProtocolError, fdpass
 from corral.ipc.errors import EndOfStream
 from corral.workers.boot import cancellable_wait_for, check, run_child
 
 REPARENT_TIMEOUT_S = 2.0  # the go-between exits right after its fork: this is a deadline, not a wait
 
 
-def serve(raw_spec: str | None) -> int:
-    """The zygote's whole life: preload, report, fork children until the supervisor hangs up."""
+def serve() -> int:
+    """The zygote's whole life: learn its template, preload, report, fork children until the
+    supervisor hangs up."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
     signal.signal(signal.SIGQUIT, signal.SIG_IGN)
     try:
-        spec = ChildSpec.from_env(raw_spec)
+        sock = socket.socket(fileno=int(os.environ.pop(ZYGOTE_FD_ENV)))
+        template, _ = fdpass.recv(sock)  # corral's runtime is imported: now the app's code
+    except (KeyError, ValueError, OSError) as exc:
+        print(
+            f"corral zygote: no socket to the supervisor ({exc!r}): it is started by corral", file=sys.stderr
+        )
+        return ExitCode.BOOT_USAGE
+    except (EndOfStream, ProtocolError):
+        return ExitCode.OK  # the supervisor did not need us (a bad config, another one running)
+    try:
+        spec = learn(template)
     except BadChildSpec as exc:
         print(f"corral zygote: {exc}", file=sys.stderr)
         return ExitCode.BOOT_USAGE
-    sock = socket.socket(fileno=spec.fd)
     setproctitle(f"corral: {spec.pool} zygote")
     cancellable_wait_for()  # what run_child does first, done once for every child
     if problems := check(spec):
@@ -68,9 +80,24 @@ def serve(raw_spec: str | None) -> int:
         fdpass.send(sock, fork_child(sock, request.get("spec", ""), fds))
 
 
+def learn(template: dict[str, object]) -> ChildSpec:
+    """The children's environment (and import path) and their template spec, from the supervisor."""
+    env = template.get("env")
+    if isinstance(env, dict):
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+        path = [p for p in str(env.get("PYTHONPATH", "")).split(os.pathsep) if p and p not in sys.path]
+        sys.path[:0] = path  # as an interpreter started with it would have
+    return ChildSpec.from_env(str(template.get("spec") or ""))
+
+
 def threads_running() -> str:
-    """The names of the threads other than ours (a fork would copy none of them)."""
-    return ", ".join(t.name for t in threading.enumerate() if t is not threading.current_thread())
+    """The threads other than ours (a fork would copy none of them): Python's by name, and those a
+    C library started (the kernel's count of our tasks is higher)."""
+    names = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    with contextlib.suppress(OSError):
+        native = len(os.listdir("/proc/self/task")) - 1 - len(names)
+        names += [f"{native} started outside Python"] if native > 0 else []
+    return ", ".join(names)
 
 
 def fork_child(sock: socket.socket, raw_spec: str, fds: list[int]) -> dict[str, object]:
@@ -80,15 +107,19 @@ def fork_child(sock: socket.socket, raw_spec: str, fds: list[int]) -> dict[str, 
             os.close(fd)
         return {ZygoteReply.ERROR: f"a fork request carries 2 descriptors, not {len(fds)}"}
     ipc_fd, out_fd = fds
-    read_fd, write_fd = os.pipe()
+    read_fd = write_fd = -1
+    pid_bytes = b""
     try:
+        read_fd, write_fd = os.pipe()
         between = os.fork()
         if between == 0:
             _go_between(sock, raw_spec, (ipc_fd, out_fd), (read_fd, write_fd))
         os.close(write_fd)
         write_fd = -1
-        pid_bytes = _read_all(read_fd, 4)
-        os.waitpid(between, 0)  # once reaped, its child is the supervisor's
+        try:
+            pid_bytes = _read_all(read_fd, 4)
+        finally:
+            os.waitpid(between, 0)  # once reaped, its child is the supervisor's
     except OSError as exc:
         return {ZygoteReply.ERROR: f"fork failed: {exc}"}
     finally:
@@ -130,9 +161,13 @@ def _become_child(sock: socket.socket, raw_spec: str, ipc_fd: int, out_fd: int) 
             time.sleep(0.001)
         os.environ[SPEC_ENV] = raw_spec = spec.to_env()  # as an exec'd child's environment says
         code = run_child(raw_spec)
+    except SystemExit as exc:  # sys.exit() in the worker's code: leave as an interpreter would
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except BaseException:
         traceback.print_exc()
     finally:
+        with contextlib.suppress(BaseException):
+            atexit._run_exitfuncs()  # what an interpreter's exit runs (a tracer's last spans, ...)
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()

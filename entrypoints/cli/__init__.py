@@ -1,7 +1,23 @@
-"""The ``corral`` command: ``main`` (``cli/main.py``), its arguments (``parser.py``), the commands
-that talk to a running supervisor (``control.py``) and those that read logs or produce work
-(``files.py``)."""
+"""The ``corral`` command: ``main`` (here: ``run`` launches its zygote first), the commands
+(``cli/main.py``), their arguments (``parser.py``), the commands that talk to a running supervisor
+(``control.py``) and those that read logs or produce work (``files.py``)."""
 
-from corral.entrypoints.cli.main import main
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``corral``. For ``run``, the zygote is launched before anything else is imported
+    (``supervisor/seed.py``): its imports overlap the supervisor's own start."""
+    seed = None
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["run"]:
+        from corral.supervisor.seed import launch_early
+
+        seed = launch_early()
+    from corral.entrypoints.cli.main import main as command
+
+    return command(argv, seed)
+
 
 __all__ = ["main"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from corral.entrypoints.cli.main import main
+from corral.entrypoints.cli import main
 
 sys.exit(main())

@@ -22,12 +22,23 @@ from corral.supervisor import config as config_module
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config, ConfigError, Where
 from corral.supervisor.control import NotRunning
+from corral.supervisor.seed import Seed
 
 # Each command imports what it needs when it runs (below): `corral run` does not pay for the
 # dead-letter tables or the dashboard's client, a `corral status` not for the supervisor.
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, seed: Seed | None = None) -> int:
+    """One command; ``seed``: the zygote ``corral run`` launched first (closed unless a supervisor
+    takes it)."""
+    try:
+        return _command(argv, seed)
+    finally:
+        if seed is not None and not seed.taken:
+            seed.close()
+
+
+def _command(argv: list[str] | None, seed: Seed | None) -> int:
     args = build_parser().parse_args(argv)
     logger.remove()  # `run` sets up its own logging; the control commands only print results
     if args.command != "run":
@@ -50,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         first = problem.splitlines()[-1].strip(" -")
         warn(f"{args.config} does not validate ({first}); the running pool keeps the config it loaded")
     try:
-        return dispatch(args, config, where)
+        return dispatch(args, config, where, seed)
     except NotRunning as exc:
         return fail(problem or str(exc), SupervisorExit.CONFIG if problem else SupervisorExit.NOT_RUNNING)
     except IPCError as exc:
@@ -62,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def dispatch(args: argparse.Namespace, config: Config | None, where: Where) -> int:
+def dispatch(args: argparse.Namespace, config: Config | None, where: Where, seed: Seed | None = None) -> int:
     if args.command == "logs":
         from corral.entrypoints.cli.files import show_logs
 
@@ -70,7 +81,7 @@ def dispatch(args: argparse.Namespace, config: Config | None, where: Where) -> i
     if config is not None and args.command == "run":
         from corral.supervisor.main import Supervisor
 
-        return asyncio.run(Supervisor(config).run())
+        return asyncio.run(Supervisor(config, seed=seed).run())
     if config is not None and args.command in ("enqueue", "publish", "shards"):
         from corral.entrypoints.cli.files import produce, show_shards
 

@@ -582,6 +582,7 @@ def test_the_cli_reaches_a_running_pool_when_the_config_on_disk_is_broken(corral
     assert "does not validate (pool.wokers: unknown key (did you mean 'workers'?))" in status.stderr
     assert c.cli("logs", "supervisor", "-n", "1").returncode == 0
     assert c.cli("logs", "zygote", "-n", "1").returncode == 0  # the zygote's own file
+    assert "was launched by corral run before its config was read" in c.log()  # its imports overlapped ours
     bad = c.cli("logs", "zygot")
     assert bad.returncode == 2 and "'supervisor', 'zygote' or 'redis', got 'zygot'" in bad.stderr
     assert c.cli("reload").returncode == 2  # a reload needs a config that validates

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,13 +19,17 @@ import psutil
 import pytest
 
 from corral.supervisor import WorkerPool, WorkerState
+from corral.supervisor import zygote as zygote_module
+from corral.supervisor.zygote import Zygote
 from tests.integration.conftest import kill_children, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the zygote needs Linux (a subreaper)")
 
 APP = """\
-import os, subprocess, sys, threading, time
+import atexit, os, pathlib, subprocess, sys, threading, time
 from corral.workers import BaseWorker
+
+HERE = pathlib.Path(__file__).parent
 
 VERSION = {version!r}
 if {thread!r}:
@@ -32,6 +38,7 @@ if {thread!r}:
 
 class Worker(BaseWorker):
     async def start(self):
+        atexit.register((HERE / f"exited-{{os.getpid()}}").touch)  # an interpreter's exit runs it
         self.on("version", lambda _d: {{
             "version": VERSION, "pid": os.getpid(), "ppid": os.getppid(),
             "forked": "corral.workers.zygote" in sys.modules,  # an exec'd child never loads it
@@ -100,7 +107,7 @@ async def ask_version(pool: WorkerPool, slot: int) -> dict[str, Any]:
 
 
 def test_children_are_forked_ours_and_healed_from_the_zygote(
-    make_pool: Callable[..., WorkerPool], run: Any
+    make_pool: Callable[..., WorkerPool], app: App, run: Any
 ) -> None:
     async def body() -> None:
         pool = make_pool(2)
@@ -121,9 +128,11 @@ def test_children_are_forked_ours_and_healed_from_the_zygote(
             assert await pool.wait_ready(10)
             assert (await ask_version(pool, 0))["forked"]
             assert zygote_pid(pool) == zygote
+            pids = [c.pid for c in pool.connections()]
         finally:
             await pool.stop(graceful_timeout_s=5)
         assert pool.spawner.zygote is None and gone(zygote)
+        assert all((app.folder / f"exited-{pid}").exists() for pid in pids), "atexit did not run"
 
     run(body(), timeout_s=60)
 
@@ -137,12 +146,14 @@ def test_a_reload_runs_the_code_on_disk_from_a_fresh_zygote(
             assert await pool.spawn_all()
             first = zygote_pid(pool)
             app.write("v2")
+            assert await pool.check_imports(reload=True) == []  # a reload's check: a zygote aside
             restarted = pool.get(1)
             assert restarted is not None
             os.kill(restarted.pid, signal.SIGKILL)  # a crash restart keeps the running code...
             await wait_for(lambda: pool.get(1) not in (None, restarted), 10, "slot 1 replaced")
             assert await pool.wait_ready(10)
             assert (await ask_version(pool, 1))["version"] == "v1"
+            assert zygote_pid(pool) == first
             assert await pool.reload()  # ...a reload takes the new one
             assert zygote_pid(pool) != first
             assert [(await ask_version(pool, s))["version"] for s in (0, 1)] == ["v2", "v2"]
@@ -201,7 +212,11 @@ def test_orphans_of_a_killed_child_are_reaped(make_pool: Callable[..., WorkerPoo
             assert await pool.spawn_all()
             conn = pool.get(0)
             assert conn is not None
-            sleeper = await conn.request("spawn_sleeper", 1.0, timeout_s=5)
+            sleeper = await conn.request("spawn_sleeper", 1.5, timeout_s=5)
+            started = psutil.Process(sleeper).create_time()
+            # a few monitor sweeps (0.1 s) see it below its worker: an orphan we inherit, not a
+            # child some code of ours waits for
+            await wait_for(lambda: time.time() - started > 0.5, 5, "the sleeper seen by the sweeps")
             os.kill(conn.pid, signal.SIGKILL)  # its sleeper becomes ours (the subreaper)...
             await wait_for(lambda: psutil.Process(sleeper).ppid() == os.getpid(), 5, "sleeper adopted")
             await wait_for(lambda: not psutil.pid_exists(sleeper), 10, "sleeper reaped, no zombie")
@@ -216,3 +231,57 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def test_a_fork_that_gets_no_answer_fails_the_start_and_heals(
+    make_pool: Callable[..., WorkerPool], run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(zygote_module, "FORK_TIMEOUT_S", 0.5)
+
+    async def body() -> None:
+        pool = make_pool(1)
+        try:
+            assert await pool.spawn_all()
+            stuck = zygote_pid(pool)
+            os.kill(stuck, signal.SIGSTOP)  # alive, answering nothing
+            conn = pool.get(0)
+            assert conn is not None
+            os.kill(conn.pid, signal.SIGKILL)
+            await wait_for(lambda: gone(stuck), 15, "the stuck zygote closed (killed)")
+            await wait_for(lambda: pool.get(0) not in (None, conn), 15, "slot 0 started again")
+            assert await pool.wait_ready(15)
+            assert (await ask_version(pool, 0))["forked"]  # from a new zygote
+            assert zygote_pid(pool) != stuck
+        finally:
+            await pool.stop(graceful_timeout_s=5)
+
+    run(body(), timeout_s=60)
+
+
+def test_a_fork_cancelled_in_flight_leaves_no_child(app: App, run: Any) -> None:
+    async def body() -> None:
+        pool = WorkerPool("test", 1, app.target, env={"PYTHONPATH": str(app.folder)}, ready_timeout_s=20)
+        template = pool.child_spec(0, -1)
+        zygote = await Zygote.start(template, pool.settings, lambda _data: None)
+        assert isinstance(zygote, Zygote)
+        ours, theirs = socket.socketpair()
+        try:
+            before = {p.pid for p in psutil.Process().children()}
+            forking = asyncio.ensure_future(
+                zygote.fork(pool.child_spec(0, theirs.fileno()), theirs.fileno(), print)
+            )
+            await asyncio.sleep(0.001)  # the request is out
+            forking.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await forking
+
+            def strays() -> set[int]:
+                return {p.pid for p in psutil.Process().children()} - before - {zygote.pid}
+
+            await wait_for(lambda: all(gone(pid) for pid in strays()), 10, "the forked child killed")
+        finally:
+            ours.close()
+            theirs.close()
+            await zygote.close()
+
+    run(body(), timeout_s=60)
