@@ -17,11 +17,11 @@ _PRCTL: Callable[..., int] | None = (
 AVAILABLE = _PRCTL is not None
 
 
-def die_with_parent() -> None:
-    """SIGTERM to this process when its parent dies, even by SIGKILL (kept across exec). Runs in a
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """``sig`` to this process when its parent dies, even by SIGKILL (kept across exec). Runs in a
     forked child before exec (a ``preexec_fn``): one prctl call, resolved before any fork."""
     if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+        _PRCTL(PR_SET_PDEATHSIG, sig)
 
 
 def become_subreaper() -> bool:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from corral.contract import CHILD_MODULE, ZYGOTE_FD_ENV, ZYGOTE_FLAG
 from corral.supervisor import linux
@@ -70,7 +72,7 @@ def launch(
     extra_env: Mapping[str, str] | None = None,
     cwd: str | None = None,
 ) -> Seed:
-    """Start a zygote (SIGTERMed if we die); it imports corral's child runtime, then waits."""
+    """Start a zygote (SIGKILLed if we die); it imports corral's child runtime, then waits."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     read_fd, write_fd = os.pipe()
     argv = (python, *bootstrap, ZYGOTE_FLAG)
@@ -85,7 +87,8 @@ def launch(
             stdout=write_fd,
             stderr=write_fd,
             close_fds=True,
-            preexec_fn=linux.die_with_parent if linux.AVAILABLE else None,  # noqa: PLW1509 - no threads yet
+            # SIGKILL: it holds nothing, and it ignores SIGTERM (a signal to the whole group is ours)
+            preexec_fn=partial(linux.die_with_parent, signal.SIGKILL) if linux.AVAILABLE else None,  # noqa: PLW1509
         )
     except BaseException:
         ours.close()

@@ -44,8 +44,10 @@ REPARENT_TIMEOUT_S = 2.0  # the go-between exits right after its fork: this is a
 def serve() -> int:
     """The zygote's whole life: learn its template, preload, report, fork children until the
     supervisor hangs up."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
-    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    # a signal to the whole group (Ctrl-C, a service's stop) is the supervisor's to act on: it
+    # closes us (we leave at its socket's end, or by SIGKILL when it dies: PR_SET_PDEATHSIG)
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     try:
         sock = socket.socket(fileno=int(os.environ.pop(ZYGOTE_FD_ENV)))
         template, _ = fdpass.recv(sock)  # corral's runtime is imported: now the app's code
@@ -149,6 +151,7 @@ def _become_child(sock: socket.socket, raw_spec: str, ipc_fd: int, out_fd: int) 
     """In the forked child: take its descriptors, wait to be the supervisor's, boot; never returns."""
     code: int = ExitCode.CRASHED
     try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the zygote ignores it; a child stops on it
         sock.close()
         os.dup2(out_fd, 1)
         os.dup2(out_fd, 2)
