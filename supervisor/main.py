@@ -391,6 +391,7 @@ class Supervisor:
             uptime_s=round(time.monotonic() - self.started_at, 3),
             rss_bytes=psutil.Process().memory_info().rss,
             redis_url=redacted(self.redis_url) if self.redis_url else None,
+            spawn=self.pool.spawner.describe(self.pool.settings),
             config=str(self.config.path),
             config_digest=self.config.digest,
             slots=slot_rows(self.pool),

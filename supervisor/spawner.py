@@ -56,6 +56,14 @@ class Spawner:
             return SpawnMethod.EXEC
         return SpawnMethod.ZYGOTE
 
+    def describe(self, settings: PoolSettings) -> str:
+        """How children start now (``corral status``): ``zygote pid N``, or ``exec`` and why."""
+        if self.zygote is not None and self.zygote.alive:
+            return f"zygote pid {self.zygote.pid}"
+        if self.method(settings) is SpawnMethod.EXEC:
+            return "exec"
+        return f"exec ({self.exec_reason})" if self.exec_reason else "zygote (starting)"
+
     async def prepare(self, template: ChildSpec, settings: PoolSettings, reload: bool = False) -> list[str]:
         """Import the children's code afresh (a new zygote, or a throwaway exec'd child); the
         problems found, one line each (empty: fine). ``reload``: the check of a reload that follows;

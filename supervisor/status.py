@@ -81,6 +81,7 @@ class Status(TypedDict):
     uptime_s: float
     rss_bytes: int
     redis_url: str | None
+    spawn: str  # how children start now: "zygote pid N", or "exec" and why
     config: str  # the config file the pool runs, and the sha256 of it as loaded
     config_digest: str
     slots: list[SlotRow]

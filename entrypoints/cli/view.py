@@ -32,6 +32,7 @@ def render(
     head = (
         f"pool {status['pool']}  supervisor pid {status['pid']}  {status['state']}  "
         f"up {duration(status['uptime_s'])}  rss {status['rss_bytes'] / 2**20:.1f} MB"
+        + (f"  children from: {status['spawn']}" if status.get("spawn") else "")
     )
     parts: list[RenderableType] = [Text(head), slots_table(status["slots"])]
     work = work_table(status.get("work") or {})

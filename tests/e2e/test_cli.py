@@ -579,6 +579,7 @@ def test_the_cli_reaches_a_running_pool_when_the_config_on_disk_is_broken(corral
     c.config.write_text(good.replace("workers = 2", "workers = 2\nwokers = 3"))
     status = c.cli("status")
     assert status.returncode == 0 and "ready" in status.stdout
+    assert "children from: zygote pid" in status.stdout
     assert "does not validate (pool.wokers: unknown key (did you mean 'workers'?))" in status.stderr
     assert c.cli("logs", "supervisor", "-n", "1").returncode == 0
     assert c.cli("logs", "zygote", "-n", "1").returncode == 0  # the zygote's own file
