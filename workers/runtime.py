@@ -74,6 +74,24 @@ class ChildRuntime:
         self.stop_mode = loop.create_future()
         sock = socket.socket(fileno=self.spec.fd)
         channel = await Channel.open(sock, name=f"worker-{self.spec.slot}")
+        # a stop may come at any moment, before we are ready too: it is never lost
+        channel.on(Event.STOP, self._on_stop)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, StopMode.GRACEFUL)
+        boot = asyncio.ensure_future(self._boot(channel))
+        racing: list[asyncio.Future[Any]] = [boot, self.stop_mode]
+        await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        if not boot.done():  # stopped while starting: nothing taken yet, nothing to hand back
+            boot.cancel()
+            await asyncio.gather(boot, return_exceptions=True)
+            self.log.info("stopped before it was ready")
+            if self.consumers is not None:
+                await self.consumers.close()
+            return self._leave(channel, ExitCode.OK)
+        failed = boot.result()
+        return failed if failed is not None else await self._work(channel)
+
+    async def _boot(self, channel: Channel) -> int | None:
+        """Everything before ``ready``: None when it went well, else the exit code."""
         spec = self.spec
         context = WorkerContext(
             spec.slot,
@@ -90,9 +108,7 @@ class ChildRuntime:
         except LoadError as exc:
             self.log.error("boot failed: {}", exc)
             return ExitCode.BOOT_IMPORT
-        channel.on(Event.STOP, self._on_stop)
         channel.on(Event.STATS, lambda _data: self.worker.stats())
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop, StopMode.GRACEFUL)
         try:
             await self.worker.start()
         except Exception:
@@ -108,7 +124,7 @@ class ChildRuntime:
             channel.on(Event.REVOKE, consumers.revoke)
         if not self.worker.ready_announced:  # a start() that forgot super().start()
             await BaseWorker.start(self.worker)
-        return await self._work(channel)
+        return None
 
     async def _make_consumers(self, context: WorkerContext) -> Consumers | None:
         work = WorkSpec.from_json(self.spec.work)
@@ -161,8 +177,11 @@ class ChildRuntime:
         if self.consumers is not None:
             await self.consumers.close()
         self._push_stats(channel)
-        channel.close("child exiting")
         closed.cancel()
+        return self._leave(channel, code)
+
+    def _leave(self, channel: Channel, code: int) -> int:
+        channel.close("child exiting")
         # Exiting now: a late SIGTERM (PR_SET_PDEATHSIG of a dead supervisor) must not turn a clean
         # exit into "killed by SIGTERM" once asyncio.run has removed our handler.
         asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)

@@ -215,6 +215,23 @@ def test_ready_timeout_kills_and_counts_a_failure(make_pool: Callable[..., Worke
     run(body())
 
 
+def test_a_child_stopped_while_starting_exits_at_once(make_pool: Callable[..., WorkerPool], run: Any) -> None:
+    """A stop that reaches a child before it is ready (here: its start() never ends) is not lost
+    until the ladder's SIGTERM/SIGKILL: the child leaves at once, cleanly (it holds no work)."""
+
+    async def body() -> None:
+        pool = make_pool(1, "SlowStart", ready_timeout_s=60.0)
+        exits: list[WorkerConnection] = []
+        pool.on("exit", exits.append)
+        assert not await pool.spawn_all(timeout_s=0.5)
+        started = time.monotonic()
+        await pool.stop(graceful_timeout_s=30)
+        assert time.monotonic() - started < 5, "the starting child waited for the stop ladder"
+        assert [c.process.returncode for c in exits] == [0]
+
+    run(body())
+
+
 def test_bad_import_path_is_fatal_at_once(make_pool: Callable[..., WorkerPool], run: Any) -> None:
     async def body() -> None:
         pool = make_pool(2, "DoesNotExist")
