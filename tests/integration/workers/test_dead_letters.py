@@ -151,11 +151,11 @@ def test_list_filters_retry_resets_the_attempt_and_purge(redis_any: Any, run: An
 
 def test_concurrent_retries_move_each_letter_exactly_once(redis_any: Any, run: Any) -> None:
     """Three bulk actions race over the same 3,000 letters: every letter ends up back in its queue or
-    purged, exactly once; nothing stays, nothing doubles."""
+    purged, exactly once; nothing stays, nothing doubles. Whether two actions reach the same letter
+    in one round is up to scheduling: rounds repeat (each checked) until one shows it."""
 
-    async def body() -> None:
-        r = client(redis_any.url)
-        n = 3000
+    async def round_of(r: Any, n: int) -> bool:
+        await r.delete(KEYS.dead("dq"), "dq")
         await planted(r, "dq", [record("dq", i, age_s=float(n - i)) for i in range(n)])
         dq = target(redis_any.url, "dq")
         clients = [client(redis_any.url) for _ in range(3)]
@@ -167,11 +167,19 @@ def test_concurrent_retries_move_each_letter_exactly_once(redis_any: Any, run: A
         for c in clients:
             await c.aclose()
         print(f"race on {redis_any.kind}: all {moved_all}, user1 {moved_ones}/1111, user29 {purged}/111")
-        assert moved_ones + purged < 1111 + 111, (moved_ones, purged)  # they really raced
         assert moved_all + moved_ones + purged == n
         queued = [job["id"] for job in await queue_jobs(r, "dq")]
         assert len(queued) == len(set(queued)) == moved_all + moved_ones
         assert await r.llen(KEYS.dead("dq")) == 0
+        return moved_ones + purged < 1111 + 111  # the full retry took some of theirs: they raced
+
+    async def body() -> None:
+        r = client(redis_any.url)
+        for _ in range(5):
+            if await round_of(r, 3000):
+                break
+        else:
+            raise AssertionError("in 5 rounds, no two actions reached the same letters")
         await r.aclose()
 
     run(body())
