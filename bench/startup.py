@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
+from bench.idle import corral  # noqa: E402
 from bench.report import update_doc  # noqa: E402
 from bench.server import Server  # noqa: E402
 
@@ -48,11 +49,6 @@ _, job = r.brpop(["bench:start"], timeout=30)
 r.set("bench:done", repr(time.time()))
 """
 SYSTEMS = ("raw redis-py loop", "corral run, given URL", "corral run, embedded server")
-
-
-def corral_argv() -> list[str]:
-    script = Path(sys.executable).parent / "corral"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "corral.entrypoints.cli"]
 
 
 def config(folder: Path, url: str | None) -> Path:
@@ -113,7 +109,7 @@ def run_corral(url: str | None, server: Server) -> float:
             client = redis.Redis(unix_socket_path=str(Path(tmp) / "run" / "redis.sock"))
         with log.open("wb") as out:
             started = time.time()
-            proc = subprocess.Popen([*corral_argv(), "run", "-c", str(path)], cwd=tmp, stdout=out, stderr=out)
+            proc = subprocess.Popen(corral("run", "-c", str(path)), cwd=tmp, stdout=out, stderr=out)
         try:
             if not url:
                 push_when_up(client, proc)

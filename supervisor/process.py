@@ -11,11 +11,10 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from corral.supervisor import linux
+from corral.supervisor.seed import start_piped
 
 STATUS_LOST = 255  # the exit code of a child reaped by somebody else (as a shell says for one)
 OutputSink = Callable[[bytes], None]  # called with each chunk of output, and b"" at its end
@@ -110,26 +109,14 @@ async def spawn(
     """Start a child with stdout+stderr on a pipe read by the event loop; ``new_session``: in a
     session (and process group) of its own, out of reach of signals sent to ours; ``die_with_parent``:
     SIGTERM to it when we die, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``, kept across exec)."""
-    read_fd, write_fd = os.pipe()
-    try:
-        popen = subprocess.Popen(  # noqa: ASYNC220 - fork+exec is quick; no blocking wait here
-            list(argv),
-            env=env,
-            cwd=cwd,
-            pass_fds=tuple(pass_fds),
-            stdin=subprocess.DEVNULL,
-            stdout=write_fd,
-            stderr=write_fd,
-            close_fds=True,
-            start_new_session=new_session,
-            # the supervisor forks from its one event-loop thread: a preexec_fn is safe here
-            preexec_fn=linux.die_with_parent if die_with_parent and linux.AVAILABLE else None,  # noqa: PLW1509
-        )
-    except BaseException:
-        os.close(read_fd)
-        raise
-    finally:
-        os.close(write_fd)
+    popen, read_fd = start_piped(
+        argv,
+        env=env,
+        pass_fds=pass_fds,
+        cwd=cwd,
+        new_session=new_session,
+        death_signal=signal.SIGTERM if die_with_parent else None,
+    )
     try:
         done = await read_output(read_fd, on_output)
     except BaseException:

@@ -3,7 +3,8 @@ it imports the rest of the supervisor, so that the zygote's imports (corral's ch
 loguru) overlap the supervisor's own start; the pool's spawner adopts it once it knows the
 children's spec (``Zygote.start(..., seed=...)``), and the zygote then imports the app.
 
-Imports nothing but the standard library, the contract and ``linux``."""
+``start_piped`` is how the supervisor starts any process. Imports nothing but the standard library,
+the contract and ``linux``."""
 
 from __future__ import annotations
 
@@ -66,37 +67,63 @@ class Seed:
             self.process.wait()
 
 
+def start_piped(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    pass_fds: Sequence[int],
+    cwd: str | None = None,
+    new_session: bool = False,
+    death_signal: int | None = None,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``argv`` with its stdout and stderr on a new pipe, whose read end is returned (ours to
+    read and close); ``new_session``: out of reach of signals sent to our group; ``death_signal``:
+    sent to it when we die, even by SIGKILL (``PR_SET_PDEATHSIG``, kept across exec). The one way
+    the supervisor starts a process, before its event loop runs (``launch``) or on it (``spawn``)."""
+    read_fd, write_fd = os.pipe()
+    die = partial(linux.die_with_parent, death_signal) if death_signal and linux.AVAILABLE else None
+    try:
+        popen = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            pass_fds=tuple(pass_fds),
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            close_fds=True,
+            start_new_session=new_session,
+            preexec_fn=die,  # noqa: PLW1509 - one prctl call, from the only thread that forks
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return popen, read_fd
+
+
 def launch(
     python: str = sys.executable,
     bootstrap: Sequence[str] = BOOTSTRAP,
     extra_env: Mapping[str, str] | None = None,
     cwd: str | None = None,
 ) -> Seed:
-    """Start a zygote (SIGKILLed if we die); it imports corral's child runtime, then waits."""
+    """Start a zygote (SIGKILLed if we die: it holds nothing, and it ignores SIGTERM, since a
+    signal to the whole group is ours); it imports corral's child runtime, then waits."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    read_fd, write_fd = os.pipe()
     argv = (python, *bootstrap, ZYGOTE_FLAG)
     extra = dict(extra_env or {})
+    env = {**base_env(extra), ZYGOTE_FD_ENV: str(theirs.fileno())}
     try:
-        process = subprocess.Popen(
-            argv,
-            env={**base_env(extra), ZYGOTE_FD_ENV: str(theirs.fileno())},
-            cwd=cwd,
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stdout=write_fd,
-            stderr=write_fd,
-            close_fds=True,
-            # SIGKILL: it holds nothing, and it ignores SIGTERM (a signal to the whole group is ours)
-            preexec_fn=partial(linux.die_with_parent, signal.SIGKILL) if linux.AVAILABLE else None,  # noqa: PLW1509
+        process, read_fd = start_piped(
+            argv, env=env, pass_fds=(theirs.fileno(),), cwd=cwd, death_signal=signal.SIGKILL
         )
     except BaseException:
         ours.close()
-        os.close(read_fd)
         raise
     finally:
         theirs.close()
-        os.close(write_fd)
     return Seed(process, ours, read_fd, argv, extra, cwd)
 
 

@@ -116,8 +116,8 @@ class Spawner:
 
     def reap_strays(self, known: set[int]) -> None:
         """Reap orphans of our descendants that became ours as the subreaper (see ``StrayReaper``)."""
-        if self.zygote is not None or self._strays.active:
-            self._strays.reap(known | ({self.zygote.process.pid} if self.zygote else set()))
+        if self._strays.active:  # set when the first zygote starts
+            self._strays.reap(known | ({self.zygote.pid} if self.zygote else set()))
 
     async def close(self) -> None:
         zygote, self.zygote = self.zygote, None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from corral.contract import SPEC_ENV, ChildSpec, ExitCode, ZygoteReply
+from corral.contract import ChildSpec, ExitCode, ZygoteReply
 from corral.ipc import ProtocolError, fdpass
 from corral.ipc.errors import EndOfStream
 from corral.supervisor.process import ChildProcess, OutputSink, adopt, read_output
@@ -87,11 +87,8 @@ class Zygote:
             seed.process.wait()
             raise
         process = ChildProcess(seed.process.pid, done, seed.process.wait)
-        try:
-            env = {**settings.env, SPEC_ENV: template.to_env()}
-            fdpass.send(parent, {"spec": template.to_env(), "env": env})
-        except OSError:
-            pass  # it died already: the reply below says so
+        with contextlib.suppress(OSError):  # it died already: the reply below says so
+            fdpass.send(parent, {"spec": template.to_env(), "env": settings.env})
         parent.setblocking(False)
         try:
             reply = await asyncio.wait_for(fdpass.arecv(parent), settings.ready_timeout_s)
@@ -99,7 +96,7 @@ class Zygote:
             process.signal(signal.SIGKILL)  # still importing: it will not be used
             reply = {ZygoteReply.PROBLEMS: [_no_answer(exc, None, settings)]}
         except (EndOfStream, ProtocolError, OSError) as exc:
-            reply = {ZygoteReply.PROBLEMS: [_no_answer(exc, await _ended(process), settings)]}
+            reply = {ZygoteReply.PROBLEMS: [_no_answer(exc, await process.wait(CLOSE_TIMEOUT_S), settings)]}
         except BaseException:
             await _end(process, parent)
             raise
@@ -182,10 +179,6 @@ def _no_answer(exc: BaseException, code: int | None, settings: PoolSettings) -> 
     if isinstance(exc, TimeoutError):
         return f"importing the worker and handlers took over {settings.ready_timeout_s:g}s"
     return f"the zygote ended before it was ready: {ExitCode.describe(code)}"
-
-
-async def _ended(process: ChildProcess) -> int | None:
-    return await process.wait(CLOSE_TIMEOUT_S)
 
 
 async def _end(process: ChildProcess, sock: socket.socket | None, timeout_s: float = CLOSE_TIMEOUT_S) -> None:

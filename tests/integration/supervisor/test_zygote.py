@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from corral.supervisor import WorkerPool, WorkerState
+from corral.supervisor import WorkerConnection, WorkerPool, WorkerState
 from corral.supervisor import zygote as zygote_module
 from corral.supervisor.zygote import Zygote
 from tests.integration.conftest import kill_children, wait_for
@@ -99,6 +99,17 @@ def zygote_pid(pool: WorkerPool) -> int:
     return pool.spawner.zygote.pid
 
 
+async def kill_and_replace(pool: WorkerPool, slot: int) -> WorkerConnection:
+    """SIGKILL the slot's child; once it is reaped and a new child is ready, the old one."""
+    victim = pool.get(slot)
+    assert victim is not None
+    os.kill(victim.pid, signal.SIGKILL)
+    assert await victim.process.wait(10) is not None, "the killed child was not reaped"
+    await wait_for(lambda: pool.get(slot) not in (None, victim), 10, f"slot {slot} replaced")
+    assert await pool.wait_ready(10)
+    return victim
+
+
 async def ask_version(pool: WorkerPool, slot: int) -> dict[str, Any]:
     conn = pool.get(slot)
     assert conn is not None
@@ -120,12 +131,8 @@ def test_children_are_forked_ours_and_healed_from_the_zygote(
                 assert answer["forked"]
                 assert psutil.Process(answer["pid"]).cmdline()[0] == f"corral: test worker {slot}"
             assert psutil.Process(zygote).cmdline()[0] == "corral: test zygote"
-            victim = pool.get(0)
-            assert victim is not None
-            os.kill(victim.pid, signal.SIGKILL)
-            assert await victim.process.wait(10) == -signal.SIGKILL  # we reap it: its real code
-            await wait_for(lambda: pool.get(0) not in (None, victim), 10, "slot 0 replaced")
-            assert await pool.wait_ready(10)
+            victim = await kill_and_replace(pool, 0)
+            assert victim.process.returncode == -signal.SIGKILL  # we reap it: its real code
             assert (await ask_version(pool, 0))["forked"]
             assert zygote_pid(pool) == zygote
             pids = [c.pid for c in pool.connections()]
@@ -147,11 +154,7 @@ def test_a_reload_runs_the_code_on_disk_from_a_fresh_zygote(
             first = zygote_pid(pool)
             app.write("v2")
             assert await pool.check_imports(reload=True) == []  # a reload's check: a zygote aside
-            restarted = pool.get(1)
-            assert restarted is not None
-            os.kill(restarted.pid, signal.SIGKILL)  # a crash restart keeps the running code...
-            await wait_for(lambda: pool.get(1) not in (None, restarted), 10, "slot 1 replaced")
-            assert await pool.wait_ready(10)
+            await kill_and_replace(pool, 1)  # a crash restart keeps the running code...
             assert (await ask_version(pool, 1))["version"] == "v1"
             assert zygote_pid(pool) == first
             assert await pool.reload()  # ...a reload takes the new one
@@ -195,9 +198,7 @@ def test_exec_spawning_and_a_dead_zygote(make_pool: Callable[..., WorkerPool], r
             conn = pool.get(0)
             assert conn is not None and conn.state is WorkerState.READY
             await ask_version(pool, 0)
-            os.kill(conn.pid, signal.SIGKILL)  # its replacement comes from a new zygote
-            await wait_for(lambda: pool.get(0) not in (None, conn), 10, "slot 0 replaced")
-            assert await pool.wait_ready(10)
+            await kill_and_replace(pool, 0)  # its replacement comes from a new zygote
             assert (await ask_version(pool, 0))["forked"]
         finally:
             await asyncio.gather(execd.stop(graceful_timeout_s=5), pool.stop(graceful_timeout_s=5))
