@@ -16,9 +16,10 @@ run, and the cluster client follows them.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import redis as redis_sync
@@ -26,14 +27,20 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
-from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import Sentinel as _AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import Sentinel as _Sentinel
+from redis.sentinel import SentinelConnectionPool
 
 from corral.contract import RedisSpec
+
+# redis-py's Sentinel classes are untyped in some releases and typed in others: typed here, once, as
+# what corral uses of them, so the type check passes on every release the dependency range allows.
+AsyncSentinel = cast(Callable[..., Any], _AsyncSentinel)
+Sentinel = cast(Callable[..., Any], _Sentinel)
 
 SENTINEL_SCHEME = "redis+sentinel"
 
@@ -157,7 +164,7 @@ def make_client(spec: RedisSpec, kind: Kind) -> Any:
         return Cluster.from_url(spec.url, retry=no_retry, **_options(spec))
     if kind is Kind.SENTINEL:
         target = parse_sentinel_url(spec.url)
-        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+        sentinel = AsyncSentinel(
             list(target.sentinels),
             sentinel_kwargs={"socket_timeout": spec.connect_timeout_s},
             socket_timeout=spec.socket_timeout_s,
@@ -188,10 +195,10 @@ def connect_sync(spec: RedisSpec) -> Any:
         return redis_sync.RedisCluster.from_url(spec.url, retry=Retry(NoBackoff(), 0), **_options(spec))
     if kind is Kind.SENTINEL:
         target = parse_sentinel_url(spec.url)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(
             list(target.sentinels), sentinel_kwargs={"socket_timeout": spec.connect_timeout_s}
         )
-        return sentinel.master_for(  # type: ignore[no-untyped-call]
+        return sentinel.master_for(
             target.service, db=target.db, username=target.username, password=target.password, **_options(spec)
         )
     return redis_sync.Redis.from_url(spec.url, **_options(spec))

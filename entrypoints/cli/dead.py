@@ -34,7 +34,7 @@ from rich.text import Text
 
 from corral.entrypoints.cli.files import DURATION, UNIT_S, iso_time_s
 from corral.entrypoints.cli.jobs import operations
-from corral.entrypoints.cli.say import fail
+from corral.entrypoints.cli.say import fail, unreachable
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config, redacted
 from corral.workers.control.catalog import Catalog, Target, UnknownName
@@ -137,7 +137,7 @@ async def connected(config: Config, order: Order) -> int:
         async with operations(config) as ops:
             return await ACTIONS[order.action](ops.dead, order, config)
     except UNREACHABLE as exc:
-        return fail(f"cannot reach Redis at {redacted(url)}: {exc}", SupervisorExit.NOT_RUNNING)
+        return fail(unreachable(config, exc), SupervisorExit.NOT_RUNNING)
     except CannotRetry as exc:
         return fail(f"dead {order.action}: {exc}", SupervisorExit.FAILED)
     except RedisError as exc:

@@ -15,9 +15,9 @@ from typing import Any
 
 import redis as redis_py
 
-from corral.entrypoints.cli.say import fail
+from corral.entrypoints.cli.say import fail, unreachable
 from corral.supervisor.actions import SupervisorExit
-from corral.supervisor.config import Config, redacted
+from corral.supervisor.config import Config
 from corral.workers.keys import queue_shards
 from corral.workers.producer import DuplicateJob, enqueue, publish
 from corral.workers.topology import connect_sync
@@ -38,7 +38,7 @@ def produce(config: Config, args: argparse.Namespace) -> int:
     try:
         client = redis_client(config)
     except redis_py.RedisError as exc:
-        return fail(f"cannot reach Redis at {redacted(config.redis_url)}: {exc}", SupervisorExit.NOT_RUNNING)
+        return fail(unreachable(config, exc), SupervisorExit.NOT_RUNNING)
     try:
         if args.command == "enqueue":
             shards = declared_shards(config, args.queue)
@@ -64,7 +64,7 @@ def produce(config: Config, args: argparse.Namespace) -> int:
     except ValueError as exc:
         return fail(f"{args.command}: {exc}", SupervisorExit.CONFIG)
     except redis_py.RedisError as exc:
-        return fail(f"cannot reach Redis at {redacted(config.redis_url)}: {exc}", SupervisorExit.NOT_RUNNING)
+        return fail(unreachable(config, exc), SupervisorExit.NOT_RUNNING)
     finally:
         client.close()
     return 0

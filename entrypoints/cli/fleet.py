@@ -13,6 +13,7 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from corral.entrypoints.cli.say import unreachable
 from corral.entrypoints.cli.view import table_of
 from corral.supervisor.config import Config, redacted
 from corral.workers.fleet import snapshot
@@ -49,7 +50,7 @@ async def fleet_of(config: Config | None) -> dict[str, Any] | None:
     try:
         client = await connect(spec)
     except (RedisError, OSError, ValueError) as exc:
-        return {"error": f"cannot reach Redis at {redacted(config.redis_url)}: {exc}"}
+        return {"error": unreachable(config, exc)}
     try:
         keys = Keys(config.work.redis.key_prefix)
         fleet = await asyncio.wait_for(

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from corral.entrypoints.cli.say import fail
+from corral.entrypoints.cli.say import fail, unreachable
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config, redacted
 from corral.workers.audit import Report, audit
@@ -47,7 +47,7 @@ async def inspect(config: Config, args: argparse.Namespace) -> int:
         keys = Keys(config.work.redis.key_prefix)
         report = await audit(client, keys, config.pool_name, audited_streams(config))
     except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
-        return fail(f"cannot reach Redis at {redacted(url)}: {exc}", SupervisorExit.NOT_RUNNING)
+        return fail(unreachable(config, exc), SupervisorExit.NOT_RUNNING)
     except RedisError as exc:
         return fail(f"inspect: Redis at {redacted(url)} answered with an error: {exc}", SupervisorExit.FAILED)
     finally:

@@ -23,7 +23,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from corral.entrypoints.cli.say import fail
+from corral.entrypoints.cli.say import fail, unreachable
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config, redacted
 from corral.workers.control.catalog import UnknownName
@@ -65,7 +65,7 @@ def with_operations(config: Config, action: Callable[[Operations], Awaitable[int
     except UnknownName as exc:
         return fail(str(exc), SupervisorExit.CONFIG)
     except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
-        return fail(f"cannot reach Redis at {redacted(config.redis_url)}: {exc}", SupervisorExit.NOT_RUNNING)
+        return fail(unreachable(config, exc), SupervisorExit.NOT_RUNNING)
     except RedisError as exc:
         return fail(
             f"Redis at {redacted(config.redis_url)} answered with an error: {exc}", SupervisorExit.FAILED

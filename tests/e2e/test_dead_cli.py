@@ -194,3 +194,12 @@ def test_redis_away_is_one_line_and_exit_5(tmp_path: Path) -> None:
         done = dead(config, *args)
         assert done.returncode == 5, (args, done.stdout, done.stderr)
         assert done.stderr.count("\n") == 1 and "cannot reach Redis at unix://" in done.stderr, done.stderr
+
+
+def test_the_embedded_server_away_says_it_runs_only_with_the_pool(tmp_path: Path) -> None:
+    config = tmp_path / "corral.toml"  # no [redis] url: the embedded Valkey, which is not running
+    config.write_text('[[queues]]\nnames = ["jobs"]\nhandler = "a:b"\n')
+    done = dead(str(config), "list", "jobs")
+    assert done.returncode == 5, (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "the embedded Valkey runs only while `corral run` does" in done.stderr, done.stderr

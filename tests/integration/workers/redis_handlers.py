@@ -281,3 +281,16 @@ def batch_insert(jobs: list[Job]) -> None:
 
     with sqlite3.connect(jobs[0].data["db"], timeout=10) as db:
         db.executemany("INSERT INTO rows (id, n) VALUES (?, ?)", [(job.id, job.data["n"]) for job in jobs])
+
+
+def mark_sync(job: Job) -> None:
+    """Sleeps ``job.data["s"]`` in its thread between two marks appended to the file ``job.data["out"]``:
+    ``start|end <job n> <attempt> <pid> <unix s>``, for tests that count overlaps of runs."""
+
+    def mark(what: str) -> None:
+        with open(job.data["out"], "a") as handle:
+            handle.write(f"{what} {job.data['n']} {job.attempt} {os.getpid()} {time.time()}\n")
+
+    mark("start")
+    time.sleep(job.data["s"])
+    mark("end")

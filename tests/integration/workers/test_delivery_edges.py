@@ -536,3 +536,27 @@ def _lose_first_delete(delete: Any) -> Any:
         return int(await delete(*keys))
 
     return maybe
+
+
+def test_sync_handlers_of_one_batch_overlap_up_to_concurrency(
+    redis_any: Any, local_worker: Any, run: Any, tmp_path: Any
+) -> None:
+    """Sync handlers run in the child's threads, so ``concurrency = 2`` runs two at once."""
+
+    async def body() -> None:
+        r = client(redis_any.url)
+        out = tmp_path / "marks"
+        await r.lpush("cq", *[encode_job({"n": n, "s": 0.5, "out": str(out)}) for n in range(2)])
+        work = queue_work(redis_any.url, names=("cq",), handler=f"{H}:mark_sync", concurrency=2)
+        worker = await local_worker(work)
+        try:
+            await wait_for(lambda: out.exists() and out.read_text().count("end") == 2, what="2 ends")
+        finally:
+            await worker.stop()
+        times = {
+            (w, n): float(t) for w, n, _a, _p, t in (line.split() for line in out.read_text().splitlines())
+        }
+        assert times[("start", "1")] < times[("end", "0")] and times[("start", "0")] < times[("end", "1")]
+        await r.aclose()
+
+    run(body())
