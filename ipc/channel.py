@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from loguru import logger
@@ -144,9 +144,15 @@ class Channel:
         }
 
     @classmethod
-    async def open(cls, sock: socket.socket, **options: Any) -> Channel:
-        """Wrap a connected stream socket (one end of ``ipc.socketpair()``) in a channel."""
+    async def open(
+        cls, sock: socket.socket, handlers: Mapping[str, Handler] | None = None, **options: Any
+    ) -> Channel:
+        """Wrap a connected stream socket (one end of ``ipc.socketpair()``) in a channel. ``handlers``
+        are registered before the first read: a message the peer sent already finds them (one
+        registered after ``open`` may miss what arrived while it connected)."""
         channel = cls(**options)
+        for event, handler in (handlers or {}).items():
+            channel.on(event, handler)
         transport, _ = await channel._loop.create_unix_connection(lambda: _Protocol(channel), sock=sock)
         transport.set_write_buffer_limits(high=channel.high_water_bytes)
         channel._transport = channel._writer.transport = transport

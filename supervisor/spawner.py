@@ -119,6 +119,10 @@ class Spawner:
         if self._strays.active:  # set when the first zygote starts
             self._strays.reap(known | ({self.zygote.pid} if self.zygote else set()))
 
+    def saw_below_a_child(self, pid: int) -> bool:
+        """Whether a sweep of ``reap_strays`` saw ``pid`` below one of our children (an orphan to be)."""
+        return self._strays.saw(pid)
+
     async def close(self) -> None:
         zygote, self.zygote = self.zygote, None
         if zygote is not None:

@@ -25,6 +25,10 @@ class StrayReaper:
         self._grandchildren: set[int] = set()  # pids seen below one of our children
         self._zombie_since: dict[int, float] = {}
 
+    def saw(self, pid: int) -> bool:
+        """Whether a sweep saw ``pid`` below one of our children (then reaped once it is ours)."""
+        return pid in self._grandchildren
+
     def reap(self, known: set[int]) -> None:
         """One sweep; ``known``: pids of our own (workers, the zygote), watched by their pidfds."""
         me = os.getpid()

@@ -73,9 +73,9 @@ class ChildRuntime:
         loop = asyncio.get_running_loop()
         self.stop_mode = loop.create_future()
         sock = socket.socket(fileno=self.spec.fd)
-        channel = await Channel.open(sock, name=f"worker-{self.spec.slot}")
-        # a stop may come at any moment, before we are ready too: it is never lost
-        channel.on(Event.STOP, self._on_stop)
+        # a stop may come at any moment, before we are ready too (even before the channel's first
+        # read): it is never lost
+        channel = await Channel.open(sock, {Event.STOP: self._on_stop}, name=f"worker-{self.spec.slot}")
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, StopMode.GRACEFUL)
         boot = asyncio.ensure_future(self._boot(channel))
         racing: list[asyncio.Future[Any]] = [boot, self.stop_mode]

@@ -806,3 +806,24 @@ def test_close_flushes_what_was_sent(spawn_peer: Spawn, run: Run) -> None:
         assert await peer.wait_exit() == 0
 
     run(main())
+
+
+def test_handlers_given_to_open_see_what_arrived_before_it(run: Run) -> None:
+    """A child's stop may be in the socket before its channel is open: handlers handed to ``open``
+    are in place for the first read (one registered after ``open`` may have missed it)."""
+    from corral.ipc import socketpair
+
+    async def body() -> None:
+        ours, theirs = socketpair()
+        sender = await Channel.open(ours)
+        sender.send("stop", {"mode": "graceful"})
+        await sender.drain()
+        got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        receiver = await Channel.open(theirs, {"stop": got.set_result})
+        try:
+            assert await asyncio.wait_for(got, FAST_S) == {"mode": "graceful"}
+        finally:
+            sender.close("test finished")
+            receiver.close("test finished")
+
+    run(body())

@@ -9,7 +9,6 @@ import signal
 import socket
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -214,10 +213,9 @@ def test_orphans_of_a_killed_child_are_reaped(make_pool: Callable[..., WorkerPoo
             conn = pool.get(0)
             assert conn is not None
             sleeper = await conn.request("spawn_sleeper", 1.5, timeout_s=5)
-            started = psutil.Process(sleeper).create_time()
-            # a few monitor sweeps (0.1 s) see it below its worker: an orphan we inherit, not a
-            # child some code of ours waits for
-            await wait_for(lambda: time.time() - started > 0.5, 5, "the sleeper seen by the sweeps")
+            # a monitor sweep sees it below its worker: an orphan we inherit, not a child some code
+            # of ours waits for (on a loaded machine the sweeps may come late: wait for one)
+            await wait_for(lambda: pool.spawner.saw_below_a_child(sleeper), 5, "the sleeper seen by a sweep")
             os.kill(conn.pid, signal.SIGKILL)  # its sleeper becomes ours (the subreaper)...
             await wait_for(lambda: psutil.Process(sleeper).ppid() == os.getpid(), 5, "sleeper adopted")
             await wait_for(lambda: not psutil.pid_exists(sleeper), 10, "sleeper reaped, no zombie")
