@@ -88,10 +88,16 @@ class ShardsRequest(TypedDict):
     shards: list[int]
 
 
+LEASE_FENCE_AT = 0.8  # of member_ttl_s: a worker that could not renew for this long fences itself
+
+
 class RecoverRequest(TypedDict):
-    """The payload of ``Event.RECOVER``: give back what this dead worker process held."""
+    """The payload of ``Event.RECOVER``: give back what this dead worker process held. ``died``:
+    it was killed or crashed (a death counted against the jobs it held), not a clean, fenced or
+    asked-for exit."""
 
     worker_id: str
+    died: bool
 
 
 class ExitCode(IntEnum):
@@ -105,6 +111,7 @@ class ExitCode(IntEnum):
     BOOT_START = 5  # the worker's start() raised
     BOOT_USAGE = 6  # the child was started with a bad spec (a supervisor bug, not the user's)
     ORPHANED = 7  # the supervisor went away; the child stopped on its own
+    FENCED = 8  # could not renew its lease while holding work: ended itself before a peer takes it over
 
     @classmethod
     def describe(cls, returncode: int | None) -> str:
@@ -237,7 +244,7 @@ class RedisSpec:
     socket_timeout_s: float = setting(5.0, Check.POSITIVE)
     connect_timeout_s: float = setting(5.0, Check.POSITIVE)
     health_check_interval_s: float = 15.0
-    member_ttl_s: float = setting(10.0, Check.AT_LEAST_ONE)  # silent this long: dead, work recovered
+    member_ttl_s: float = setting(30.0, Check.AT_LEAST_ONE)  # silent this long: dead, work recovered
     cluster: bool | None = None  # None: ask the server (INFO cluster); true/false: don't ask
     wait_replicas: int = 0  # > 0: after each take and ack, WAIT for this many replicas (failover-safe)
     wait_timeout_ms: int = setting(1000, Check.POSITIVE)  # how long that WAIT may take

@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from corral.contract import Check, QueueSpec, RedisSpec, ScheduleSpec, StreamSpec, WorkSpec, setting
+from corral.contract import (
+    LEASE_FENCE_AT,
+    Check,
+    QueueSpec,
+    RedisSpec,
+    ScheduleSpec,
+    StreamSpec,
+    WorkSpec,
+    setting,
+)
 from corral.supervisor import schema
 from corral.supervisor.settings import PoolSettings
 from corral.supervisor.states import RestartPolicy
@@ -223,6 +232,8 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         log_level=logging.level,
         log_json=logging.json,
     )
+    if "redis" in data or not work.empty:
+        errors += lease_problems(settings, work.redis)
     paths = PathsTable(**values["paths", PathsTable])
     dashboard = dashboard_of(values["dashboard", DashboardTable], errors)
     if errors:
@@ -244,6 +255,19 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         dashboard=dashboard,
         uses_redis="redis" in data or not work.empty,
     )
+
+
+def lease_problems(settings: PoolSettings, redis: RedisSpec) -> list[str]:
+    """Hang detection must end a child before its lease can lapse: a handler that holds the GIL
+    stops the lease's threads too, and only the heartbeat's SIGABRT ends it (docs/design.md, 5)."""
+    hang_s = settings.heartbeat_interval_s + settings.heartbeat_timeout_s
+    if redis.member_ttl_s * LEASE_FENCE_AT > hang_s:
+        return []
+    return [
+        f"redis.member_ttl_s: {redis.member_ttl_s:g} s would fence a hung worker before its hang is "
+        f"detected (health.heartbeat_interval_s + heartbeat_timeout_s = {hang_s:g} s): raise it above "
+        f"{hang_s / LEASE_FENCE_AT:g} s, or lower those"
+    ]
 
 
 def host_of(pool_values: dict[str, Any], errors: list[str]) -> dict[str, Any]:

@@ -326,7 +326,11 @@ class WorkerPool:
             slot.next = None
         elif slot.current is conn:
             slot.current = None
-            if not conn.stop_requested and not self.stopping:
+            if conn.process.returncode == ExitCode.FENCED:  # a safety stop, not a crash: replaced at once
+                conn.log.warning(
+                    "slot {} pid {}: fenced itself (its lease lapsed); replacing it", slot.index, conn.pid
+                )
+            elif not conn.stop_requested and not self.stopping:
                 self._record_failure(slot, conn)
         self.wake()
 

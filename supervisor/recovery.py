@@ -13,7 +13,7 @@ from typing import Any
 
 from loguru import logger
 
-from corral.contract import Event, RecoverRequest
+from corral.contract import Event, ExitCode, RecoverRequest
 from corral.ipc import IPCError
 from corral.supervisor.connection import WorkerConnection
 from corral.supervisor.events import PoolEvent
@@ -26,7 +26,8 @@ RECOVER_TIMEOUT_S = 30.0
 class Recovery:
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
-        self.pending: dict[str, float] = {}  # worker id -> when its death was seen (monotonic)
+        # worker id -> when its exit was seen (monotonic), and whether it died (killed, crashed)
+        self.pending: dict[str, tuple[float, bool]] = {}
         self.last_latency_s: float | None = None
         self._running: asyncio.Task[None] | None = None
         pool.on(PoolEvent.EXIT, self._on_exit)
@@ -34,7 +35,7 @@ class Recovery:
 
     def _on_exit(self, conn: WorkerConnection) -> None:
         if conn.info is not None:
-            self.pending[conn.info.worker_id] = time.monotonic()
+            self.pending[conn.info.worker_id] = (time.monotonic(), died(conn))
             self._kick()
 
     def _kick(self) -> None:
@@ -46,9 +47,9 @@ class Recovery:
             helper = next((c for c in self.pool.connections() if c.state is WorkerState.READY), None)
             if helper is None:
                 return  # the next `ready` kicks us again
-            worker_id, died_at = next(iter(self.pending.items()))
+            worker_id, (died_at, was_death) = next(iter(self.pending.items()))
             try:
-                request = RecoverRequest(worker_id=worker_id)
+                request = RecoverRequest(worker_id=worker_id, died=was_death)
                 moved: Any = await helper.request(Event.RECOVER, request, RECOVER_TIMEOUT_S)
             except IPCError as exc:
                 logger.warning(
@@ -65,3 +66,12 @@ class Recovery:
                 self.last_latency_s * 1000,
                 moved or "nothing in flight",
             )
+
+
+def died(conn: WorkerConnection) -> bool:
+    """Whether an exit counts as a death against the jobs the child held: killed or crashed, not a
+    clean exit, a fence, or the stop ladder's kill of a child we asked to stop."""
+    code = conn.process.returncode
+    if code in (ExitCode.OK, ExitCode.FENCED, ExitCode.ORPHANED):
+        return False
+    return not conn.stop_requested

@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGES = "tests/integration/workers/test_delivery_edges.py"
+TWICE = "tests/integration/workers/test_never_twice.py"
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ MUTATIONS = (
     Mutation(
         "queues: recover nothing of a dead worker",
         "workers/consumers/settlement.py",
-        "                await self._recover(keys=keys, args=[dead_worker_id], client=pipe)\n"
+        "                await self._recover(keys=keys, args=[dead_worker_id, int(died)], client=pipe)\n"
         "                [count] = await durable.execute(pipe, [queue])\n",
         "                count = 0\n",
         ("tests/integration/workers/test_queues.py", EDGES),
@@ -79,6 +80,57 @@ MUTATIONS = (
         "            self.backlog.update(shards)",
         "            pass",
         (EDGES, "tests/apps/test_matchmaker.py"),
+    ),
+    Mutation(
+        "lease: renewed once, by no thread (a stopping child or a blocked loop lets it lapse)",
+        "workers/lease.py",
+        '        for target, name in ((self._renewing, "lease-renew"), (self._fencing, "lease-fence")):\n',
+        "        for target, name in ():\n",
+        (TWICE,),
+    ),
+    Mutation(
+        "lease: a worker that cannot renew never fences itself",
+        "workers/lease.py",
+        "            elif self.holding():",
+        "            elif False:",
+        (TWICE,),
+    ),
+    Mutation(
+        "lease: takes are sent without a valid lease",
+        "workers/lease.py",
+        "        if not self.lease.valid():  # Redis away or stalled for us: nothing new until renewed",
+        "        if False:",
+        (TWICE,),
+    ),
+    Mutation(
+        "membership: a worker back from an outage sweeps at once",
+        "workers/consumers/membership.py",
+        "        if self.lease.steady_s() < self.lease.ttl_s:",
+        "        if False:",
+        (TWICE,),
+    ),
+    Mutation(
+        "recovery: every exit counts a death against the jobs held",
+        "supervisor/recovery.py",
+        "    if code in (ExitCode.OK, ExitCode.FENCED, ExitCode.ORPHANED):\n        return False\n",
+        "",
+        (TWICE,),
+    ),
+    Mutation(
+        "queues: a handler's own Redis error interrupts the round instead of failing the job",
+        "workers/consumers/queues.py",
+        "        except Exception as exc:  # the handler's failure, whatever it raised (its own Redis errors too)\n",
+        "        except __import__('corral.workers.consumers.client').workers.consumers.client.REDIS_DOWN:\n"
+        "            raise\n"
+        "        except Exception as exc:  # the handler's failure, whatever it raised (its own Redis errors too)\n",
+        (TWICE,),
+    ),
+    Mutation(
+        "lanes: a round interrupted by Redis cancels the lanes still handling their jobs",
+        "workers/consumers/base.py",
+        "            except Exception as exc:\n                failed.append(exc)\n                return\n",
+        "            except Exception:\n                raise\n",
+        (TWICE,),
     ),
     Mutation(
         "pool: a reload replaces no child",

@@ -119,7 +119,7 @@ class ChildRuntime:
             for unit in self.consumers.units():
                 self.worker.manager.register_worker(unit)
             consumers = self.consumers
-            channel.on(Event.RECOVER, lambda data: consumers.recover(str(data["worker_id"]), force=True))
+            channel.on(Event.RECOVER, lambda data: consumers.recover(**recover_args(data)))
             channel.on(Event.ASSIGN, consumers.assign)
             channel.on(Event.REVOKE, consumers.revoke)
         if not self.worker.ready_announced:  # a start() that forgot super().start()
@@ -196,3 +196,8 @@ class ChildRuntime:
     def _push_stats(self, channel: Channel) -> None:
         with contextlib.suppress(IPCError):
             channel.send(Event.STATS, self.worker.stats())
+
+
+def recover_args(data: Any) -> dict[str, Any]:
+    """``Event.RECOVER``'s payload as ``Consumers.recover``'s arguments (the supervisor saw the exit)."""
+    return {"dead_worker_id": str(data["worker_id"]), "force": True, "died": bool(data.get("died", True))}

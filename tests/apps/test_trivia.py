@@ -238,7 +238,7 @@ monitor_interval_s = 0.2
 backoff_initial_s = 0.2
 [redis]
 url = "{url}"
-member_ttl_s = 1.5
+member_ttl_s = 2.0
 [[queues]]
 names = ["trivia:rooms"]
 handler = "corral.entrypoints.trivia:run_room"

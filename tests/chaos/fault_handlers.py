@@ -2,8 +2,8 @@
 
 A job's data is ``{"n": <number>, "kind": "ok" | "poison" | "deadly" | "stall"}``: ``ok`` is counted,
 ``poison`` always fails (dead-lettered after max_attempts), ``deadly`` SIGKILLs the process handling
-it (dead-lettered after max_attempts deaths), ``stall`` blocks the child's event loop past its member
-lease (peers recover its work while it is alive) and is then counted. Entries are counted. Counts are
+it (dead-lettered after max_attempts deaths), ``stall`` blocks the child's event loop for
+``STALL_S`` (its lease holds: nobody takes its work over) and is then counted. Entries are counted. Counts are
 hashes (number -> times handled), so a lost item (missing) and a duplicate (> 1) both show.
 """
 
@@ -20,7 +20,7 @@ from corral.workers.topology import Kind, kind_of_client
 
 JOBS_SEEN = "faults:seen:jobs"
 ENTRIES_SEEN = "faults:seen:entries"
-STALL_S = 2.5  # past member_ttl_s = 1, well below heartbeat_timeout_s
+STALL_S = 2.5  # a blocked loop: it keeps its lease (renewed by a thread), below heartbeat_timeout_s
 
 
 async def handle_job(job: Job, ctx: HandlerContext) -> None:
@@ -30,7 +30,7 @@ async def handle_job(job: Job, ctx: HandlerContext) -> None:
     if kind == "deadly":
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "stall":
-        time.sleep(STALL_S)  # on purpose: the loop stalls, the lease lapses
+        time.sleep(STALL_S)  # on purpose: the loop stalls (its lease holds, renewed by a thread)
     await record(ctx, JOBS_SEEN, str(job.data["n"]))
 
 

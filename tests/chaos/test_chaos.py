@@ -87,7 +87,7 @@ stderr = false
 
 [redis]
 url = "{redis_url}"
-member_ttl_s = 5
+member_ttl_s = 21  # 0.8 x the lease above heartbeat_interval_s + heartbeat_timeout_s (the config reader checks)
 
 [[queues]]
 names = ["{QUEUE}"]

@@ -33,7 +33,10 @@ def two_hosts(corral: Callable[..., Corral], url: str, tables: str) -> dict[str,
     hosts = {}
     for host in ("alpha", "beta"):
         sup = corral(
-            worker="corral.workers.base:BaseWorker", workers=2, redis={"url": url, "member_ttl_s": 2.0}
+            worker="corral.workers.base:BaseWorker",
+            workers=2,
+            redis={"url": url, "member_ttl_s": 2.0},
+            health={"heartbeat_interval_s": 0.2, "heartbeat_timeout_s": 1.2},  # within 0.8 x the lease
         )
         sup.config.write_text(
             sup.config.read_text().replace("[pool]\n", f'[pool]\nhost = "{host}"\n') + tables

@@ -17,6 +17,8 @@ from corral.workers.keys import Keys
 from tests.e2e.conftest import Corral, wait_until
 
 TTL_S = 2.0
+# hang detection within 0.8 x the lease (the config reader's bound: a hang is caught before a fence)
+FAST_HANGS = {"heartbeat_interval_s": 0.2, "heartbeat_timeout_s": 1.2}
 JOBS = 300
 KEYS = Keys()
 
@@ -33,7 +35,7 @@ def test_a_host_that_dies_whole_is_recovered_by_the_other(
     hosts = {}
     for host in ("alpha", "beta"):
         redis = {"url": redis_clean.url, "member_ttl_s": TTL_S}
-        sup = corral(worker="corral.workers.base:BaseWorker", workers=2, redis=redis)
+        sup = corral(worker="corral.workers.base:BaseWorker", workers=2, redis=redis, health=FAST_HANGS)
         sup.config.write_text(
             sup.config.read_text()
             + '[[queues]]\nnames = ["jobs"]\nhandler = "tests.integration.workers.redis_handlers:slow_count"\n'

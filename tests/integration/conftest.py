@@ -144,6 +144,7 @@ class LocalWorker:
 
     consumers: Consumers
     manager: WorkerManager = field(default_factory=WorkerManager)
+    fenced: list[str] = field(default_factory=list)  # what a child would have exited for (not this test)
     task: asyncio.Task[None] | None = None
 
     @property
@@ -177,8 +178,11 @@ def local_worker() -> Callable[..., Awaitable[LocalWorker]]:
         assert work.redis.url is not None
         client = await connect(work.redis)
         worker_id = f"testhost:{POOL}:{name}"
-        consumers = Consumers(work, redis=client, pool=POOL, worker_id=worker_id, log=logger)
-        worker = LocalWorker(consumers)
+        fenced: list[str] = []
+        consumers = Consumers(
+            work, redis=client, pool=POOL, worker_id=worker_id, log=logger, on_fence=fenced.append
+        )
+        worker = LocalWorker(consumers, fenced=fenced)
         return worker.start() if start else worker
 
     return make

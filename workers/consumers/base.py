@@ -46,17 +46,26 @@ def load_handler(path: str) -> tuple[Handler, bool]:
 
 async def run_all(items: list[Any], handle: Callable[..., Awaitable[None]], concurrency: int) -> None:
     """``await handle(*item)`` for every item: one after another (in order) when ``concurrency`` is 1,
-    else in ``concurrency`` lanes that each take the next item when free. The first exception (a
-    Redis outage, a cancellation) cancels the other lanes and propagates as itself."""
+    else in ``concurrency`` lanes that each take the next item when free. The first exception (the
+    consumer's Redis going away) stops the lanes from taking more, lets the items in hand finish
+    (a sync handler's thread cannot be cancelled: its job must not be put back while it runs), and
+    propagates as itself; a cancellation (a fast stop) cancels every lane."""
     if concurrency <= 1 or len(items) <= 1:
         for item in items:
             await handle(*item)
         return
     pending = iter(items)
+    failed: list[BaseException] = []
 
     async def lane() -> None:
         for item in pending:
-            await handle(*item)
+            try:
+                await handle(*item)
+            except Exception as exc:
+                failed.append(exc)
+                return
+            if failed:
+                return
 
     lanes = [asyncio.ensure_future(lane()) for _ in range(min(concurrency, len(items)))]
     try:
@@ -66,6 +75,8 @@ async def run_all(items: list[Any], handle: Callable[..., Awaitable[None]], conc
             task.cancel()
         await asyncio.gather(*lanes, return_exceptions=True)
         raise
+    if failed:
+        raise failed[0]
 
 
 def error_summary(exc: BaseException, limit_chars: int = 2000) -> str:
@@ -135,6 +146,7 @@ class HandlerRunner:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="handler")
         self.on_stuck = on_stuck or (lambda _reason: None)
         self.stuck = 0  # sync handlers still running past their timeout
+        self.threads_busy = 0  # sync handlers running in the pool now
 
     async def run(
         self, handler: Handler, args: tuple[Any, ...], is_async: bool, timeout_s: float | None
@@ -152,6 +164,8 @@ class HandlerRunner:
                 raise
         call = functools.partial(contextvars.copy_context().run, handler, *args)  # the span goes along
         future = asyncio.get_running_loop().run_in_executor(self.executor, call)
+        self.threads_busy += 1
+        future.add_done_callback(self._thread_done)
         try:
             result = await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
@@ -166,6 +180,9 @@ class HandlerRunner:
             awaited: Awaitable[Any] = result
             return await awaited
         return result
+
+    def _thread_done(self, _future: asyncio.Future[Any]) -> None:
+        self.threads_busy -= 1
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -17,8 +17,6 @@ import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from corral.workers.consumers.client import REDIS_DOWN
-
 Invoke = Callable[[list[Any]], Awaitable[Any]]
 
 _index: contextvars.ContextVar[int] = contextvars.ContextVar("corral_batch_index", default=0)
@@ -57,11 +55,7 @@ class Collector:
         ordered = sorted(self.waiting, key=lambda entry: entry[0])
         try:
             await self.invoke([item for _, item, _ in ordered])
-        except REDIS_DOWN as exc:
-            for _, _, future in ordered:
-                future.set_exception(exc)
-            return
-        except Exception as exc:
+        except Exception as exc:  # the handler's failure, whatever it raised (its own Redis errors too)
             self.fallbacks += 1
             self.log.warning("batch of {} failed ({!r}): one item at a time", len(ordered), exc)
             for _, item, future in ordered:

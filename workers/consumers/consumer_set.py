@@ -9,9 +9,9 @@ membership sweep.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from corral.contract import WorkSpec
@@ -25,6 +25,7 @@ from corral.workers.consumers.scheduler import Scheduler
 from corral.workers.consumers.streams import StreamConsumer
 from corral.workers.durability import Durability
 from corral.workers.keys import Keys
+from corral.workers.lease import Gated, Lease, exit_fenced
 
 MIN_RECOVERY_LOCK_MS = 2_000
 
@@ -43,6 +44,7 @@ class Consumers:
         worker_id: str,
         log: Any,
         runner: HandlerRunner | None = None,
+        on_fence: Callable[[str], None] = exit_fenced,
     ) -> None:
         self.work = work
         self.runner = runner or HandlerRunner()
@@ -61,17 +63,27 @@ class Consumers:
         self.partitioned = {
             spec.stream: PartitionedStreamConsumer(spec, **common) for spec in streams if spec.partitions
         }
+        self.lease = Lease(
+            work.redis,
+            members=self.keys.members(pool),
+            worker_id=worker_id,
+            holding=self.holding,
+            on_fence=on_fence,
+        )
         self.membership = Membership(
             redis=redis,
             keys=self.keys,
             pool=pool,
             worker_id=worker_id,
-            ttl_s=work.redis.member_ttl_s,
+            lease=self.lease,
             recover=self.recover,
         )
-        for unit in (*self.queues, *self.streams, *self.partitioned.values()):
+        self.consumers: list[Any] = [*self.queues, *self.streams, *self.partitioned.values()]
+        for unit in self.consumers:
             unit.runner = self.runner
             unit.durable = Durability(redis, work.redis)
+            unit.transient_errors = TRANSIENT
+        self.gated = [Gated(unit, self.lease) for unit in self.consumers]
 
     def give_handlers(self, worker: Any) -> None:
         """Handlers see the worker they run in as ``ctx.worker``."""
@@ -80,14 +92,23 @@ class Consumers:
             unit.ctx.worker = worker
 
     def units(self) -> list[Any]:
-        units: list[Any] = [self.membership, *self.queues, *self.streams, *self.partitioned.values()]
+        """What the WorkerManager runs: the sweep of the member set, each consumer behind the lease,
+        the scheduler."""
+        units: list[Any] = [self.membership, *self.gated]
         if self.scheduler is not None:
             units.append(self.scheduler)
         for unit in units:
             unit.transient_errors = TRANSIENT
         return units
 
-    async def recover(self, dead_worker_id: str, force: bool = False) -> dict[str, int]:
+    def holding(self) -> bool:
+        """Whether this worker may hold work: a round under way (a take may be in flight), jobs or
+        entries handled and not yet acknowledged, or a round cut short (its jobs are still ours)."""
+        return any(gate.busy for gate in self.gated) or any(
+            getattr(unit, "unacked", None) or getattr(unit, "interrupted", False) for unit in self.consumers
+        )
+
+    async def recover(self, dead_worker_id: str, force: bool = False, died: bool = True) -> dict[str, int]:
         """Give back a dead worker's in-flight work: its queue jobs to their queues, its pending
         stream entries to this consumer. Safe to run from several places at once (a lock per id
         keeps the membership sweeps from doing it twice). ``force`` (the supervisor saw the death)
@@ -105,7 +126,7 @@ class Consumers:
         try:
             moved = {"jobs": 0, "entries": 0}
             if self.queues:
-                moved["jobs"] += await self.queues[0].recover(dead_worker_id)
+                moved["jobs"] += await self.queues[0].recover(dead_worker_id, died)
             for stream in self.streams:
                 moved["entries"] += await stream.recover(dead_worker_id)
             await self.redis.zrem(self.keys.members(self.pool), dead_worker_id)
@@ -129,20 +150,29 @@ class Consumers:
         return await self.partitioned[str(data["stream"])].revoke([int(s) for s in data["shards"]])
 
     async def join(self) -> None:
-        """Take our lease in the member set before any consumer takes work (if Redis is away now,
-        the membership unit takes it on its first round)."""
-        with contextlib.suppress(*TRANSIENT):
-            await self.membership.renew()
+        """Take our lease in the member set before any consumer takes work, and keep it renewed
+        from its own thread until we exit (if Redis is away now, no take is sent until it is taken)."""
+        await self.lease.join()
 
     async def close(self) -> None:
         """After a clean stop: jobs a cut-short round left in our processing lists go back to their
         queues, and then we leave the member set. If that cannot be done (Redis away), the member
-        entry stays: its lease runs out and a sweep recovers what we hold."""
+        entry stays: its lease runs out and a sweep recovers what we hold. While a sync handler still
+        runs in a thread nothing is handed back and the lease is kept: the process's exit waits for
+        the thread, and the supervisor has what we hold recovered then."""
+        if self.runner.threads_busy:
+            self.log.warning(
+                "{} sync handlers still running: what we hold stays ours until they end",
+                self.runner.threads_busy,
+            )
+            await self.redis.aclose()
+            return
         try:
             for queue in self.queues:
                 await queue.put_back()
             for queue in self.queues:
                 await queue.release()
+            self.lease.stop()
             await self.membership.leave()
         except TRANSIENT as exc:
             self.log.warning("stopping with Redis away ({!r}): a sweep will recover what we hold", exc)

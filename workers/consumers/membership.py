@@ -1,8 +1,11 @@
-"""Who is alive: every worker process renews its entry in the pool's member set (a sorted set whose
-score is the time its lease runs out), and sweeps the set for members whose lease ran out — a dead
-host's workers, or a dead process no supervisor reported — recovering their in-flight work.
+"""Who is alive: every worker process holds a lease in the pool's member set (a sorted set whose
+score is the time its lease runs out, on the server's clock), renewed by its own thread
+(``workers/lease.py``), and sweeps the set for members whose lease ran out — a dead host's workers,
+or a dead process no supervisor reported — recovering their in-flight work.
 Within one host the supervisor reports a death at once (``corral.recover``); the sweep is the
-fallback that bounds recovery by ~2x ``member_ttl_s`` for other hosts sharing the Redis.
+fallback that bounds recovery by ~2x ``member_ttl_s`` for other hosts sharing the Redis. A worker
+whose own renewals failed lately (Redis away or stalled for it) does not sweep until they have
+succeeded for a whole lease: its peers were likely cut off too, and get a full lease to renew.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from loguru import logger
 
 from corral.workers.consumers.client import REDIS_DOWN
 from corral.workers.keys import Keys
+from corral.workers.lease import Lease
 
 Recover = Callable[[str], Awaitable[dict[str, int]]]
 
@@ -25,39 +29,37 @@ async def redis_now_ms(redis: Any) -> int:
 
 
 class Membership:
-    """A unit for the WorkerManager: renew our lease, recover members whose lease ran out."""
+    """A unit for the WorkerManager: recover members whose lease ran out."""
 
     name = "membership"
 
     def __init__(
-        self, *, redis: Any, keys: Keys, pool: str, worker_id: str, ttl_s: float, recover: Recover
+        self, *, redis: Any, keys: Keys, pool: str, worker_id: str, lease: Lease, recover: Recover
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.pool = pool
         self.worker_id = worker_id
-        self.ttl_ms = int(ttl_s * 1000)
-        self.idle_sleep_s = ttl_s / 3
+        self.lease = lease
+        self.idle_sleep_s = lease.ttl_s / 3
         self.recover = recover
         self.members = keys.members(pool)
         self.failing: set[str] = set()  # members whose recovery failed (logged once)
 
-    async def renew(self) -> int:
-        """Our lease runs for ``ttl_s`` from now (the server's clock); returns now, in ms."""
-        now_ms = await redis_now_ms(self.redis)
-        await self.redis.zadd(self.members, {self.worker_id: now_ms + self.ttl_ms})
-        return now_ms
-
     async def run(self) -> int:
-        now_ms = await self.renew()
+        await self.lease.join()
+        if self.lease.steady_s() < self.lease.ttl_s:
+            return 0  # back from an outage (or new): our peers get a whole lease to renew first
+        now_ms = await redis_now_ms(self.redis)
         expired = await self.redis.zrangebyscore(self.members, "-inf", now_ms, start=0, num=10)
         for member in expired:
-            await self._recover(member.decode())
+            if member.decode() != self.worker_id:
+                await self._recover(member.decode())
         return 0
 
     async def _recover(self, member: str) -> None:
         """One expired member's recovery; its failure (other than Redis being away) is logged once
-        and retried next round, and never stops our own lease from being renewed."""
+        and retried next round."""
         try:
             await self.recover(member)
         except REDIS_DOWN:

@@ -164,10 +164,7 @@ class PartitionedStreamConsumer(EntryUnit):
                     self.errors[entry_id] = f"rejected: {reject.reason}"
                     await self.dead_letter(stream, entry_id, raw_fields, attempt)
                     continue
-                except REDIS_DOWN:
-                    self.backlog.add(shard)  # once Redis is back: what we hold first, in order
-                    raise
-                except Exception as exc:
+                except Exception as exc:  # the handler's failure (its own Redis errors too)
                     self._failed(shard, entry_id, attempt, exc)
                     if attempt >= self.spec.max_deliveries:  # the last allowed one: its error at hand
                         await self.dead_letter(stream, entry_id, raw_fields, attempt)
@@ -176,6 +173,9 @@ class PartitionedStreamConsumer(EntryUnit):
                     break
                 self.processed += 1
                 done.append(entry_id)
+        except REDIS_DOWN:
+            self.backlog.add(shard)  # once Redis is back: what we hold first, in order
+            raise
         finally:
             self.in_flight = 0
             if done:

@@ -50,18 +50,20 @@ while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
 return n
 """
 RECOVER = """
--- a dead worker's jobs back to the queue's front, in order, and its death counted: against the
--- suspect it was handling (KEYS[4], set only while one is in hand), else against every job it held
+-- a dead worker's jobs back to the queue's front, in order, and its death counted (ARGV[2] = '1': it
+-- was killed or crashed, not a clean or fenced exit): against the suspect it was handling (KEYS[4],
+-- set only while one is in hand), else against every job it held
+local died = ARGV[2] == '1'
 local marked = redis.call('GET', KEYS[4])
 local n = 0
 while true do
   local job = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
   if not job then break end
-  if not marked then redis.call('HINCRBY', KEYS[3], job, 1) end
+  if died and not marked then redis.call('HINCRBY', KEYS[3], job, 1) end
   n = n + 1
 end
 if marked then
-  redis.call('HINCRBY', KEYS[3], marked, 1)
+  if died then redis.call('HINCRBY', KEYS[3], marked, 1) end
   redis.call('DEL', KEYS[4])
 end
 redis.call('SREM', KEYS[5], ARGV[1])

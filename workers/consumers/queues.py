@@ -21,7 +21,6 @@ from redis.asyncio import Redis
 
 from corral.contract import QueueSpec
 from corral.workers.consumers.base import DeadLetter, HandlerUnit, error_summary
-from corral.workers.consumers.client import REDIS_DOWN
 from corral.workers.consumers.discovery import QueueSet
 from corral.workers.consumers.intake import Intake
 from corral.workers.consumers.pauses import PAUSED_IDLE_S, PauseWatch
@@ -251,9 +250,7 @@ class QueueConsumer(HandlerUnit):
             await self._settle(queue, raw, Destination.DEAD, record, job=job)
             stats.dead += 1
             return
-        except REDIS_DOWN:
-            raise  # Redis is away: the round is interrupted and its jobs go back, not a failure
-        except Exception as exc:
+        except Exception as exc:  # the handler's failure, whatever it raised (its own Redis errors too)
             stats.failed += 1
             await self._fail(job, exc)
             return
@@ -356,7 +353,12 @@ class QueueConsumer(HandlerUnit):
                 await pipe.execute()
 
     async def _hand_back(self) -> None:
-        """Fast stop: acknowledge what was handled, put everything else back at the front."""
+        """Fast stop: acknowledge what was handled, put everything else back at the front; unless a
+        sync handler still runs (a thread cannot be cancelled): then what we hold stays ours, and is
+        recovered once the process has exited (it waits for the thread)."""
+        if self.runner.threads_busy:
+            self.interrupted = True
+            return
         try:
             await self._ack()
             for queue in self.held:
@@ -365,9 +367,9 @@ class QueueConsumer(HandlerUnit):
             self.interrupted = True  # close() tries again, and keeps our lease if it cannot either
             self.log.exception("handing jobs back failed; they stay in the processing list for recovery")
 
-    async def recover(self, dead_worker_id: str) -> int:
+    async def recover(self, dead_worker_id: str, died: bool = True) -> int:
         """Put a dead worker's in-flight jobs of every queue it held back at the front of them."""
-        return await self.settlement.recover(self.pool, dead_worker_id, self.queues, self.durable)
+        return await self.settlement.recover(self.pool, dead_worker_id, self.queues, self.durable, died)
 
     async def release(self) -> None:
         """A clean exit with nothing held: out of the holders of the queues we took from."""

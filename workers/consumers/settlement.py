@@ -81,8 +81,11 @@ class Settlement:
         if job.unique is not None:
             await self._release(keys=[self.keys.unique(queue, job.unique)], args=[job.id], client=pipe)
 
-    async def recover(self, pool: str, dead_worker_id: str, known: list[str], durable: Durability) -> int:
-        """A dead worker's in-flight jobs of every queue it held back at the front of them."""
+    async def recover(
+        self, pool: str, dead_worker_id: str, known: list[str], durable: Durability, died: bool = True
+    ) -> int:
+        """A dead worker's in-flight jobs of every queue it held back at the front of them; ``died``:
+        its death is counted against them (see ``RECOVER``)."""
         moved = 0
         for queue in await self._queues_held_by(pool, dead_worker_id, known):
             keys = [
@@ -95,7 +98,7 @@ class Settlement:
             # with wait_replicas: on a replica before the member and its held-queues set go (they
             # live in another slot: a failover must not keep their removal and lose this move)
             async with self.redis.pipeline(transaction=False) as pipe:
-                await self._recover(keys=keys, args=[dead_worker_id], client=pipe)
+                await self._recover(keys=keys, args=[dead_worker_id, int(died)], client=pipe)
                 [count] = await durable.execute(pipe, [queue])
             moved += int(count)
         await self.redis.delete(self.keys.held_queues(pool, dead_worker_id))

@@ -179,9 +179,7 @@ class StreamConsumer(EntryUnit):
             self.errors[entry_id] = f"rejected: {reject.reason}"
             await self.dead_letter(self.spec.stream, entry_id, raw_fields, attempt)
             return
-        except REDIS_DOWN:
-            raise  # Redis is away: the round is interrupted, the entry stays pending (ours)
-        except Exception as exc:
+        except Exception as exc:  # the handler's failure, whatever it raised (its own Redis errors too)
             self.failed += 1
             self.errors[entry_id] = error_summary(exc, 1000)
             self.log.bind(job=message.id).warning(

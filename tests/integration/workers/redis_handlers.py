@@ -283,14 +283,51 @@ def batch_insert(jobs: list[Job]) -> None:
         db.executemany("INSERT INTO rows (id, n) VALUES (?, ?)", [(job.id, job.data["n"]) for job in jobs])
 
 
+def _mark(job: Job, what: str) -> None:
+    """``start|end <job n> <attempt> <pid> <unix s>`` appended to the file ``job.data["out"]``: a
+    record of every run that no Redis outage can lose, for tests that count overlaps of runs."""
+    with open(job.data["out"], "a") as handle:
+        handle.write(f"{what} {job.data['n']} {job.attempt} {os.getpid()} {time.time()}\n")
+
+
 def mark_sync(job: Job) -> None:
-    """Sleeps ``job.data["s"]`` in its thread between two marks appended to the file ``job.data["out"]``:
-    ``start|end <job n> <attempt> <pid> <unix s>``, for tests that count overlaps of runs."""
-
-    def mark(what: str) -> None:
-        with open(job.data["out"], "a") as handle:
-            handle.write(f"{what} {job.data['n']} {job.attempt} {os.getpid()} {time.time()}\n")
-
-    mark("start")
+    """Sleeps ``job.data["s"]`` in its thread between two marks."""
+    _mark(job, "start")
     time.sleep(job.data["s"])
-    mark("end")
+    _mark(job, "end")
+
+
+async def mark_async(job: Job) -> None:
+    """Sleeps ``job.data["s"]`` on the loop between two marks."""
+    _mark(job, "start")
+    await asyncio.sleep(job.data["s"])
+    _mark(job, "end")
+
+
+async def mark_blocking(job: Job) -> None:
+    """An async handler that blocks its loop for ``job.data["s"]`` (a CPU loop, a blocking call)."""
+    _mark(job, "start")
+    time.sleep(job.data["s"])
+    _mark(job, "end")
+
+
+def mark_or_redis_error(job: Job) -> None:
+    """Sleeps ``job.data["s"]`` between two marks; with ``redis_error``, raises what a dropped Redis
+    connection raises instead (its own client's outage): on the first attempt, or ``"always"``."""
+    _mark(job, "start")
+    error = job.data.get("redis_error")
+    if error == "always" or (error and job.attempt == 1):
+        _mark(job, "end")
+        raise RedisConnectionError("the handler's own Redis went away")
+    time.sleep(job.data["s"])
+    _mark(job, "end")
+
+
+def mark_or_fail(job: Job) -> None:
+    """Sleeps ``job.data["s"]`` between two marks; with ``fail``, fails (a plain error) instead."""
+    _mark(job, "start")
+    if job.data.get("fail") and job.attempt == 1:
+        _mark(job, "end")
+        raise ValueError("this job fails once")
+    time.sleep(job.data["s"])
+    _mark(job, "end")

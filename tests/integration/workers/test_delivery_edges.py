@@ -7,6 +7,7 @@ import asyncio
 import json
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from corral.contract import StreamSpec, WorkSpec
@@ -14,6 +15,7 @@ from corral.supervisor import RestartPolicy
 from corral.workers.consumers.consumer_set import Consumers
 from corral.workers.consumers.membership import Membership
 from corral.workers.keys import Keys
+from corral.workers.lease import Lease
 from corral.workers.messages import encode_job
 from tests.integration.conftest import KEYS, POOL, H, client, equals, queue_work, redis_spec, wait_for
 
@@ -122,22 +124,30 @@ def test_put_back_and_recovery_keep_the_order_of_a_batch(redis_any: Any, local_w
     run(body())
 
 
-def test_a_recovery_that_raises_does_not_stop_the_lease_from_renewing(redis_any: Any, run: Any) -> None:
+def test_a_recovery_that_raises_does_not_stop_the_sweeps(redis_any: Any, run: Any) -> None:
     async def body() -> None:
         r = client(redis_any.url)
         keys = Keys()
+        tried: list[str] = []
 
         async def recover(member: str) -> dict[str, int]:
+            tried.append(member)
             raise ResponseError("NOGROUP No such key 'gone' or consumer group 'g'")
 
-        unit = Membership(
-            redis=r, keys=keys, pool=POOL, worker_id="testhost:test:me", ttl_s=10, recover=recover
+        me = "testhost:test:me"
+        lease = Lease(
+            redis_spec(redis_any.url), members=keys.members(POOL), worker_id=me, holding=lambda: False
         )
+        unit = Membership(redis=r, keys=keys, pool=POOL, worker_id=me, lease=lease, recover=recover)
         await r.zadd(keys.members(POOL), {"testhost:test:dead": 1})  # a lease that ran out long ago
-        for _ in range(3):
-            await unit.run()  # must not raise: our own lease is renewed whatever a recovery does
+        try:
+            for _ in range(3):
+                await unit.run()  # must not raise, and tries again each sweep
+        finally:
+            lease.stop()
+        assert tried == ["testhost:test:dead"] * 3
         now_ms = int((await r.time())[0]) * 1000
-        assert await r.zscore(keys.members(POOL), "testhost:test:me") > now_ms
+        assert await r.zscore(keys.members(POOL), me) > now_ms  # our own lease, taken by the first sweep
         await r.aclose()
 
     run(body())
@@ -171,10 +181,18 @@ def test_a_graceful_stop_after_an_interrupted_round_puts_its_jobs_back(
 ) -> None:
     async def body() -> None:
         r = client(redis_any.url)
-        await r.lpush("iq", encode_job("poison"), encode_job({"n": 1}), encode_job({"n": 2}))
-        work = queue_work(redis_any.url, names=("iq",), handler=f"{H}:redis_away_on_poison", batch_size=3)
-        worker = await local_worker(work)
+        await r.lpush("iq", encode_job("first"), encode_job({"n": 1}), encode_job({"n": 2}))
+        work = queue_work(redis_any.url, names=("iq",), handler=f"{H}:count_job", batch_size=3)
+        worker = await local_worker(work, start=False)
         [consumer] = worker.consumers.queues
+        handle_round = consumer.run_round
+
+        async def connection_dropped_after_the_take(*args: Any, **kwargs: Any) -> None:
+            consumer.run_round = handle_round  # type: ignore[method-assign]
+            raise RedisConnectionError("simulated: the consumer's connection dropped after its take")
+
+        consumer.run_round = connection_dropped_after_the_take  # type: ignore[method-assign]
+        worker.start()
         await wait_for(lambda: consumer.interrupted, what="the round interrupted by 'Redis going away'")
         await worker.stop()  # graceful, at once
         processing = KEYS.processing("iq", worker.worker_id)
@@ -182,7 +200,8 @@ def test_a_graceful_stop_after_an_interrupted_round_puts_its_jobs_back(
         back = await r.llen("iq")
         lease = await r.zscore(KEYS.members(POOL), worker.worker_id)
         assert left == 0, f"{left} jobs stranded (lease {lease}): nobody would sweep them"
-        assert back == 3 and lease is None  # all put back (poison first, in order), then the member left
+        assert back == 3 and lease is None  # all put back (in order), then the member left
+        assert await r.hlen("test:handled") == 0
         await r.aclose()
 
     run(body())
@@ -502,7 +521,7 @@ def test_a_recovery_cut_short_holds_the_work_back_at_most_twice_the_lease(
         consumers = worker.consumers
         real_recover = consumers.queues[0].recover
 
-        async def cut_short(dead: str) -> int:  # the helper dies before it moves anything
+        async def cut_short(dead: str, died: bool = True) -> int:  # the helper dies before it moves anything
             lock = KEYS.recovery_lock(POOL, dead)
             assert 0 < await r.pttl(lock) <= 2000, "the lock outlives twice the lease"
             consumers.queues[0].recover = real_recover  # type: ignore[method-assign]

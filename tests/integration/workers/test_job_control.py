@@ -222,6 +222,7 @@ def test_a_stalled_worker_acking_a_recovered_unique_job_keeps_its_key(
             peer = await local_worker(work, name="peer", start=False)  # recovers it, as a sweep would
             await peer.consumers.recover(stalled.worker_id, force=True)
             assert await r.llen("sq") == 1  # queued again
+            stalled.manager.stopping.set()  # its round ends, and no next one takes the job again
             await r.set("test:release", 1)  # the stalled handler finishes and acks: nothing removed
             await wait_for(lambda: equals(r.hlen("test:handled"), 1), what="the stalled handler done")
             await wait_for(lambda: stalled.consumers.queues[0].unacked == [], what="its ack")

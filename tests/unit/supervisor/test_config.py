@@ -197,6 +197,11 @@ max_attempts = 3
             "redis.cluster: must be a bool",
         ),
         ('[pool]\nhost = "a:b"\n[[queues]]\nnames = ["q"]\nhandler = "a:b"\n', "pool.host: must be"),
+        (
+            '[redis]\nmember_ttl_s = 10\n[[queues]]\nnames = ["q"]\nhandler = "a:b"\n',
+            "redis.member_ttl_s: 10 s would fence a hung worker before its hang is detected "
+            "(health.heartbeat_interval_s + heartbeat_timeout_s = 15 s): raise it above 18.75 s",
+        ),
     ],
 )
 def test_bad_streams_and_queues_are_named(tmp_path: Path, text: str, expected: str) -> None:
