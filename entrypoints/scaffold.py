@@ -119,7 +119,8 @@ NotifyAccess=main
 User=${user}
 WorkingDirectory=${workdir}
 ExecStart=${exec_start}
-ExecReload=/bin/kill -HUP $$MAINPID
+# `corral reload` waits for the outcome: a refused reload fails `systemctl reload` with the reason.
+ExecReload=${exec_reload}
 SyslogIdentifier=corral-${name}
 
 # SIGTERM to the supervisor only; it stops its children within pool.graceful_timeout_s (30 s).
@@ -248,15 +249,19 @@ def render_unit(target: Path, name: str) -> str:
         "unit_shell": shlex.quote(str(target / UNIT_FILE)),
         "user": _user_name(),
         "workdir": _unit_escape(str(target)),
-        "exec_start": " ".join(
-            _unit_word(word, exec_line=True) for word in (str(corral), "run", "-c", str(target / CONFIG_FILE))
-        ),
+        "exec_start": exec_line(corral, "run", target / CONFIG_FILE),
+        "exec_reload": exec_line(corral, "reload", target / CONFIG_FILE),
         "rw_path": _unit_word(str(target)),
         "private_tmp": "# PrivateTmp=yes is off: this folder or corral is under /tmp"
         if in_tmp
         else "PrivateTmp=yes",
     }
     return UNIT_TEMPLATE.substitute(values)
+
+
+def exec_line(corral: Path, command: str, config: Path) -> str:
+    """``corral COMMAND -c CONFIG`` as a unit's Exec line."""
+    return " ".join(_unit_word(word, exec_line=True) for word in (str(corral), command, "-c", str(config)))
 
 
 def corral_executable() -> Path:

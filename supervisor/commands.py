@@ -32,6 +32,13 @@ def control_handlers(
         actions.put_nowait((Action.SCALE, data))
         return f"scaling to {data}"
 
+    async def reload(_data: Any) -> str:
+        """``corral reload``: answered with the outcome once every slot's replacement is ready (old
+        children may still drain), or an error with the reason the reload was refused."""
+        outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        actions.put_nowait((Action.RELOAD, outcome))
+        return await outcome
+
     def recycle(data: Any) -> str:
         if type(data) is not int or data not in pool.slots:
             raise ValueError(f"recycle needs a slot of the pool, got {data!r}")
@@ -53,7 +60,7 @@ def control_handlers(
         "status": lambda _data: status(),
         "request": request,
         "send": send,
-        "reload": enqueue(Action.RELOAD),
+        "reload": reload,
         "stop": enqueue(Action.STOP),
         "quit": enqueue(Action.QUIT),
         "reopen": enqueue(Action.REOPEN),
@@ -69,3 +76,13 @@ def _child(pool: WorkerPool, data: Any) -> tuple[WorkerConnection, str, Any]:
     if conn is None or not conn.alive:
         raise ValueError(f"slot {data['slot']} has no running child")
     return conn, str(data["event"]), data.get("data")
+
+
+class ReloadRefused(Exception):
+    """What ``corral reload`` is answered with when the reload did not happen (or stopped early)."""
+
+
+def refuse(outcome: asyncio.Future[str] | None, reason: str) -> None:
+    """Tell a waiting ``corral reload`` (if any: a SIGHUP has none) why its reload did not happen."""
+    if outcome is not None and not outcome.done():
+        outcome.set_exception(ReloadRefused(reason))

@@ -24,10 +24,9 @@ from loguru import logger
 from corral.contract import LoadError, load_object
 from corral.supervisor import config as config_module
 from corral.supervisor.actions import SIGNAL_ACTIONS, Action, SupervisorExit, SupervisorState
-from corral.supervisor.commands import control_handlers
+from corral.supervisor.commands import control_handlers, refuse
 from corral.supervisor.config import Config, ConfigError, redacted
 from corral.supervisor.control import AlreadyRunning, ControlServer
-from corral.supervisor.events import PoolEvent
 from corral.supervisor.logs import LogManager
 from corral.supervisor.partitions import PartitionAssigner
 from corral.supervisor.pool import WorkerPool
@@ -113,14 +112,10 @@ class Supervisor:
             if code is not None:
                 self.exit_code = SupervisorExit(code)
                 return code
+            c = self.config
             logger.info(
-                "corral {} supervisor pid {}: {} slots of {}",
-                self.config.pool_name,
-                os.getpid(),
-                self.config.workers,
-                self.config.worker,
+                "corral {} supervisor pid {}: {} slots of {}", c.pool_name, os.getpid(), c.workers, c.worker
             )
-            self.pool.on(PoolEvent.EXIT, self._on_exit)
             spawning = asyncio.create_task(self.pool.spawn_all())
             try:
                 await self._loop()
@@ -252,7 +247,7 @@ class Supervisor:
         handlers: dict[Action, Callable[[Any], None]] = {
             Action.STOP: lambda _arg: self._on_stop(fast=False),
             Action.QUIT: lambda _arg: self._on_stop(fast=True),
-            Action.RELOAD: lambda _arg: self._on_reload(),
+            Action.RELOAD: self._on_reload,
             Action.SCALE_UP: lambda _arg: self._on_scale(self.pool.size + 1),
             Action.SCALE_DOWN: lambda _arg: self._on_scale(self.pool.size - 1),
             Action.SCALE: self._on_scale,
@@ -268,13 +263,15 @@ class Supervisor:
         else:
             self._stop_task = asyncio.create_task(self._stop(fast))
 
-    def _on_reload(self) -> None:
+    def _on_reload(self, outcome: asyncio.Future[str] | None) -> None:
+        """``outcome`` (a ``corral reload``; None for SIGHUP) learns how the reload ended."""
         if self._stop_task is not None:
-            return
-        if self._reload_task is not None and not self._reload_task.done():
+            refuse(outcome, "the supervisor is stopping")
+        elif self._reload_task is not None and not self._reload_task.done():
             logger.warning("reload already in progress; ignored")
+            refuse(outcome, "a reload is already in progress")
         else:
-            self._reload_task = asyncio.create_task(self._reload())
+            self._reload_task = asyncio.create_task(self._reload(outcome))
 
     def _on_scale(self, size: int) -> None:
         if self._stop_task is None:
@@ -321,7 +318,7 @@ class Supervisor:
             self._reload_task.cancel()
         await self.pool.stop(fast=fast)
 
-    async def _reload(self) -> None:
+    async def _reload(self, outcome: asyncio.Future[str] | None = None) -> None:
         self.notifier.reloading()
         self.state = SupervisorState.RELOADING
         logger.info("reload: re-reading {}", self.config.path)
@@ -329,6 +326,10 @@ class Supervisor:
             await self._reload_with(config_module.load(self.config.path))
         except (ConfigError, OSError) as exc:
             logger.error("reload aborted, the running pool is kept: {}", exc)
+            refuse(outcome, f"the running pool is kept: {exc}")
+        else:
+            if outcome is not None and not outcome.done():
+                outcome.set_result(f"reloaded: {self.pool.size} slots replaced")
         finally:
             self.state = SupervisorState.RUNNING
             self.notifier.ready(summary(self.pool))
@@ -338,8 +339,11 @@ class Supervisor:
         if problems := await self.pool.check_imports(new.worker, settings, reload=True):
             raise ConfigError("the workers cannot import their code: " + "; ".join(problems))
         self._apply(new)
-        ok = await self.pool.reload(new.worker, settings)
-        logger.info("reload {}", "finished" if ok else "stopped early: old children kept")
+        if not await self.pool.reload(new.worker, settings):
+            raise ConfigError(
+                "stopped early: a new child did not become ready; the old children left are kept"
+            )
+        logger.info("reload finished")
 
     def _apply(self, new: Config) -> None:
         """Take the new config, but what only a restart can change; the slot count follows the
@@ -372,12 +376,6 @@ class Supervisor:
         elif partitioned:  # the first partitioned stream: an assigner for the children running now
             self.partitions = PartitionAssigner(self.pool, {})
             self.partitions.update(partitioned)
-
-    def _on_exit(self, conn: Any) -> None:
-        slot = self.pool.slots.get(conn.slot)
-        if slot is not None:
-            slot.processed_before += int(conn.stats.get("processed", 0))
-            slot.failed_before += int(conn.stats.get("failed", 0))
 
     def status(self) -> Status:
         """What ``corral status`` (and the metrics endpoint) shows."""

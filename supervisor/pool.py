@@ -19,7 +19,7 @@ from typing import Any
 
 from loguru import logger
 
-from corral.contract import ChildSpec, Event, ExitCode, ReadyInfo, StopMode
+from corral.contract import ChildSpec, Event, ReadyInfo, StopMode
 from corral.ipc import Channel, ChannelClosed, RequestTimeout, socketpair
 from corral.supervisor import monitor
 from corral.supervisor.childenv import child_spec
@@ -31,6 +31,8 @@ from corral.supervisor.slot import Slot
 from corral.supervisor.spawner import Spawner
 from corral.supervisor.states import SlotHistory, WorkerState
 from corral.supervisor.zygote import ForkFailed
+
+MAX_DRAINING = 2  # old children of one slot finishing their jobs at once
 
 
 class WorkerPool:
@@ -272,8 +274,20 @@ class WorkerPool:
             return False
         slot.current, slot.recycle_reason = new, None
         if old is not None and old.alive:
-            self.spawn_task(self._stop_child(old, reason))
+            self._drain(slot, old, reason)
         return True
+
+    def _drain(self, slot: Slot, old: WorkerConnection, reason: str) -> None:
+        """``old`` finishes what it holds (its lease renewed) for up to ``drain_s`` while its
+        replacement works; past ``MAX_DRAINING`` of them, the slot's oldest hands its work back."""
+        for extra in slot.start_draining(old, self.clock(), MAX_DRAINING):
+            extra.log.warning(
+                "slot {} pid {}: too many old children draining: hands back", slot.index, extra.pid
+            )
+            extra.process.signal(signal.SIGTERM)  # its ladder's next rung, at once
+        self.spawn_task(
+            self._stop_child(old, f"{reason}: draining", graceful_timeout_s=self.settings.drain_s)
+        )
 
     async def _spawn(self, slot: Slot) -> WorkerConnection:
         parent_sock, child_sock = socketpair()
@@ -322,30 +336,15 @@ class WorkerPool:
         conn.set_state(WorkerState.STOPPED, conn.exit_description())
         self._announce_killing(conn)
         self._events.emit(PoolEvent.EXIT, conn)
+        slot.processed_before += int(conn.stats.get("processed", 0))  # its counts stay the slot's
+        slot.failed_before += int(conn.stats.get("failed", 0))
         if slot.next is conn:
             slot.next = None
         elif slot.current is conn:
             slot.current = None
-            if conn.process.returncode == ExitCode.FENCED:  # a safety stop, not a crash: replaced at once
-                conn.log.warning(
-                    "slot {} pid {}: fenced itself (its lease lapsed); replacing it", slot.index, conn.pid
-                )
-            elif not conn.stop_requested and not self.stopping:
-                self._record_failure(slot, conn)
+            if not conn.stop_requested and not self.stopping:
+                slot.exited_unasked(conn, self.clock())
         self.wake()
-
-    def _record_failure(self, slot: Slot, conn: WorkerConnection) -> None:
-        slot.last_failure = conn.exit_description()
-        heals = conn.process.returncode != ExitCode.BOOT_IMPORT
-        decision = slot.history.record_failure(self.clock(), conn.uptime_s, heals)
-        if decision.fatal:
-            slot.fatal_reason = f"{decision.reason}; last: {conn.exit_description()}"
-            conn.log.error("slot {}: stopped -> fatal ({})", slot.index, slot.fatal_reason)
-        else:
-            slot.backoff_until = self.clock() + decision.delay_s
-            conn.log.warning(
-                "slot {} pid {} died: {}; {}", slot.index, conn.pid, conn.exit_description(), decision.reason
-            )
 
     def _recycle_asked(self, conn: WorkerConnection, data: Any) -> None:
         reason = (

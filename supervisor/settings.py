@@ -28,6 +28,8 @@ class PoolSettings:
 
     ready_timeout_s: float = setting(60.0, Check.POSITIVE, table="pool")  # spawn -> ready, else failed
     graceful_timeout_s: float = setting(30.0, table="pool")  # stop asked -> SIGTERM
+    # a reload's or recycle's old child finishing its jobs -> SIGTERM; None: drain_s below
+    drain_timeout_s: float | None = setting(None, Check.POSITIVE, table="pool")
     kill_timeout_s: float = setting(5.0, Check.POSITIVE, table="pool")  # SIGTERM -> SIGKILL -> give up
     abort_timeout_s: float = 2.0  # SIGABRT of a hung child (traceback) -> SIGKILL
     heartbeat_interval_s: float = setting(5.0, Check.POSITIVE, table="health")
@@ -52,3 +54,14 @@ class PoolSettings:
     bootstrap: tuple[str, ...] = ("-m", CHILD_MODULE)
     cwd: str | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the children
+
+    @property
+    def drain_s(self) -> float:
+        """How long an old child of a reload or recycle may finish what it holds (its replacement
+        already working): ``drain_timeout_s``, else the longest ``timeout_s`` of the pool's queues and
+        streams, and never less than ``graceful_timeout_s``."""
+        if self.drain_timeout_s is not None:
+            return self.drain_timeout_s
+        specs = [*self.work.get("queues", ()), *self.work.get("streams", ())]
+        longest_s = max((float(spec.get("timeout_s") or 0.0) for spec in specs), default=0.0)
+        return max(self.graceful_timeout_s, longest_s)

@@ -24,7 +24,7 @@ class SlotRow(TypedDict):
     worker_id: str | None  # the child's <host>:<pool>:<slot>:<token> (its consumer name)
 
 
-FRAMEWORK_STATS = frozenset({"processed", "failed", "queues", "streams", "schedules"})
+FRAMEWORK_STATS = frozenset({"processed", "failed", "queues", "streams", "schedules", "redis_down_s"})
 
 
 # summed over children, past ones too (throttled: takes a rate limit held back)
@@ -105,12 +105,40 @@ def slot_rows(pool: WorkerPool) -> list[SlotRow]:
                 processed=slot.processed_before + int(stats.get("processed", 0)),
                 failed=slot.failed_before + int(stats.get("failed", 0)),
                 restarts=slot.history.restarts,
-                reason=slot.reason(pool.clock()),
+                reason=slot.reason(pool.clock()) or redis_note(stats),
                 app={k: v for k, v in stats.items() if k not in FRAMEWORK_STATS},
                 worker_id=conn.info.worker_id if conn is not None and conn.info is not None else None,
             )
         )
+        rows += [draining_row(index, old, pool.clock() - since) for old, since in slot.draining if old.alive]
     return rows
+
+
+def redis_note(stats: dict[str, Any]) -> str | None:
+    """What a child says of its Redis: unreachable for so long (its lease not renewed)."""
+    down_s = stats.get("redis_down_s")
+    return None if down_s is None else f"Redis unreachable for {down_s:.0f}s (lease not renewed)"
+
+
+def draining_row(index: int, conn: WorkerConnection, draining_s: float) -> SlotRow:
+    """An old child of a reload or recycle finishing what it holds (state ``draining``)."""
+    stats = conn.stats
+    held = sum(int(q.get("in_flight", 0)) for q in (stats.get("queues") or {}).values())
+    held += sum(int(s.get("in_flight", 0)) for s in (stats.get("streams") or {}).values())
+    return SlotRow(
+        slot=index,
+        pid=conn.pid,
+        state="draining",
+        uptime_s=round(conn.uptime_s, 3),
+        rss_bytes=conn.rss_bytes,
+        cpu_percent=conn.cpu_percent,
+        processed=int(stats.get("processed", 0)),
+        failed=int(stats.get("failed", 0)),
+        restarts=0,
+        reason=f"draining for {draining_s:.0f}s, {held} in hand",
+        app={},
+        worker_id=conn.info.worker_id if conn.info is not None else None,
+    )
 
 
 def summary(pool: WorkerPool) -> str:

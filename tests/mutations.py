@@ -133,6 +133,13 @@ MUTATIONS = (
         (TWICE,),
     ),
     Mutation(
+        "pool: a reload's old child gets the stop deadline instead of the drain time",
+        "supervisor/pool.py",
+        "graceful_timeout_s=self.settings.drain_s)",
+        "graceful_timeout_s=self.settings.graceful_timeout_s)",
+        (TWICE,),
+    ),
+    Mutation(
         "pool: a reload replaces no child",
         "supervisor/pool.py",
         'if not await self._run_slot_task(found, self._replace(found, "reload")):',

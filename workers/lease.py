@@ -69,6 +69,7 @@ class Lease:
         self.clock = clock
         self.valid_until = -math.inf  # monotonic: takes are sent only before it
         self.last_failure: float | None = None
+        self.down_since: float | None = None  # the first failed renewal of the current streak
         self.failures = 0
         self._client: Any = None
         self._lock = threading.Lock()  # one renewal at a time
@@ -78,6 +79,10 @@ class Lease:
     def valid(self) -> bool:
         """Whether a take may be sent now: the lease cannot lapse before the fence would act."""
         return self.clock() < self.valid_until
+
+    def down_s(self) -> float | None:
+        """How long renewals have been failing (None: they succeed)."""
+        return None if self.down_since is None else self.clock() - self.down_since
 
     def steady_s(self) -> float:
         """Seconds since the last failed renewal (infinite when none failed)."""
@@ -98,12 +103,13 @@ class Lease:
                 return False
             if self.last_failure is not None and self.failures:
                 logger.info("lease renewed again after {} failed tries", self.failures)
-                self.failures = 0
+                self.failures, self.down_since = 0, None
             self.valid_until = max(self.valid_until, sent + self.ttl_s - self.margin_s)
             return True
 
     def _failed(self, exc: BaseException) -> None:
         self.last_failure = self.clock()
+        self.down_since = self.down_since or self.last_failure
         self.failures += 1
         if self.failures == 1:
             left_s = self.valid_until - self.clock()
@@ -122,8 +128,11 @@ class Lease:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """No more renewals (a clean exit: then the member leaves the set)."""
+        """No more renewals (a clean exit: then the member leaves the set); waits for a renewal in
+        flight, which would otherwise add the member back after it left."""
         self._stop.set()
+        with self._lock:
+            pass
 
     def _renewing(self) -> None:
         while not self._stop.is_set():

@@ -22,6 +22,8 @@ from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config, Where
 from corral.supervisor.control import call
 
+RELOAD_TIMEOUT_S = 600.0  # every slot's replacement ready (a slot's import check and start)
+
 
 async def control(where: Where, args: argparse.Namespace, config: Config | None) -> int:
     """``config``: the config on disk, when it validates (None: it does not)."""
@@ -31,8 +33,11 @@ async def control(where: Where, args: argparse.Namespace, config: Config | None)
         return await status(where, args, config)
     if command in ("request", "send"):
         return await to_child(where, args)
-    if command == "reload":
-        print(await call(path, "reload"))
+    if command == "reload":  # waits for the outcome: every slot's replacement ready, or why not
+        try:
+            print(await call(path, "reload", timeout_s=RELOAD_TIMEOUT_S))
+        except RemoteError as exc:
+            return fail(f"reload refused: {exc.remote_message}", SupervisorExit.FAILED)
     elif command == "scale":
         if args.workers < 0:
             return fail(f"scale needs a number of slots >= 0, got {args.workers}", SupervisorExit.CONFIG)

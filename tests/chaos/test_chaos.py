@@ -456,7 +456,7 @@ def test_no_job_or_entry_lost_under_kills_redis_restart_and_reload(
     assert c.running, f"the supervisor exited\n{context}"
     assert len(kills) >= MIN_KILLS and restarts == 1 and reloads == 1, f"too little chaos\n{context}"
     assert "reload: re-reading" in log, f"SIGHUP did not start a reload\n{context}"
-    assert "-> stopping (reload)" in log, f"the reload replaced no child\n{context}"
+    assert "-> stopping (reload: draining)" in log, f"the reload replaced no child\n{context}"
     moved = [what for _at, _ms, what in recovered.values() if what != "nothing in flight"]
     assert moved, f"no recovery moved anything: the kills never hit work in hand\n{context}"
     assert not lost_jobs, f"{len(lost_jobs)} jobs never handled, e.g. {lost_jobs[:10]}\n{context}"

@@ -160,3 +160,11 @@ class TickOnly(BaseWorker):
     async def start(self) -> None:
         self.on("tick", lambda n: n + 1)
         await super().start()
+
+
+def handler_of_three(job: Any, ctx: Any, extra: Any) -> None:
+    """A handler corral cannot call: neither (job) nor (job, ctx) binds."""
+
+
+def handler_of_none() -> None:
+    """Likewise: it takes no job."""

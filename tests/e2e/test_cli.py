@@ -303,6 +303,38 @@ def test_a_handler_that_cannot_be_imported_is_named(corral: Factory) -> None:
     assert "queues[0].handler: cannot import 'tests.e2e.apps:no_such_handler'" in sup.output()
 
 
+@pytest.mark.parametrize("handler", ["handler_of_three", "handler_of_none"])
+def test_a_handler_that_cannot_take_a_job_is_a_config_error(corral: Factory, handler: str) -> None:
+    sup = corral(f"{APPS}:GoodWorker", workers=1)
+    sup.config.write_text(
+        sup.config.read_text() + f'\n[[queues]]\nnames = ["q"]\nhandler = "{APPS}:{handler}"\n'
+    )
+    sup.start()
+    assert sup.wait_exit(15) == 2
+    assert (
+        f"queues[0].handler: handler '{APPS}:{handler}' must take (job) or (job, ctx), not (" in sup.output()
+    )
+
+
+def test_corral_reload_waits_for_the_outcome_and_says_why_it_was_refused(corral: Factory) -> None:
+    c = corral(f"{APPS}:GoodWorker", workers=2).start()
+    before = pids_of(c.wait_all_ready(2))
+    done = c.cli("reload")
+    assert (done.returncode, done.stdout.strip()) == (0, "reloaded: 2 slots replaced"), done.stderr
+    assert not set(pids_of(c.status()).values()) & set(before.values()), "answered before the new children"
+
+    good = c.config.read_text()  # valid TOML whose new code cannot be imported: refused, the pool kept
+    c.config.write_text(good.replace(f"{APPS}:GoodWorker", f"{APPS}:NoSuchWorker"))
+    kept = pids_of(c.status())
+    done = c.cli("reload")
+    assert done.returncode == 1 and done.stdout == "", (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("corral: reload refused: "), done.stderr
+    assert "cannot import 'tests.e2e.apps:NoSuchWorker'" in done.stderr, done.stderr
+    assert pids_of(c.status()) == kept
+    c.send(signal.SIGTERM)
+    assert c.wait_exit(15) == 0
+
+
 def test_hung_child_is_aborted_with_a_traceback_and_replaced(corral: Factory, tmp_path: Path) -> None:
     c = corral(
         f"{APPS}:HangingWorker",

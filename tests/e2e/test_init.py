@@ -65,7 +65,7 @@ def check_files(proj: Path, written: list[Path]) -> None:
         "Type=notify",
         f"ExecStart={CORRAL} run -c {proj}/corral.toml",
         f"WorkingDirectory={proj}",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        f"ExecReload={CORRAL} reload -c {proj}/corral.toml",
         "KillMode=mixed",
         "Restart=on-failure",
     ):

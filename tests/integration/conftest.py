@@ -168,6 +168,7 @@ class LocalWorker:
         except asyncio.CancelledError:
             pass
         await self.consumers.close()
+        self.consumers.lease.stop()  # a child's exit would end its threads; this process goes on
 
 
 @pytest.fixture

@@ -29,19 +29,24 @@ Handler = Callable[..., Any]
 
 
 def load_handler(path: str) -> tuple[Handler, bool]:
-    """A handler and whether it takes a second ``ctx`` argument."""
+    """A handler and whether it takes a second ``ctx`` argument; one that can be called neither as
+    ``(job)`` nor as ``(job, ctx)`` is a ``LoadError`` (found by the import check, before any child)."""
     handler = load_object(path)
     if not callable(handler):
         raise LoadError(f"handler {path!r} is not callable")
     try:
-        params = [
-            p
-            for p in inspect.signature(handler).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
+        signature = inspect.signature(handler)
     except (TypeError, ValueError):
         return handler, False
-    return handler, len(params) >= 2
+    params = [
+        p for p in signature.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    takes_ctx = len(params) >= 2
+    try:
+        signature.bind(*(None,) * (2 if takes_ctx else 1))
+    except TypeError:
+        raise LoadError(f"handler {path!r} must take (job) or (job, ctx), not {signature}") from None
+    return handler, takes_ctx
 
 
 async def run_all(items: list[Any], handle: Callable[..., Awaitable[None]], concurrency: int) -> None:

@@ -9,6 +9,7 @@ membership sweep.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
 from collections.abc import Callable
@@ -172,7 +173,7 @@ class Consumers:
                 await queue.put_back()
             for queue in self.queues:
                 await queue.release()
-            self.lease.stop()
+            await asyncio.to_thread(self.lease.stop)
             await self.membership.leave()
         except TRANSIENT as exc:
             self.log.warning("stopping with Redis away ({!r}): a sweep will recover what we hold", exc)
@@ -185,4 +186,11 @@ class Consumers:
         streams.update({name: c.stats() for name, c in self.partitioned.items()})
         failed = sum(s["failed"] for s in queues.values()) + sum(s["failed"] for s in streams.values())
         fired = self.scheduler.stats() if self.scheduler is not None else {}
-        return {"queues": queues, "streams": streams, "consumer_failed": failed, "schedules": fired}
+        down_s = self.lease.down_s()  # the supervisor shows it in the slot's row (corral status)
+        return {
+            "queues": queues,
+            "streams": streams,
+            "consumer_failed": failed,
+            "schedules": fired,
+            "redis_down_s": None if down_s is None else round(down_s, 1),
+        }

@@ -21,6 +21,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from corral.contract import WorkSpec
+from corral.supervisor.status import slot_rows
 from corral.workers.consumers.membership import Membership
 from corral.workers.lease import Lease
 from corral.workers.messages import encode_job
@@ -347,5 +348,67 @@ def test_a_round_cut_short_by_redis_lets_a_running_sync_job_finish(
         found = runs(out)
         assert overlaps(found) == 0, found
         assert [x.n for x in found].count("1") == 1, found
+
+    run(body())
+
+
+def test_a_reload_drains_a_job_longer_than_the_stop_deadline(
+    redis_clean: Any, consumer_pool: Any, run: Any, tmp_path: Path
+) -> None:
+    """graceful_timeout_s = 1 and a 4 s job on a queue whose timeout_s is 10: the old child of the
+    reload finishes it (draining, shown as such) while its ready replacement takes new work."""
+
+    async def body() -> None:
+        r = client(redis_clean.url)
+        out = tmp_path / "marks"
+        work = queue_work(
+            redis_clean.url, names=("dq",), handler=f"{H}:mark_async", batch_size=1, timeout_s=10.0
+        )
+        cp = consumer_pool(1, work, graceful_timeout_s=1.0)
+        try:
+            assert await cp.pool.spawn_all()
+            await r.lpush("dq", encode_job({"n": 1, "s": 4, "out": str(out)}))
+            await wait_for(lambda: runs(out), what="the long job started")
+            assert await cp.pool.reload()
+            [draining] = [row for row in slot_rows(cp.pool) if row["state"] == "draining"]
+            assert draining["pid"] == runs(out)[0].pid
+            await wait_for(  # what it holds, from its stats (sent every second)
+                lambda: [r for r in slot_rows(cp.pool) if "1 in hand" in str(r["reason"])], what="in hand"
+            )
+            await r.lpush("dq", encode_job({"n": 2, "s": 0, "out": str(out)}))  # for the new child
+            await wait_for(lambda: any(x.n == "2" and x.end for x in runs(out)), what="the new child's job")
+            assert runs(out)[0].end is None, "the new child waited for the old one"
+            await wait_for(lambda: settled(r, "dq", out, 2), timeout_s=20, what="the long job done")
+        finally:
+            await cp.pool.stop(10)
+            await r.aclose()
+        found = runs(out)
+        assert sorted((x.n, x.attempt) for x in found) == [("1", 1), ("2", 1)], found
+        assert found[0].pid != found[1].pid
+
+    run(body(), timeout_s=60)
+
+
+def test_status_says_when_a_child_cannot_reach_redis(redis_clean: Any, consumer_pool: Any, run: Any) -> None:
+    async def body() -> None:
+        work = short_lease(queue_work(redis_clean.url, names=("uq",), handler=f"{H}:count_job"), ttl_s=2.0)
+        cp = consumer_pool(1, work)
+        stopped = False
+        try:
+            assert await cp.pool.spawn_all()
+            assert slot_rows(cp.pool)[0]["reason"] is None
+            os.kill(redis_clean.pid, signal.SIGSTOP)
+            stopped = True
+            [row] = await wait_for(
+                lambda: [r for r in slot_rows(cp.pool) if "Redis unreachable" in str(r["reason"])], 10, "said"
+            )
+            os.kill(redis_clean.pid, signal.SIGCONT)
+            stopped = False
+            await wait_for(lambda: slot_rows(cp.pool)[0]["reason"] is None, 10, "no longer said")
+        finally:
+            if stopped:
+                os.kill(redis_clean.pid, signal.SIGCONT)
+            await cp.pool.stop(10)
+        assert row["state"] == "ready" and row["reason"].endswith("(lease not renewed)")
 
     run(body())

@@ -75,7 +75,7 @@ class FakePool(WorkerPool):
         conn: Any = slot.current
         conn.process.returncode, conn.uptime_s, conn.alive = code, uptime_s, False
         slot.current = None
-        self._record_failure(slot, conn)
+        slot.exited_unasked(conn, self.clock())
 
 
 def run(
@@ -132,6 +132,23 @@ def test_a_crash_backs_off_on_the_clock() -> None:
         assert pool.launched.count(1) == 3
 
     run(body, backoff_initial_s=0.5)
+
+
+def test_a_fenced_child_is_replaced_at_once_and_is_no_failure() -> None:
+    """Exit code 8: the child ended itself while Redis was away (its lease could lapse): a safety
+    stop, not a crash: no backoff, no restart counted, never fatal however often."""
+
+    async def body(pool: FakePool, _clock: FakeClock) -> None:
+        pool.reconcile()
+        await settle()
+        for _ in range(10):
+            pool.crash(1, code=ExitCode.FENCED)
+            assert pool.reconcile() is None
+            await settle()
+        assert pool.launched.count(1) == 11
+        assert pool.slots[1].history.restarts == 0 and pool.slots[1].state is not WorkerState.FATAL
+
+    run(body, max_restarts=2)
 
 
 def test_crash_loop_makes_the_slot_fatal_and_the_others_keep_running() -> None:

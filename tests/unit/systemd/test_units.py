@@ -18,7 +18,14 @@ TEMPLATE = UNIT_DIR / "corral@.service"
 UNITS = [SINGLE, TEMPLATE]
 EXEC_KEYS = ("ExecStart", "ExecStartPre", "ExecStartPost", "ExecReload", "ExecStop", "ExecStopPost")
 # Directives that legitimately differ between the single unit and the template.
-PER_INSTANCE = {"Description", "ExecStart", "RuntimeDirectory", "StateDirectory", "LogsDirectory"}
+PER_INSTANCE = {
+    "Description",
+    "ExecStart",
+    "ExecReload",
+    "RuntimeDirectory",
+    "StateDirectory",
+    "LogsDirectory",
+}
 PER_INSTANCE |= {"SyslogIdentifier", "WorkingDirectory"}
 HARDENING = {
     "NoNewPrivileges": "yes",
@@ -81,7 +88,7 @@ def test_key_directives(path: Path) -> None:
     assert one(unit, "Restart") == "on-failure"
     assert seconds(one(unit, "RestartSec")) > 0
     assert seconds(one(unit, "WatchdogSec")) == 30
-    assert one(unit, "ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert one(unit, "ExecReload") == one(unit, "ExecStart").replace(" run -c ", " reload -c ")
     assert seconds(one(unit, "TimeoutStopSec")) > PoolSettings().graceful_timeout_s
     assert seconds(one(unit, "TimeoutStartSec")) > PoolSettings().ready_timeout_s
     for key, value in HARDENING.items():
