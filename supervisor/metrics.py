@@ -26,7 +26,8 @@ class PoolCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         status = self.status()
-        pool, rows = status["pool"], status["slots"]
+        pool = status["pool"]
+        rows = [row for row in status["slots"] if row["state"] != "draining"]  # one row per slot
         for name, text in SLOT_COUNTERS.items():
             family = CounterMetricFamily(f"corral_slot_{name}", f"Per slot: {text}", labels=["pool", "slot"])
             for row in rows:

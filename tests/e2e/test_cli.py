@@ -103,7 +103,7 @@ def test_sighup_rolling_reload_never_leaves_a_slot_without_a_ready_child(corral:
     wait_until(replaced, 15, interval_s=0.02, what="every slot replaced by the reload")
     assert len(samples) > 10, "too few samples to say anything about the reload"
     for status in samples:
-        rows = status["slots"]
+        rows = [r for r in status["slots"] if r["state"] != "draining"]  # old children finishing
         assert [r["slot"] for r in rows] == [0, 1], status
         assert all(r["state"] == "ready" and r["pid"] for r in rows), f"a slot without a ready child: {rows}"
 

@@ -159,7 +159,7 @@ function render(snap) {
     cell(tr, s.slot); cell(tr, s.state, `state-${s.state}`); cell(tr, s.pid); cell(tr, ago(s.uptime_s));
     cell(tr, mb(s.rss_bytes), "num"); cell(tr, `${s.cpu_percent.toFixed(0)}%`, "num"); cell(tr, s.processed, "num");
     cell(tr, s.failed, "num"); cell(tr, s.restarts, "num"); cell(tr, s.reason || "");
-    button(tr, "Recycle", "recycle", () => act("recycle", { slot: s.slot }));
+    if (s.state !== "draining") button(tr, "Recycle", "recycle", () => act("recycle", { slot: s.slot }));
   });
   const others = Object.entries(snap.hosts || {}).flatMap(([host, h]) => h.slots.map((s) => [host, s]));
   fill("#other-slots", others, (tr, [host, s]) => {
@@ -201,7 +201,7 @@ function fillChoices(snap) {
     if (names.includes(chosen)) select.value = chosen;
   }
   const logs = $("#log-slot");
-  const wanted = ["supervisor", ...snap.status.slots.map((s) => String(s.slot))];
+  const wanted = ["supervisor", ...new Set(snap.status.slots.map((s) => String(s.slot)))];
   if (logs.options.length !== wanted.length) {
     const chosen = logs.value;
     logs.replaceChildren(...wanted.map((n) => new Option(n === "supervisor" ? n : `slot ${n}`, n)));
