@@ -341,7 +341,7 @@ class Supervisor:
         self._apply(new)
         if not await self.pool.reload(new.worker, settings):
             raise ConfigError(
-                "stopped early: a new child did not become ready; the old children left are kept"
+                "reload stopped early: a new child did not become ready; the old children left are kept"
             )
         logger.info("reload finished")
 

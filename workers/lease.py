@@ -75,6 +75,7 @@ class Lease:
         self._lock = threading.Lock()  # one renewal at a time
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._joined: asyncio.Future[None] | None = None  # the first renewal, then the threads
 
     def valid(self) -> bool:
         """Whether a take may be sent now: the lease cannot lapse before the fence would act."""
@@ -101,7 +102,7 @@ class Lease:
             except (RedisError, OSError) as exc:
                 self._failed(exc)
                 return False
-            if self.last_failure is not None and self.failures:
+            if self.failures:
                 logger.info("lease renewed again after {} failed tries", self.failures)
                 self.failures, self.down_since = 0, None
             self.valid_until = max(self.valid_until, sent + self.ttl_s - self.margin_s)
@@ -109,10 +110,11 @@ class Lease:
 
     def _failed(self, exc: BaseException) -> None:
         self.last_failure = self.clock()
-        self.down_since = self.down_since or self.last_failure
+        if self.down_since is None:
+            self.down_since = self.last_failure
         self.failures += 1
         if self.failures == 1:
-            left_s = self.valid_until - self.clock()
+            left_s = max(0.0, self.valid_until - self.last_failure)
             logger.warning(
                 "lease not renewed ({!r}); {:.1f}s left before this worker fences itself", exc, left_s
             )
@@ -153,12 +155,15 @@ class Lease:
                 self._stop.wait(0.1)
 
     async def join(self) -> None:
-        """The first renewal (off the loop), then the threads; once."""
-        if not self._threads:
-            self._threads.append(threading.current_thread())  # joining: a second caller skips
-            await asyncio.to_thread(self.renew)
-            self._threads.clear()
-            self.start()
+        """The first renewal (off the loop), then the threads: once, whoever asks first (the others
+        wait for it; a caller cancelled meanwhile does not cancel it)."""
+        if self._joined is None:
+            self._joined = asyncio.ensure_future(self._first_renewal())
+        await asyncio.shield(self._joined)
+
+    async def _first_renewal(self) -> None:
+        await asyncio.to_thread(self.renew)
+        self.start()
 
 
 class Gated:
@@ -170,7 +175,7 @@ class Gated:
         self.lease = lease
         self.name: str = unit.name
         self.idle_sleep_s: float = unit.idle_sleep_s
-        self.transient_errors: tuple[type[BaseException], ...] = unit.transient_errors
+        self.transient_errors: tuple[type[BaseException], ...] = ()  # set by Consumers.units()
         self.busy = False
 
     async def run(self) -> int:

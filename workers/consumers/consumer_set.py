@@ -83,7 +83,6 @@ class Consumers:
         for unit in self.consumers:
             unit.runner = self.runner
             unit.durable = Durability(redis, work.redis)
-            unit.transient_errors = TRANSIENT
         self.gated = [Gated(unit, self.lease) for unit in self.consumers]
 
     def give_handlers(self, worker: Any) -> None:

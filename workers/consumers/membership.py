@@ -52,9 +52,8 @@ class Membership:
             return 0  # back from an outage (or new): our peers get a whole lease to renew first
         now_ms = await redis_now_ms(self.redis)
         expired = await self.redis.zrangebyscore(self.members, "-inf", now_ms, start=0, num=10)
-        for member in expired:
-            if member.decode() != self.worker_id:
-                await self._recover(member.decode())
+        for member in expired:  # (our own is never expired: recover() would skip it anyway)
+            await self._recover(member.decode())
         return 0
 
     async def _recover(self, member: str) -> None:
