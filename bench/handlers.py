@@ -4,6 +4,7 @@ bench — compute a+b, then one INCR of the shared counter."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from corral.workers.messages import HandlerContext, Job, Message
@@ -41,3 +42,11 @@ async def add_entries(messages: list[Message], ctx: HandlerContext) -> None:
 async def mark_done(job: Job, ctx: HandlerContext) -> None:
     """``bench/startup.py``: the first job done writes the time it was done."""
     await ctx.redis.set("bench:done", repr(time.time()))
+
+
+async def timed_sleep(job: Job, ctx: HandlerContext) -> None:
+    """``bench/makespan.py``: sleep ``job.data["s"]``, then note the start and end of the run."""
+    started = time.time()
+    await asyncio.sleep(job.data["s"])
+    await ctx.redis.rpush("bench:runs", f"{job.data['n']} {started!r} {time.time()!r}")
+    await ctx.redis.incr(COUNTER)

@@ -55,6 +55,7 @@ class Event(StrEnum):
     STOP = "corral.stop"  # supervisor -> child, send: {"mode": StopMode}
     STATS = "corral.stats"  # child -> supervisor, send: the worker's stats() dict, every stats_interval_s
     RECYCLE = "corral.recycle"  # child -> supervisor, send: {"reason"}: replace me (new child first)
+    FAILED = "corral.failed"  # child -> supervisor, send: {"error": the exception's last line}, then exits
     RECOVER = "corral.recover"  # supervisor -> child, request: {"worker_id": dead worker} -> counts moved
     ASSIGN = "corral.partitions.assign"  # supervisor -> child, request: {"stream", "shards"} -> shards owned
     REVOKE = "corral.partitions.revoke"  # same; answered once the round in progress is acknowledged
@@ -257,6 +258,7 @@ class StreamSpec:
     group: str = ""  # consumer group; default: the pool name
     batch_size: int = setting(100, Check.POSITIVE)  # XREADGROUP COUNT
     concurrency: int = setting(1, Check.POSITIVE)  # handlers of a batch at once (partitioned: 1, order)
+    prefetch_ms: int = 100  # beyond a free lane's worth, take what the lanes start within this much
     block_ms: int = setting(1000, Check.POSITIVE)  # XREADGROUP BLOCK (below redis.socket_timeout_s)
     max_deliveries: int = setting(5, Check.POSITIVE)  # failed (or delivered) this often: dead-lettered
     min_idle_ms: int = 30_000  # a pending entry idle this long may be claimed by another consumer
@@ -278,6 +280,7 @@ class QueueSpec:
     refresh_s: float = setting(5.0, Check.POSITIVE)  # how often discovery runs again
     batch_size: int = setting(50, Check.POSITIVE)  # jobs taken per round trip
     concurrency: int = setting(1, Check.POSITIVE)  # handlers of a batch at once (1: in order)
+    prefetch_ms: int = 100  # beyond a free lane's worth, take what the lanes start within this much
     block_s: float = setting(1.0, Check.POSITIVE)  # BLMOVE timeout, every queue empty (< socket timeout)
     max_attempts: int = setting(5, Check.POSITIVE)  # failures retried with backoff, then dead-lettered
     backoff_initial_s: float = 1.0

@@ -32,6 +32,8 @@ class WorkerConnection:
         self.psutil_process: Any = None  # sampled by supervisor.monitor
         self.jobs_limit: int | None = None  # this child's max_jobs + jitter, drawn once
         self.fail_reason: str | None = None  # why the supervisor killed it (ready timeout, hang)
+        self.last_error: str | None = None  # what it said of its failure before exiting (start() raised)
+        self.redis_down_since: float | None = None  # wall clock: since when it cannot reach Redis
         self.log = logger.bind(slot=slot, pid=process.pid)
         self.log.info("slot {} pid {}: {}", slot, process.pid, self.state.value)
 
@@ -62,8 +64,22 @@ class WorkerConnection:
         self.state = state
 
     def exit_description(self) -> str:
-        text = ExitCode.describe(self.process.returncode)
-        return f"{text}, {self.fail_reason}" if self.fail_reason else text
+        said = (ExitCode.describe(self.process.returncode), self.fail_reason, self.last_error)
+        return ", ".join(text for text in said if text)
+
+    def take_stats(self, data: Any) -> None:
+        """Its stats (``Event.STATS``); while it says Redis is away (``redis_down_s``), since when."""
+        self.stats.update(data)
+        down_s = self.stats.get("redis_down_s")
+        if down_s is None:
+            self.redis_down_since = None
+        elif self.redis_down_since is None:
+            self.redis_down_since = round(time.time() - float(down_s), 3)
+
+    def take_failure(self, data: Any) -> None:
+        """Why it is about to exit, in its own words (``Event.FAILED``: its exception's last line)."""
+        error = data.get("error") if isinstance(data, dict) else None
+        self.last_error = str(error) if error else None
 
     def send(self, event: str, data: Any = None) -> None:
         self.channel.send(event, data)

@@ -28,6 +28,7 @@ from corral.supervisor.commands import control_handlers, refuse
 from corral.supervisor.config import Config, ConfigError, redacted
 from corral.supervisor.control import AlreadyRunning, ControlServer
 from corral.supervisor.logs import LogManager
+from corral.supervisor.outage import RedisWatch
 from corral.supervisor.partitions import PartitionAssigner
 from corral.supervisor.pool import WorkerPool
 from corral.supervisor.rates import Rates
@@ -71,6 +72,7 @@ class Supervisor:
         self.control = ControlServer(config.control_socket, self.handlers)
         self.recovery = Recovery(self.pool) if config.uses_redis else None
         self.work_totals = WorkTotals(self.pool)
+        self.redis_watch = RedisWatch(self.pool)  # logs when the children lose Redis, and get it back
         self.rates = Rates()
         self._summary_at = time.monotonic()
         partitioned = {s.stream: s.partitions for s in config.work.streams if s.partitions}

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from corral.supervisor.status import Status
 
 SLOT_COUNTERS = {"processed": "events processed", "failed": "events failed", "restarts": "restarts"}
-WORK_COUNTERS = ("processed", "failed", "retried", "dead", "requeued", "throttled")
+WORK_COUNTERS = ("processed", "failed", "retried", "dead", "requeued", "throttled", "refused")
 WORK_GAUGES = ("in_flight", "lag", "delayed", "paused")
 
 
@@ -34,7 +34,9 @@ class PoolCollector(Collector):
                 family.add_metric([pool, str(row["slot"])], float(row[name]))  # type: ignore[literal-required]
             yield family
         up = GaugeMetricFamily(
-            "corral_slot_ready", "1 if the slot has a ready child", labels=["pool", "slot"]
+            "corral_slot_ready",
+            "1 if the slot has a ready child (that reaches Redis)",
+            labels=["pool", "slot"],
         )
         rss = GaugeMetricFamily(
             "corral_slot_rss_bytes", "Resident memory of the slot's child", labels=["pool", "slot"]

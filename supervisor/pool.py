@@ -305,7 +305,8 @@ class WorkerPool:
             child_sock.close()
         conn = WorkerConnection(slot.index, slot.generation, process, channel)
         slot.generation += 1
-        conn.on(Event.STATS, conn.stats.update)
+        conn.on(Event.STATS, conn.take_stats)
+        conn.on(Event.FAILED, conn.take_failure)
         conn.on(Event.RECYCLE, lambda data: self._recycle_asked(conn, data))
         self._events.emit(PoolEvent.SPAWNING, conn)
         self.spawn_task(self._watch(slot, conn))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, TypedDict
 
 from corral.supervisor.connection import WorkerConnection
 from corral.supervisor.events import PoolEvent
+from corral.supervisor.outage import REDIS_DOWN, redis_url, unreachable
 from corral.supervisor.pool import WorkerPool
+from corral.supervisor.states import WorkerState
 
 
 class SlotRow(TypedDict):
@@ -22,13 +25,15 @@ class SlotRow(TypedDict):
     reason: str | None
     app: dict[str, Any]  # what the worker's own stats() adds (an app's metrics)
     worker_id: str | None  # the child's <host>:<pool>:<slot>:<token> (its consumer name)
+    redis_down_since: float | None  # Unix time: since when its child cannot reach Redis (None: it can)
 
 
 FRAMEWORK_STATS = frozenset({"processed", "failed", "queues", "streams", "schedules", "redis_down_s"})
 
 
-# summed over children, past ones too (throttled: takes a rate limit held back)
-COUNTERS = ("processed", "failed", "retried", "dead", "requeued", "throttled")
+# summed over children, past ones too (throttled: takes a rate limit held back; refused: acks, settles
+# and checkpoints of work recovered away from its worker meanwhile)
+COUNTERS = ("processed", "failed", "retried", "dead", "requeued", "throttled", "refused")
 GAUGES = ("in_flight", "lag", "delayed", "paused")  # in_flight summed over live children; the rest sampled
 SAMPLED = ("lag", "delayed", "paused")  # each child samples the same Redis figure: the largest wins
 
@@ -94,30 +99,32 @@ def slot_rows(pool: WorkerPool) -> list[SlotRow]:
         slot = pool.slots[index]
         conn = slot.current
         stats = conn.stats if conn is not None else {}
+        down_since = conn.redis_down_since if conn is not None else None
+        cut_off = down_since is not None and slot.state is WorkerState.READY
         rows.append(
             SlotRow(
                 slot=index,
                 pid=conn.pid if conn is not None else None,
-                state=slot.state.value,
+                state=REDIS_DOWN if cut_off else slot.state.value,
                 uptime_s=round(conn.uptime_s, 3) if conn is not None else None,
                 rss_bytes=conn.rss_bytes if conn is not None else 0,
                 cpu_percent=conn.cpu_percent if conn is not None else 0.0,
                 processed=slot.processed_before + int(stats.get("processed", 0)),
                 failed=slot.failed_before + int(stats.get("failed", 0)),
                 restarts=slot.history.restarts,
-                reason=slot.reason(pool.clock()) or redis_note(stats),
+                reason=slot.reason(pool.clock()) or redis_note(down_since, redis_url(pool)),
                 app={k: v for k, v in stats.items() if k not in FRAMEWORK_STATS},
                 worker_id=conn.info.worker_id if conn is not None and conn.info is not None else None,
+                redis_down_since=down_since,
             )
         )
         rows += [draining_row(index, old, pool.clock() - since) for old, since in slot.draining if old.alive]
     return rows
 
 
-def redis_note(stats: dict[str, Any]) -> str | None:
-    """What a child says of its Redis: unreachable for so long (its lease not renewed)."""
-    down_s = stats.get("redis_down_s")
-    return None if down_s is None else f"Redis unreachable for {down_s:.0f}s (lease not renewed)"
+def redis_note(since: float | None, url: str | None) -> str | None:
+    """What a child says of its Redis: unreachable since when, for how long, which one."""
+    return None if since is None else f"{unreachable(since, url, time.time())} (lease not renewed)"
 
 
 def draining_row(index: int, conn: WorkerConnection, draining_s: float) -> SlotRow:
@@ -138,6 +145,7 @@ def draining_row(index: int, conn: WorkerConnection, draining_s: float) -> SlotR
         reason=f"draining for {draining_s:.0f}s, {held} in hand",
         app={},
         worker_id=conn.info.worker_id if conn.info is not None else None,
+        redis_down_since=conn.redis_down_since,
     )
 
 

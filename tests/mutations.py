@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 EDGES = "tests/integration/workers/test_delivery_edges.py"
 TWICE = "tests/integration/workers/test_never_twice.py"
+LONG_FAULTS = "tests/chaos/test_long_job_faults.py"
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,9 @@ class Mutation:
 MUTATIONS = (
     Mutation(
         "queues: skip the acknowledgement",
-        "workers/consumers/queues.py",
-        "await self._ack_jobs(keys=[self._processing(queue), self.keys.deaths(queue)], args=raws)",
-        "0",
+        "workers/consumers/settlement.py",
+        "            removed = [await self._ack(keys=keys, args=raws)]",
+        "            removed = [len(raws)]",
         ("tests/integration/workers/test_queues.py",),
     ),
     Mutation(
@@ -96,6 +97,13 @@ MUTATIONS = (
         (TWICE,),
     ),
     Mutation(
+        "lease: the fence logs but never ends the process (long jobs through seeded faults)",
+        "workers/lease.py",
+        "                self.on_fence(reason)\n",
+        "",
+        (LONG_FAULTS,),
+    ),
+    Mutation(
         "lease: takes are sent without a valid lease",
         "workers/lease.py",
         "        if not self.lease.valid():  # Redis away or stalled for us: nothing new until renewed",
@@ -127,8 +135,8 @@ MUTATIONS = (
     ),
     Mutation(
         "lanes: a round interrupted by Redis cancels the lanes still handling their jobs",
-        "workers/consumers/base.py",
-        "            except Exception as exc:\n                failed.append(exc)\n                return\n",
+        "workers/consumers/lanes.py",
+        "            except Exception as exc:\n                self.failed.append(exc)\n                return\n",
         "            except Exception:\n                raise\n",
         (TWICE,),
     ),
@@ -145,6 +153,68 @@ MUTATIONS = (
         'if not await self._run_slot_task(found, self._replace(found, "reload")):',
         "if False:",
         ("tests/e2e/test_partitions.py", "tests/apps/test_matchmaker.py"),
+    ),
+)
+
+
+REFILL = "tests/integration/workers/test_refill_and_checkpoints.py"
+MUTATIONS += (
+    Mutation(
+        "refill: a lane that frees waits for the round's slowest job",
+        "workers/consumers/queues.py",
+        "refill = None if suspects or self.spec.batch else self._refill",
+        "refill = None",
+        (REFILL,),
+    ),
+    Mutation(
+        "refill: a refill that fails cancels the lanes still handling their jobs",
+        "workers/consumers/lanes.py",
+        "            except Exception as exc:  # Redis went away: the lanes in hand finish, nothing more\n"
+        "                self.failed.append(exc)\n                return None\n",
+        "            except Exception:\n                raise\n",
+        ("tests/unit/workers/test_lanes.py",),
+    ),
+    Mutation(
+        "membership: a sweep counts a death against what it recovers",
+        "workers/consumers/membership.py",
+        "await self.recover(member, died=False)",
+        "await self.recover(member, died=True)",
+        (LONG_FAULTS,),
+    ),
+    Mutation(
+        "refill: every take asks for a whole batch",
+        "workers/consumers/lanes.py",
+        "        return max(1, min(self.batch_size, free + extra))",
+        "        return self.batch_size",
+        (REFILL,),
+    ),
+    Mutation(
+        "refill: a stopping worker goes on taking",
+        "workers/consumers/queues.py",
+        "        if not self.may_take():\n            return []\n        await self._ack()\n        await self._refresh",
+        "        await self._ack()\n        await self._refresh",
+        ("tests/integration/workers/test_queues.py::test_graceful_stop_finishes_the_jobs_in_hand", REFILL),
+    ),
+    Mutation(
+        "checkpoint: the state is not saved with the job",
+        "workers/consumers/checkpoints.py",
+        "            new_raw = with_checkpoint(self.raw, self.job, state)",
+        "            new_raw = self.raw",
+        (REFILL, "tests/apps/test_trivia.py"),
+    ),
+    Mutation(
+        "checkpoint: a job recovered away goes on as if still ours",
+        "workers/consumers/checkpoints.py",
+        "            if not await self.checkpoints.replace(self.queue, self.raw, new_raw, publish):",
+        "            if not await self.checkpoints.replace(self.queue, self.raw, new_raw, publish) and False:",
+        (REFILL,),
+    ),
+    Mutation(
+        "checkpoint: the announcement of a save is never published",
+        "workers/consumers/queue_scripts.py",
+        "if ARGV[3] then redis.call('PUBLISH', ARGV[3], ARGV[4]) end",
+        "",
+        ("tests/apps/test_trivia.py",),
     ),
 )
 

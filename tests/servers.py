@@ -241,6 +241,39 @@ class Cluster(Topology):
         _wait(lambda: node.client().ping(), f"node {node.port} back")
 
 
+class Standalone(Topology):
+    """One server on a loopback port behind a password (``requirepass``): a URL with credentials,
+    which corral must never show (``***``). ``kill()`` makes it unreachable, ``start()`` brings it
+    back on the same port (empty: no persistence)."""
+
+    kind = "standalone"
+    password = "s3cret-pw-7d1e"
+
+    def start(self) -> Standalone:
+        if not self.nodes:
+            self.nodes = [Node(free_ports(1)[0])]
+        node = self.nodes[0]
+        try:
+            self._start(node, "--requirepass", self.password)
+            _wait(lambda: node.client(password=self.password).ping(), f"server {node.port}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def kill(self) -> None:
+        self.nodes[0].kill()
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@{HOST}:{self.nodes[0].port}/0"
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as corral shows it."""
+        return f"redis://:***@{HOST}:{self.nodes[0].port}/0"
+
+
 class Sentinels(Topology):
     """A primary, one replica and 3 Sentinels watching them as ``SERVICE``."""
 

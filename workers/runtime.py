@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+import traceback
 from typing import Any
 
 from loguru import logger
@@ -22,6 +23,18 @@ from corral.workers.base import BaseWorker, WorkerContext
 from corral.workers.consumers.base import HandlerRunner
 from corral.workers.consumers.consumer_set import Consumers, new_worker_id
 from corral.workers.topology import connect
+
+MAX_ERROR_CHARS = 500  # of the error a failed child tells the supervisor (its console line)
+
+
+def say_failure(channel: Channel, exc: BaseException) -> None:
+    """Tell the supervisor why we exit, for its console (the traceback stays in our log file): the
+    exception's last line, as a traceback ends (``ValueError: bad option x``), on one line. The
+    channel is closed, so what was sent is written before we exit."""
+    text = " ".join("".join(traceback.format_exception_only(type(exc), exc)).split())
+    with contextlib.suppress(IPCError):
+        channel.send(Event.FAILED, {"error": text[:MAX_ERROR_CHARS]})
+    channel.close("failed")
 
 
 class ChildRuntime:
@@ -111,8 +124,9 @@ class ChildRuntime:
         channel.on(Event.STATS, lambda _data: self.worker.stats())
         try:
             await self.worker.start()
-        except Exception:
+        except Exception as exc:
             self.log.exception("start() failed")
+            say_failure(channel, exc)
             return ExitCode.BOOT_START
         if self.consumers is not None:  # they begin after the worker's own start()
             await self.consumers.join()  # a lease before any work: what we take is never unowned

@@ -118,10 +118,12 @@ def work_table(work: dict[str, dict[str, dict[str, Any]]]) -> Table | None:
 
 
 def state_of(figures: dict[str, Any]) -> str:
-    """``paused`` (corral pause), and how often a rate limit held takes back."""
+    """``paused`` (corral pause), how often a rate limit held takes back, and the acks, settles and
+    checkpoints refused (the work had been recovered away from its worker)."""
     words = ["paused"] if figures.get("paused") else []
-    if figures.get("throttled"):
-        words.append(f"throttled {int(figures['throttled'])}")
+    for counter in ("throttled", "refused"):
+        if figures.get(counter):
+            words.append(f"{counter} {int(figures[counter])}")
     return ", ".join(words)
 
 

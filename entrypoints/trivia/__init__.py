@@ -1,4 +1,4 @@
-"""Trivia rooms: long-running, fenced room jobs whose progress lives in Redis (``app``); README.md and
+"""Trivia rooms: long-running room jobs that resume from their checkpoint (``app``); README.md and
 corral.toml beside it."""
 
 from corral.entrypoints.trivia.app import RoomListener, TriviaWorker, astart_room, run_room, start_room

@@ -30,6 +30,7 @@ from loguru import logger
 
 from corral.ipc import IPCError
 from corral.supervisor.control import NotRunning, call
+from tests.servers import Standalone
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _SCRIPT = Path(sys.executable).with_name("corral")
@@ -317,6 +318,27 @@ FAST_DEFAULTS: dict[str, dict[str, Any]] = {
     "health": {"heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 5, "monitor_interval_s": 0.2},
     "logging": {"stderr": True},
 }
+
+
+def outage_pool(corral: Callable[..., Corral], server: Standalone, workers: int, extra: str = "") -> Corral:
+    """A pool of queue consumers on ``server`` (its leases renewed every 8/3 s), not started;
+    ``extra``: more of its config (TOML tables)."""
+    sup = corral(
+        worker="corral.workers.base:BaseWorker", workers=workers, redis={"url": server.url, "member_ttl_s": 8}
+    )
+    queue = '[[queues]]\nnames = ["jobs"]\nhandler = "tests.integration.workers.redis_handlers:count_job"\n'
+    sup.config.write_text(sup.config.read_text() + extra + queue + "block_s = 0.2\n")
+    return sup
+
+
+@pytest.fixture
+def locked_redis() -> Iterator[Standalone]:
+    """A server of this test alone, on a loopback port behind a password; stopped at the end."""
+    server = Standalone().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -266,6 +266,18 @@ def test_every_slot_fatal_exits_3(corral: Factory) -> None:
         assert f"RuntimeError: start() of slot {slot} fails on purpose" in worker_log
 
 
+def test_a_failed_start_shows_its_error_on_the_console(corral: Factory) -> None:
+    c = corral(f"{APPS}:StartFailsWorker", workers=1, restart=CRASH_LOOP).start()
+    assert c.wait_exit(20) == 3
+    console = (c.root / "supervisor.out").read_text("utf-8", "replace")  # corral run's own output
+    error = "RuntimeError: start() of slot 0 fails on purpose"
+    said = [line for line in console.splitlines() if "exit 5 (boot_start)" in line]
+    assert len(said) == 6, console  # each of the 3 children: stopped, then died (the last: fatal)
+    assert all(f"exit 5 (boot_start), {error}" in line for line in said), said
+    assert "Traceback" not in console, "only the exception's last line reaches the console"
+    assert "Traceback" in c.log("0") and error in c.log("0")  # the whole of it stays in the slot's log
+
+
 @pytest.mark.parametrize(
     ("worker", "expected"),
     [

@@ -5,6 +5,7 @@ each page goes to ``$CORRAL_SCREENSHOTS`` (default: the test's temporary folder)
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import re
@@ -23,7 +24,8 @@ import pytest
 from playwright import sync_api as playwright_api
 
 from corral.workers.keys import Keys
-from tests.e2e.conftest import Corral, wait_until
+from tests.e2e.conftest import Corral, outage_pool, wait_until
+from tests.servers import Standalone
 
 H = "tests.integration.workers.redis_handlers"
 TOKEN = "test-token-3f9a"
@@ -248,6 +250,46 @@ def test_every_host_shows_the_other_hosts_slots(
     finally:
         beta.send(signal.SIGTERM)
         beta.wait_exit(30)
+
+
+@pytest.mark.e2e
+def test_an_unreachable_redis_is_said_on_the_page(
+    corral: Callable[..., Corral], locked_redis: Standalone, browser: Any, tmp_path: Path
+) -> None:
+    """The slot's row says redis-down and why; the header which Redis (no password) and since when."""
+    port = free_port()
+    sup = outage_pool(corral, locked_redis, workers=1, extra=f'[dashboard]\nlisten = "127.0.0.1:{port}"\n')
+    sup.start()  # (no status polls here: they run an event loop, and Playwright's runs in this thread)
+    url = f"http://127.0.0.1:{port}/"
+
+    def answers() -> bool:
+        try:
+            return http(url + "api/snapshot")[0] == 200
+        except OSError:
+            return False
+
+    wait_until(answers, timeout_s=30, what=f"the dashboard\n{sup.output()}")
+    page = open_page(browser, url, token=None)
+    page.wait_for_selector("#slots td.state-ready", timeout=30_000)
+    killed_at = time.time()
+    locked_redis.kill()
+    page.wait_for_selector("#slots td.state-redis-down", timeout=20_000)
+    header = page.inner_text("#redis")
+    since = header.removeprefix("Redis unreachable since ").split(" ")[0]  # 2026-01-31T14:03:07Z
+    assert header == f"Redis unreachable since {since} · {locked_redis.shown_url}", header
+    assert killed_at - 1 <= calendar.timegm(time.strptime(since, "%Y-%m-%dT%H:%M:%SZ")) <= time.time(), header
+    assert page.get_attribute("#redis", "class") == "alert"
+    reason = page.locator("#slots tbody tr td").nth(9).inner_text()
+    assert reason.startswith("Redis unreachable since ") and locked_redis.shown_url in reason, reason
+    assert locked_redis.password not in page.content()
+    shots = Path(os.environ.get("CORRAL_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "redis-down.png"), full_page=True)
+    locked_redis.start()  # the same port
+    page.wait_for_selector("#slots td.state-ready", timeout=20_000)
+    assert page.inner_text("#redis").startswith("redis ") and page.get_attribute("#redis", "class") == "muted"
+    sup.send(signal.SIGTERM)
+    assert sup.wait_exit(30) == 0
 
 
 def http(url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, str]:

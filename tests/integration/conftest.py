@@ -152,6 +152,7 @@ class LocalWorker:
         return self.consumers.worker_id
 
     def start(self) -> LocalWorker:
+        self.consumers.watch_stopping(self.manager.stopping)  # as a child's worker gives its own
         for unit in self.consumers.units():
             self.manager.register_worker(unit)
         self.task = asyncio.create_task(self.manager.run())

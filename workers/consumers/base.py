@@ -21,6 +21,7 @@ from typing import Any
 from corral.contract import LoadError, RedisSpec, load_object
 from corral.workers import tracing
 from corral.workers.consumers.batches import Collector, run_batched
+from corral.workers.consumers.lanes import Refill, TakeSizer, run_all
 from corral.workers.durability import Durability
 from corral.workers.keys import Keys
 from corral.workers.messages import HandlerContext
@@ -47,41 +48,6 @@ def load_handler(path: str) -> tuple[Handler, bool]:
     except TypeError:
         raise LoadError(f"handler {path!r} must take (job) or (job, ctx), not {signature}") from None
     return handler, takes_ctx
-
-
-async def run_all(items: list[Any], handle: Callable[..., Awaitable[None]], concurrency: int) -> None:
-    """``await handle(*item)`` for every item: one after another (in order) when ``concurrency`` is 1,
-    else in ``concurrency`` lanes that each take the next item when free. The first exception (the
-    consumer's Redis going away) stops the lanes from taking more, lets the items in hand finish
-    (a sync handler's thread cannot be cancelled: its job must not be put back while it runs), and
-    propagates as itself; a cancellation (a fast stop) cancels every lane."""
-    if concurrency <= 1 or len(items) <= 1:
-        for item in items:
-            await handle(*item)
-        return
-    pending = iter(items)
-    failed: list[BaseException] = []
-
-    async def lane() -> None:
-        for item in pending:
-            try:
-                await handle(*item)
-            except Exception as exc:
-                failed.append(exc)
-                return
-            if failed:
-                return
-
-    lanes = [asyncio.ensure_future(lane()) for _ in range(min(concurrency, len(items)))]
-    try:
-        await asyncio.gather(*lanes)
-    except BaseException:
-        for task in lanes:
-            task.cancel()
-        await asyncio.gather(*lanes, return_exceptions=True)
-        raise
-    if failed:
-        raise failed[0]
 
 
 def error_summary(exc: BaseException, limit_chars: int = 2000) -> str:
@@ -210,6 +176,8 @@ class HandlerUnit:
         self.durable = Durability(redis, RedisSpec())  # off; Consumers sets the [redis] one
         self.collector: Collector | None = None  # a batch handler's round in progress
         self.batch_fallbacks = 0  # batches that failed and were retried one item at a time
+        self.sizer = TakeSizer(spec.batch_size, spec.concurrency, spec.prefetch_ms)
+        self.may_take: Callable[[], bool] = lambda: True  # Consumers: a valid lease, not stopping
 
     async def call(self, item: Any) -> Any:
         """Run the handler on one job or message (sync or async, with or without ``ctx``); a batch
@@ -219,10 +187,14 @@ class HandlerUnit:
         if self.spec.batch:  # a batch handler outside a collected round: a list of one
             return await self.invoke([item])
         args = (item, self.ctx) if self.takes_ctx else (item,)
-        if not tracing.enabled():  # the common case: no span, no context manager per job
-            return await self.runner.run(self.handler, args, self.is_async, self.spec.timeout_s)
-        with tracing.handling(item, self.worker_id):
-            return await self.runner.run(self.handler, args, self.is_async, self.spec.timeout_s)
+        started_s = time.monotonic()
+        try:
+            if not tracing.enabled():  # the common case: no span, no context manager per job
+                return await self.runner.run(self.handler, args, self.is_async, self.spec.timeout_s)
+            with tracing.handling(item, self.worker_id):
+                return await self.runner.run(self.handler, args, self.is_async, self.spec.timeout_s)
+        finally:
+            self.sizer.observe(time.monotonic() - started_s)
 
     async def invoke(self, items: list[Any]) -> Any:
         """A batch handler on ``items``."""
@@ -236,11 +208,13 @@ class HandlerUnit:
         concurrency: int,
         *,
         collect: bool = True,
+        refill: Refill | None = None,
     ) -> None:
-        """``handle(*item)`` for each item of a round: in ``concurrency`` lanes, or (a batch
-        handler, unless ``collect`` is off) with the handler called once for the whole round."""
+        """``handle(*item)`` for each item of a round: in ``concurrency`` lanes (refilled as they
+        free, with ``refill``: see ``lanes.py``), or (a batch handler, unless ``collect`` is off) with
+        the handler called once for the whole round."""
         if not (self.spec.batch and collect):
-            await run_all(items, handle, concurrency)
+            await run_all(items, handle, concurrency, refill)
             return
         self.collector = Collector(len(items), self.invoke, self.log)
         try:

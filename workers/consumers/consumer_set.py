@@ -80,9 +80,11 @@ class Consumers:
             recover=self.recover,
         )
         self.consumers: list[Any] = [*self.queues, *self.streams, *self.partitioned.values()]
+        self.stopping = asyncio.Event()  # the worker's, once given (watch_stopping)
         for unit in self.consumers:
             unit.runner = self.runner
             unit.durable = Durability(redis, work.redis)
+            unit.may_take = self.may_take
         self.gated = [Gated(unit, self.lease) for unit in self.consumers]
 
     def give_handlers(self, worker: Any) -> None:
@@ -90,6 +92,17 @@ class Consumers:
         units: list[Any] = [*self.queues, *self.streams, *self.partitioned.values()]
         for unit in units:
             unit.ctx.worker = worker
+        self.watch_stopping(worker.stopping)
+
+    def watch_stopping(self, stopping: asyncio.Event) -> None:
+        """The worker's stop request: no refill once it is set, and handlers see it (``ctx.stopping``)."""
+        self.stopping = stopping
+        for unit in self.consumers:
+            unit.ctx.stop_event = stopping
+
+    def may_take(self) -> bool:
+        """A round may take more while its lanes run: under a valid lease, and not stopping."""
+        return self.lease.valid() and not self.stopping.is_set()
 
     def units(self) -> list[Any]:
         """What the WorkerManager runs: the sweep of the member set, each consumer behind the lease,

@@ -50,6 +50,8 @@ class EntryUnit(HandlerUnit):
         self.spec: StreamSpec = spec
         self.consumer = worker_id
         self.processed = self.failed = self.dead = self.in_flight = 0
+        self.refused = 0  # acknowledgements of entries no longer ours (claimed away meanwhile)
+        self.in_hand: list[bytes] = []  # the ids of the round's entries not acknowledged yet
         self.errors: dict[bytes, str] = {}  # entry id -> the last error seen here
         self.pauses = PauseWatch(redis, keys)
         self.paused = False  # an operator paused the stream (every shard of it): not read
@@ -98,6 +100,7 @@ class EntryUnit(HandlerUnit):
             "failed": self.failed,
             "dead": self.dead,
             "in_flight": self.in_flight,
+            "refused": self.refused,
             "lag": 0,
             "paused": int(self.paused),
         }

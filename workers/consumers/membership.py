@@ -19,7 +19,7 @@ from corral.workers.consumers.client import REDIS_DOWN
 from corral.workers.keys import Keys
 from corral.workers.lease import Lease
 
-Recover = Callable[[str], Awaitable[dict[str, int]]]
+Recover = Callable[..., Awaitable[dict[str, int]]]  # (member, died=...)
 
 
 async def redis_now_ms(redis: Any) -> int:
@@ -60,7 +60,9 @@ class Membership:
         """One expired member's recovery; its failure (other than Redis being away) is logged once
         and retried next round."""
         try:
-            await self.recover(member)
+            # no death counted: a lease that ran out proves none (a worker fenced after a stall, a
+            # host cut off); the deaths that count are the kills and crashes a supervisor sees
+            await self.recover(member, died=False)
         except REDIS_DOWN:
             raise
         except Exception as exc:

@@ -103,3 +103,20 @@ RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+CHECKPOINT = """
+-- a job in hand saved its place: the job as held (ARGV[1]) replaced, where it sits in our processing
+-- list (KEYS[1]), by itself with the checkpoint (ARGV[2]); its death count (KEYS[2]) and the suspect
+-- mark (KEYS[3]) follow it. Nothing if we no longer hold it (recovered away while we stalled).
+local at = redis.call('LPOS', KEYS[1], ARGV[1])
+if not at then return 0 end
+redis.call('LSET', KEYS[1], at, ARGV[2])
+local died = redis.call('HGET', KEYS[2], ARGV[1])
+if died then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[2], died)
+end
+if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('SET', KEYS[3], ARGV[2]) end
+-- announced in the same step (ARGV[3], ARGV[4]: a channel and a message): saved and said, or neither
+if ARGV[3] then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+return 1
+"""

@@ -21,14 +21,16 @@ from redis.asyncio import Redis
 
 from corral.contract import QueueSpec
 from corral.workers.consumers.base import DeadLetter, HandlerUnit, error_summary
+from corral.workers.consumers.checkpoints import Checkpoints, InHand
 from corral.workers.consumers.discovery import QueueSet
 from corral.workers.consumers.intake import Intake
-from corral.workers.consumers.pauses import PAUSED_IDLE_S, PauseWatch
+from corral.workers.consumers.pauses import PauseWatch
 from corral.workers.consumers.promotion import Promoter
-from corral.workers.consumers.queue_scripts import ACK, MOVE_ALL, TAKE
+from corral.workers.consumers.queue_scripts import MOVE_ALL, TAKE
+from corral.workers.consumers.queue_takes import QueueTakes
 from corral.workers.consumers.settlement import Destination, Settlement
 from corral.workers.keys import Keys
-from corral.workers.messages import Job, Malformed, Reject, Requeue, decode_job, encode_job
+from corral.workers.messages import IN_HAND, Job, JobLost, Malformed, Reject, Requeue, decode_job, encode_job
 from corral.workers.scripts import Script
 
 
@@ -44,9 +46,10 @@ class QueueStats:
     delayed: int = 0  # jobs enqueued with a delay, not due yet (sampled likewise)
     paused: bool = False  # an operator paused it (corral pause): not taken from
     throttled: int = 0  # takes its rate limit held back
+    refused: int = 0  # acks, settles and checkpoints of jobs no longer ours (recovered away meanwhile)
 
 
-class QueueConsumer(HandlerUnit):
+class QueueConsumer(QueueTakes, HandlerUnit):
     """A unit of work for the WorkerManager: one round takes, handles and acknowledges a batch."""
 
     def __init__(
@@ -69,8 +72,8 @@ class QueueConsumer(HandlerUnit):
         self._take = Script(redis, TAKE)
         self._move_all = Script(redis, MOVE_ALL)
         self.deaths: dict[tuple[str, bytes], int] = {}  # taken jobs whose worker died before
-        self._ack_jobs = Script(redis, ACK)
         self.settlement = Settlement(redis, keys, worker_id, spec.at_most_once)
+        self.checkpoints = Checkpoints(redis, keys, worker_id)
         self.done_unique: list[Job] = []  # handled unique jobs: their locks go with the ack
 
     @property
@@ -113,111 +116,36 @@ class QueueConsumer(HandlerUnit):
             await asyncio.sleep(min(self.spec.refresh_s, 1.0))
             return 0
         await self._promote_due()
-        batch = await self._take_batch() if not self.spec.at_most_once else await self._pop_batch()
+        want = self.spec.batch_size if self.spec.batch else self.sizer.size(self.spec.concurrency)
+        batch = await self._take_work(want, block=True)
         if not batch:
             return 0
         before = self.succeeded
         suspects = any(item in self.deaths for item in batch)  # one at a time: a death is then attributable
+        refill = None if suspects or self.spec.batch else self._refill
         try:
-            await self.run_round(
-                batch, self._handle, 1 if suspects else self.spec.concurrency, collect=not suspects
-            )
+            lanes = 1 if suspects else self.spec.concurrency
+            await self.run_round(batch, self._handle, lanes, collect=not suspects, refill=refill)
         finally:
             for queue, _ in batch:
                 self._stats(queue).in_flight = 0
         await self._ack()
         return self.succeeded - before  # what the slot counts as processed, as the queue does
 
-    async def _take_batch(self) -> list[tuple[str, bytes]]:
-        queues = await self.intake.order()
-        if self.intake.paused != self._paused_shown:  # status follows a pause at once
-            self._paused_shown = set(self.intake.paused)
-            for queue in self.queues:
-                self._stats(queue).paused = queue in self._paused_shown
-        if not queues:  # every queue paused: look again soon (the pause may be lifted)
-            await asyncio.sleep(PAUSED_IDLE_S)
-            return []
-        if self.intake.ranked_order:  # by priority: the next queue only for what the batch lacks
-            batch: list[tuple[str, bytes]] = []
-            for queue in queues:
-                batch += await self._take_from([queue], self.spec.batch_size - len(batch))
-                if len(batch) >= self.spec.batch_size:
-                    break
-        else:
-            batch = await self._take_from(queues, max(1, -(-self.spec.batch_size // len(queues))))
-        if not batch and self.intake.limited:  # a blocking take would bypass the limit
-            await asyncio.sleep(self.intake.idle_s(self.promoter.block_s(self.spec.block_s)))
-        elif not batch:  # everything is empty: block on one queue (rotating) for up to block_s
-            batch = await self._block(queues[0])
-        for queue, _ in batch:
-            self._stats(queue).in_flight += 1
-        return batch
+    async def _take_work(self, want: int, *, block: bool) -> list[tuple[str, bytes]]:
+        if self.spec.at_most_once:
+            return await self._pop_batch(want, block=block)
+        return await self._take_batch(want, block=block)
 
-    async def _take_from(self, queues: list[str], per_queue: int) -> list[tuple[str, bytes]]:
-        """One round trip: up to ``per_queue`` jobs of each queue into our processing lists."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            # every round, first: a peer that recovered us while our loop stalled deleted the set,
-            # and a processing list nobody knows of is never recovered
-            pipe.sadd(self.keys.held_queues(self.pool, self.worker_id), *queues)
-            self.held.update(queues)
-            args = self.intake.take_args(per_queue, self.worker_id)
-            for queue in queues:
-                keys = [
-                    queue,
-                    self._processing(queue),
-                    self.keys.deaths(queue),
-                    self.keys.holders(queue),
-                    self.keys.rate(queue),
-                ]
-                await self._take(keys=keys, args=args, client=pipe)
-            results = await self.durable.execute(pipe, queues)
-        return [
-            (queue, raw)
-            for queue, reply in zip(queues, results[1:], strict=True)
-            for raw in self._taken(queue, reply)
-        ]
-
-    async def _block(self, queue: str) -> list[tuple[str, bytes]]:
-        args = (queue, self._processing(queue), self.promoter.block_s(self.spec.block_s), "RIGHT", "LEFT")
-        raw = await self.durable.run(lambda client: client.blmove(*args), [queue])
-        if raw is None:
+    async def _refill(self, free: int) -> list[tuple[str, bytes]]:
+        """A lane freed mid-round: acknowledge what is done, take a free lane's worth (and the
+        prefetch), without blocking; nothing once the worker stops or its lease is in doubt."""
+        if not self.may_take():
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip for both
-            pipe.sadd(self.keys.holders(queue), self.worker_id)  # (the round's held-queues
-            pipe.hget(self.keys.deaths(queue), raw)  # entry covers the moment in between)
-            _, died = await pipe.execute()
-        if died:
-            self.deaths[queue, raw] = int(died)
-        return [(queue, raw)]
-
-    def _taken(self, queue: str, reply: Any) -> list[bytes]:
-        """The jobs of one take; notes those whose worker died before (the reply's second part),
-        and a take the rate limit held back (a negative number: microseconds to wait)."""
-        if not reply:
-            return []
-        if isinstance(reply, int):
-            self.intake.held_back(queue, -reply)
-            self._stats(queue).throttled += 1
-            return []
-        if not isinstance(reply[0], list):
-            return list(reply)
-        jobs, deaths = reply
-        for raw, died in zip(jobs, deaths, strict=True):
-            if int(died):
-                self.deaths[queue, raw] = int(died)
-        return list(jobs)
-
-    async def _pop_batch(self) -> list[tuple[str, bytes]]:
-        """at_most_once: plain RPOP/BRPOP, nothing kept in flight."""
-        queues = await self.intake.order()
-        if not queues:
-            await asyncio.sleep(PAUSED_IDLE_S)
-            return []
-        jobs = await self.redis.rpop(queues[0], self.spec.batch_size)
-        if jobs:
-            return [(queues[0], raw) for raw in jobs]
-        popped = await self.redis.brpop(queues, timeout=self.promoter.block_s(self.spec.block_s))
-        return [(popped[0].decode(), popped[1])] if popped else []
+        await self._ack()
+        await self._refresh_queues()
+        await self._promote_due()
+        return await self._take_work(self.sizer.size(free), block=False)
 
     async def _handle(self, queue: str, raw: bytes) -> None:
         stats = self._stats(queue)
@@ -238,30 +166,54 @@ class QueueConsumer(HandlerUnit):
             # a suspect: marked while in hand, so that if we die now the death is counted against
             # it alone, not against the innocent jobs of our batch
             await self.redis.set(self.keys.in_hand(queue, self.worker_id), raw)
+        held = InHand(queue, raw, job, self.checkpoints, asyncio.get_running_loop())
         try:
-            await self.call(job)
-        except Requeue as requeue:
-            await self._settle(queue, raw, Destination.FRONT if requeue.front else Destination.BACK, raw)
-            stats.requeued += 1
-            return
-        except Reject as reject:  # can never succeed: dead-lettered at once, no retries
-            self.log.bind(job=job.id).warning("queue {}: job {} rejected: {}", queue, job.id, reject.reason)
-            record = self._dead_letter(queue, job, f"rejected: {reject.reason}").queue_record(raw)
-            await self._settle(queue, raw, Destination.DEAD, record, job=job)
-            stats.dead += 1
-            return
+            await self.call_in_hand(job, held)
         except Exception as exc:  # the handler's failure, whatever it raised (its own Redis errors too)
-            stats.failed += 1
-            await self._fail(job, exc)
+            await self._settle_outcome(held.latest(job), exc)
             return
+        finally:
+            stats.in_flight = max(0, stats.in_flight - 1)
+            if held.raw is not raw:
+                self.deaths.pop((queue, raw), None)
         stats.processed += 1
         self.succeeded += 1
         if died:
             await self.redis.delete(self.keys.in_hand(queue, self.worker_id))
         if not self.spec.at_most_once:
-            self.unacked.append((queue, raw))
+            self.unacked.append((queue, held.raw))
         if job.unique is not None:
             self.done_unique.append(job)
+
+    async def call_in_hand(self, job: Job, held: InHand) -> None:
+        """The handler on ``job``, able to save its place (``ctx.checkpoint``) unless it is a batch's."""
+        if self.spec.batch or self.spec.at_most_once:
+            await self.call(job)
+            return
+        token = IN_HAND.set(held)
+        try:
+            await self.call(job)
+        finally:
+            IN_HAND.reset(token)
+
+    async def _settle_outcome(self, job: Job, exc: Exception) -> None:
+        """A handler that raised: ``Requeue`` puts the job back, ``Reject`` dead-letters it, anything
+        else is a failed attempt (retried, then dead-lettered)."""
+        queue, stats = job.queue, self._stats(job.queue)
+        if isinstance(exc, JobLost):  # recovered away from us: its next holder goes on with it
+            self.log.bind(job=job.id).warning("queue {}: {}", queue, exc)
+            stats.refused += 1
+        elif isinstance(exc, Requeue):
+            await self._settle(queue, job.raw, Destination.FRONT if exc.front else Destination.BACK, job.raw)
+            stats.requeued += 1
+        elif isinstance(exc, Reject):  # can never succeed: dead-lettered at once, no retries
+            self.log.bind(job=job.id).warning("queue {}: job {} rejected: {}", queue, job.id, exc.reason)
+            record = self._dead_letter(queue, job, f"rejected: {exc.reason}").queue_record(job.raw)
+            await self._settle(queue, job.raw, Destination.DEAD, record, job=job)
+            stats.dead += 1
+        else:
+            stats.failed += 1
+            await self._fail(job, exc)
 
     async def _fail(self, job: Job, exc: Exception) -> None:
         log = self.log.bind(job=job.id)
@@ -283,7 +235,13 @@ class QueueConsumer(HandlerUnit):
             delay_s,
         )
         retry = encode_job(
-            job.data, job.id, job.attempt + 1, job.enqueued_at, unique=job.unique, trace=job.trace
+            job.data,
+            job.id,
+            job.attempt + 1,
+            job.enqueued_at,
+            unique=job.unique,
+            trace=job.trace,
+            checkpoint=job.checkpoint,
         )
         await self._settle(job.queue, job.raw, Destination.RETRY, retry, due_s=time.time() + delay_s)
         self._stats(job.queue).retried += 1
@@ -299,7 +257,8 @@ class QueueConsumer(HandlerUnit):
         job: Job | None = None,
     ) -> None:
         self.deaths.pop((queue, raw), None)
-        await self.settlement.move(queue, raw, to, payload, due_s=due_s, job=job)
+        if not await self.settlement.move(queue, raw, to, payload, due_s=due_s, job=job):
+            self._stats(queue).refused += 1
 
     async def _died_too_often(self, job: Job, died: int) -> None:
         error = f"its worker died {died} times while handling it (killed, crashed or hung)"
@@ -312,40 +271,26 @@ class QueueConsumer(HandlerUnit):
         return DeadLetter(queue, job.id if job else None, job.attempt if job else None, error, self.worker_id)
 
     async def _ack(self) -> None:
-        if not self.unacked or self.spec.at_most_once:
-            self.unacked.clear()
-            await self._release_unique(None)
-            return
-        # one LREM per job, but one command per queue: a pipeline of LREMs costs the client a command
-        # packed and a reply parsed per job, about as much as the trivial job itself
-        by_queue: dict[str, list[bytes]] = {}
-        for queue, raw in self.unacked:
-            by_queue.setdefault(queue, []).append(raw)
-        if len(by_queue) == 1 and not self.durable.on:
-            [(queue, raws)] = by_queue.items()
-            removed = [
-                await self._ack_jobs(keys=[self._processing(queue), self.keys.deaths(queue)], args=raws)
-            ]
-        else:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for queue, raws in by_queue.items():
-                    keys = [self._processing(queue), self.keys.deaths(queue)]
-                    await self._ack_jobs(keys=keys, args=raws, client=pipe)
-                removed = (await self.durable.execute(pipe, list(by_queue)))[: len(by_queue)]
+        """Acknowledge what was handled so far (lanes may go on handling meanwhile: what they add
+        waits for the next ack; if this one fails, what it held is tried again)."""
+        unacked, self.unacked = self.unacked, []
+        unique, self.done_unique = self.done_unique, []
+        try:
+            removed = await self.settlement.ack(unacked, self.durable)
+        except BaseException:
+            self.unacked[:0], self.done_unique[:0] = unacked, unique
+            raise
+        for item in unacked:
+            self.deaths.pop(item, None)
         # after the ack, never a duplicate while it is held; not where a job was not ours to ack (a
         # peer recovered it from us while we stalled: it is queued again, its key must hold)
-        whole = {
-            queue for (queue, raws), n in zip(by_queue.items(), removed, strict=True) if int(n) == len(raws)
-        }
-        await self._release_unique(whole)
-        for item in self.unacked:
-            self.deaths.pop(item, None)
-        self.unacked.clear()
+        refused = {queue: count for queue, count in removed.items() if count}
+        for queue, count in refused.items():
+            self._stats(queue).refused += count
+        await self._release_unique([job for job in unique if job.queue not in refused])
 
-    async def _release_unique(self, queues: set[str] | None) -> None:
-        """The unique keys of the jobs just done (of ``queues`` only, when given)."""
-        done = [job for job in self.done_unique if queues is None or job.queue in queues]
-        self.done_unique.clear()
+    async def _release_unique(self, done: list[Job]) -> None:
+        """The unique keys of the jobs just done."""
         if done:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for job in done:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
-from corral.workers.consumers.queue_scripts import RECOVER, RELEASE, SETTLE
+from corral.workers.consumers.queue_scripts import ACK, RECOVER, RELEASE, SETTLE
 from corral.workers.durability import Durability
 from corral.workers.keys import Keys
 from corral.workers.messages import Job
@@ -43,6 +43,28 @@ class Settlement:
         self._settle = Script(redis, SETTLE)
         self._release = Script(redis, RELEASE)
         self._recover = Script(redis, RECOVER)
+        self._ack = Script(redis, ACK)
+
+    async def ack(self, handled: list[tuple[str, bytes]], durable: Durability) -> dict[str, int]:
+        """``handled`` (queue, job) out of our processing lists: one LREM per job, but one command
+        per queue (a pipeline of LREMs costs the client a command packed and a reply parsed per job,
+        about as much as a trivial job); by queue, how many were not ours any more (refused)."""
+        if not handled or self.at_most_once:
+            return {}
+        by_queue: dict[str, list[bytes]] = {}
+        for queue, raw in handled:
+            by_queue.setdefault(queue, []).append(raw)
+        if len(by_queue) == 1 and not durable.on:
+            [(queue, raws)] = by_queue.items()
+            keys = [self.keys.processing(queue, self.worker_id), self.keys.deaths(queue)]
+            removed = [await self._ack(keys=keys, args=raws)]
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue, raws in by_queue.items():
+                    keys = [self.keys.processing(queue, self.worker_id), self.keys.deaths(queue)]
+                    await self._ack(keys=keys, args=raws, client=pipe)
+                removed = (await durable.execute(pipe, list(by_queue)))[: len(by_queue)]
+        return {queue: len(raws) - int(n) for (queue, raws), n in zip(by_queue.items(), removed, strict=True)}
 
     async def move(
         self,
@@ -53,9 +75,9 @@ class Settlement:
         *,
         due_s: float = 0.0,
         job: Job | None = None,
-    ) -> None:
+    ) -> bool:
         """One job out of our processing list and to ``to``, atomically; given up on (``DEAD``), its
-        unique lock goes in the same step."""
+        unique lock goes in the same step. False: it was not ours any more (refused)."""
         key, how = WHERE[to](self.keys, queue)
         if self.at_most_once:  # no processing list: just where it goes (and a dead one's lock goes)
             await (
@@ -65,7 +87,7 @@ class Settlement:
             )
             if job is not None and job.unique is not None and to is Destination.DEAD:
                 await self._release(keys=[self.keys.unique(queue, job.unique)], args=[job.id])
-            return
+            return True
         unique = job.unique if job is not None and to is Destination.DEAD else None
         keys = [
             self.keys.processing(queue, self.worker_id),
@@ -74,7 +96,8 @@ class Settlement:
             self.keys.in_hand(queue, self.worker_id),
             self.keys.unique(queue, unique or ""),
         ]
-        await self._settle(keys=keys, args=[raw, payload, how, due_s, job.id if job and unique else ""])
+        args = [raw, payload, how, due_s, job.id if job and unique else ""]
+        return bool(await self._settle(keys=keys, args=args))
 
     async def release(self, pipe: Any, queue: str, job: Job) -> None:
         """Into ``pipe`` (after the job's ack): its unique lock goes, if it still holds it."""

@@ -68,10 +68,11 @@ class StreamConsumer(EntryUnit):
         if not entries:
             return 0
         self.in_flight, before = len(entries), self.processed
-        in_hand = [entry_id for entry_id, _, _ in entries]
-        self._keeper = asyncio.ensure_future(self._keep_claimed(in_hand))
+        self.in_hand = [entry_id for entry_id, _, _ in entries]
+        self._keeper = asyncio.ensure_future(self._keep_claimed())
+        refill = None if self.spec.batch else self._refill
         try:
-            await self.run_round(entries, self._handle, self.spec.concurrency)
+            await self.run_round(entries, self._handle, self.spec.concurrency, refill=refill)
         except REDIS_DOWN:
             self.read_own, self._own_cursor = True, b"0"  # what we hold is handled first once back
             raise
@@ -82,14 +83,29 @@ class StreamConsumer(EntryUnit):
         await self._ack()
         return self.processed - before  # what the slot counts as processed, as the stream does
 
-    async def _keep_claimed(self, ids: list[bytes]) -> None:
-        """While a batch is in hand, reset its entries' idle time every third of ``min_idle_ms``
+    async def _refill(self, free: int) -> list[Entry]:
+        """A lane freed mid-round: acknowledge what is done, read a free lane's worth of new entries
+        (and the prefetch) without blocking; nothing once the worker stops or its lease is in doubt."""
+        if not self.may_take():
+            return []
+        await self._ack()
+        spec = self.spec
+        count = self.sizer.size(free)
+        reply = await self.redis.xreadgroup(spec.group, self.consumer, {spec.stream: ">"}, count=count)
+        entries = [(entry_id, fields, 1) for entry_id, fields in (reply[0][1] if reply else [])]
+        self.in_hand += [entry_id for entry_id, _, _ in entries]
+        self.in_flight += len(entries)
+        return entries
+
+    async def _keep_claimed(self) -> None:
+        """While entries are in hand, reset their idle time every third of ``min_idle_ms``
         (XCLAIM to ourselves, JUSTID: no delivery counted), so that no other consumer claims an
         entry whose handler is merely slow and runs it a second time at once."""
         interval_s = self.spec.min_idle_ms / 3000
         while True:
             await asyncio.sleep(interval_s)
-            unfinished = [entry_id for entry_id in ids if entry_id not in self.unacked]
+            done = set(self.unacked)
+            unfinished = [entry_id for entry_id in self.in_hand if entry_id not in done]
             if not unfinished:  # all handled: the round is about to acknowledge them
                 continue
             with contextlib.suppress(*REDIS_DOWN):  # the round itself notices an outage
@@ -132,8 +148,9 @@ class StreamConsumer(EntryUnit):
             claimed = await self._claim_idle()
             if claimed:
                 return claimed
+        count = spec.batch_size if spec.batch else self.sizer.size(spec.concurrency)
         reply = await self.redis.xreadgroup(
-            spec.group, self.consumer, {spec.stream: ">"}, count=spec.batch_size, block=spec.block_ms
+            spec.group, self.consumer, {spec.stream: ">"}, count=count, block=spec.block_ms
         )
         return [(entry_id, fields, 1) for entry_id, fields in (reply[0][1] if reply else [])]
 
@@ -169,6 +186,12 @@ class StreamConsumer(EntryUnit):
         return await self.with_attempts(self.spec.stream, entries) if entries else []
 
     async def _handle(self, entry_id: bytes, raw_fields: dict[bytes, bytes], attempt: int) -> None:
+        try:
+            await self._handle_entry(entry_id, raw_fields, attempt)
+        finally:
+            self.in_flight = max(0, self.in_flight - 1)
+
+    async def _handle_entry(self, entry_id: bytes, raw_fields: dict[bytes, bytes], attempt: int) -> None:
         if attempt > self.spec.max_deliveries:
             await self.dead_letter(self.spec.stream, entry_id, raw_fields, attempt)
             return
@@ -196,8 +219,17 @@ class StreamConsumer(EntryUnit):
         if not self.unacked:
             return
         spec, ids = self.spec, self.unacked
-        await self.durable.run(lambda client: client.xack(spec.stream, spec.group, *ids), [spec.stream])
-        self.unacked = []
+        self.unacked = []  # lanes may go on handling meanwhile: what they add waits for the next ack
+        try:
+            acked = await self.durable.run(
+                lambda client: client.xack(spec.stream, spec.group, *ids), [spec.stream]
+            )
+        except BaseException:
+            self.unacked[:0] = ids
+            raise
+        self.refused += len(ids) - int(acked)  # claimed away from us while we were cut off
+        done = set(ids)
+        self.in_hand = [entry_id for entry_id in self.in_hand if entry_id not in done]
 
     async def _create_group(self) -> None:
         await create_group(self.redis, self.spec.stream, self.spec.group, self.spec.start_id)

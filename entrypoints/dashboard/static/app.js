@@ -153,7 +153,7 @@ function render(snap) {
   $("#pool").textContent = `${st.pool} on ${snap.host}`;
   $("#state").textContent = st.state;
   $("#state").className = `badge ${st.state}`;
-  $("#redis").textContent = `redis ${snap.redis || ""}${st.redis_url ? " · " + st.redis_url : ""}`;
+  renderRedis(snap);
   if (document.activeElement !== $("#scale-n")) $("#scale-n").value = st.size;
   fill("#slots", st.slots, (tr, s) => {
     cell(tr, s.slot); cell(tr, s.state, `state-${s.state}`); cell(tr, s.pid); cell(tr, ago(s.uptime_s));
@@ -176,6 +176,16 @@ function render(snap) {
   fillChoices(snap);
   record(sampleOf(st));
   drawCharts();
+}
+
+// a slot whose child cannot reach Redis (state redis-down) makes the header say which Redis, since when
+function renderRedis(snap) {
+  const st = snap.status;
+  const since = Math.min(...st.slots.map((s) => s.redis_down_since || Infinity));
+  const url = st.redis_url ? ` · ${st.redis_url}` : "";
+  const box = $("#redis");
+  box.textContent = since < Infinity ? `Redis unreachable since ${at(Math.floor(since))}${url}` : `redis ${snap.redis || ""}${url}`;
+  box.className = since < Infinity ? "alert" : "muted";
 }
 
 function renderWork(snap) {

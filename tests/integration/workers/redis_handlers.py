@@ -331,3 +331,30 @@ def mark_or_fail(job: Job) -> None:
         raise ValueError("this job fails once")
     time.sleep(job.data["s"])
     _mark(job, "end")
+
+
+def _step(job: Job, step: int) -> None:
+    """``step <job n> <step> <attempt> <pid>`` appended to ``job.data["out"]``: one step done."""
+    with open(job.data["out"], "a") as handle:
+        handle.write(f"step {job.data['n']} {step} {job.attempt} {os.getpid()}\n")
+
+
+def steps_sync(job: Job, ctx: HandlerContext) -> None:
+    """``job.data["steps"]`` steps of ``job.data["s"]`` each, from the checkpoint of an earlier
+    attempt on; each step done is marked, then checkpointed; asked to stop, it hands the job back."""
+    for step in range((job.checkpoint or {}).get("next", 0), job.data["steps"]):
+        if ctx.stopping:
+            raise Requeue()
+        time.sleep(job.data["s"])
+        _step(job, step)
+        ctx.checkpoint({"next": step + 1})
+
+
+async def steps_async(job: Job, ctx: HandlerContext) -> None:
+    """``steps_sync`` on the loop."""
+    for step in range((job.checkpoint or {}).get("next", 0), job.data["steps"]):
+        if ctx.stopping:
+            raise Requeue()
+        await asyncio.sleep(job.data["s"])
+        _step(job, step)
+        await ctx.checkpoint({"next": step + 1})

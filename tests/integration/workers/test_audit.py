@@ -76,7 +76,7 @@ def test_work_of_a_live_worker_is_held(redis_any: Any, local_worker: Any, run: A
         assert report.ok and report.stranded == []
         assert report.live_count == 1 and report.live_members == [worker.worker_id]
         held = only(report, PROCESSING)
-        assert held == Holding(PROCESSING, KEYS.processing("aq", worker.worker_id), 2, worker.worker_id, HELD)
+        assert held == Holding(PROCESSING, KEYS.processing("aq", worker.worker_id), 1, worker.worker_id, HELD)
         pending = only(report, PENDING)
         assert (pending.where, pending.count, pending.holder, pending.fate) == (
             "as grp",

@@ -107,11 +107,11 @@ def test_put_back_and_recovery_keep_the_order_of_a_batch(redis_any: Any, local_w
         raws = [encode_job({"n": n}) for n in range(3)]
         await r.lpush("oq", *raws)  # producers push at the left, the oldest (n=0) is taken first
         before = await r.lrange("oq", 0, -1)
-        work = queue_work(redis_any.url, names=("oq",), handler=f"{H}:hold_each_delivery", batch_size=3)
+        work = queue_work(redis_any.url, names=("oq",), handler=f"{H}:hold_each_delivery", concurrency=3)
         a = await local_worker(work, name="a")
         peer = Consumers(work, redis=r, pool=POOL, worker_id="testhost:test:peer", log=a.consumers.log)
         try:
-            await wait_for(lambda: equals(r.get("test:seen"), b"1"), what="a holds the batch")
+            await wait_for(lambda: equals(r.get("test:seen"), b"3"), what="a holds the batch")
             assert await r.llen("oq") == 0
             assert (await peer.recover(a.worker_id, force=True))["jobs"] == 3
             assert await r.lrange("oq", 0, -1) == before, "recovery reversed the batch"
@@ -130,7 +130,7 @@ def test_a_recovery_that_raises_does_not_stop_the_sweeps(redis_any: Any, run: An
         keys = Keys()
         tried: list[str] = []
 
-        async def recover(member: str) -> dict[str, int]:
+        async def recover(member: str, died: bool = True) -> dict[str, int]:
             tried.append(member)
             raise ResponseError("NOGROUP No such key 'gone' or consumer group 'g'")
 

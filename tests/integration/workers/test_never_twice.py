@@ -413,6 +413,6 @@ def test_status_says_when_a_child_cannot_reach_redis(redis_clean: Any, consumer_
             if stopped:
                 os.kill(redis_clean.pid, signal.SIGCONT)
             await cp.pool.stop(10)
-        assert row["state"] == "ready" and row["reason"].endswith("(lease not renewed)")
+        assert row["state"] == "redis-down" and row["reason"].endswith("(lease not renewed)")
 
     run(body())

@@ -24,7 +24,7 @@ from tests.integration.conftest import KEYS, H, client, equals, queue_work, redi
 SCRIPTS = {
     **{
         name: getattr(queue_scripts, name)
-        for name in ("TAKE", "PROMOTE", "MOVE_ALL", "RECOVER", "ACK", "SETTLE", "RELEASE")
+        for name in ("TAKE", "PROMOTE", "MOVE_ALL", "RECOVER", "ACK", "SETTLE", "RELEASE", "CHECKPOINT")
     },
     "FIRE": FIRE,
     "ENQUEUE_UNIQUE": ENQUEUE_UNIQUE,
@@ -57,6 +57,10 @@ def script_calls(keys: Keys, queue: str) -> dict[str, tuple[list[str], list[Any]
             [b"j", b"r", "lpush", 0, "id"],
         ),
         "RELEASE": ([keys.unique(queue, "u")], ["id"]),
+        "CHECKPOINT": (  # with an announcement: PUBLISH from a script, on a cluster too
+            [processing, keys.deaths(queue), keys.in_hand(queue, worker)],
+            [b"j", b"j2", "channel", "said"],
+        ),
         "FIRE": (
             [keys.schedule_state("s", queue), queue, keys.unique(queue, "schedule:s")],
             [int(time.time() * 1000), b"job", "s@t", 1000, 0, 1, int(time.time() * 1000)],
