@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from bench.server import Server  # noqa: E402
 from corral.contract import QueueSpec, RedisSpec, WorkSpec  # noqa: E402
 from corral.supervisor.pool import WorkerPool  # noqa: E402
-from corral.workers.messages import encode_job  # noqa: E402
+from corral.workers.jobs.wire import encode_job  # noqa: E402
 
 QUEUE = "bench:mixed"
 

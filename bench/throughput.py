@@ -61,7 +61,7 @@ from bench.report import Result, Targets, markdown, median_run, rate_text, repor
 from bench.server import Server  # noqa: E402
 from corral.contract import QueueSpec, RedisSpec, StreamSpec, WorkSpec  # noqa: E402
 from corral.supervisor.pool import WorkerPool  # noqa: E402
-from corral.workers.messages import encode_job  # noqa: E402
+from corral.workers.jobs.wire import encode_job  # noqa: E402
 
 WORKERS = 2
 QUEUE = "bench:queue"

@@ -2,7 +2,7 @@
 
 Both sides import this module and nothing else of each other; it imports nothing of corral.
 
-- **How a child is started**: the supervisor runs ``python -m corral.entrypoints.child`` with a
+- **How a child is started**: the supervisor runs ``python -m corral.workers.child`` with a
   ``ChildSpec`` as JSON in the ``CORRAL_CHILD`` environment variable (``SPEC_ENV``) and one end of a
   socketpair as file descriptor ``ChildSpec.fd``.
   Or it is forked from a zygote (the same module with ``ZYGOTE_FLAG``) that preloaded its code:
@@ -25,7 +25,7 @@ from enum import IntEnum, StrEnum
 from typing import Any, TypedDict
 
 SPEC_ENV = "CORRAL_CHILD"  # the environment variable that carries a child's ChildSpec as JSON
-CHILD_MODULE = "corral.entrypoints.child"  # what the supervisor runs with ``python -m``
+CHILD_MODULE = "corral.workers.child"  # what the supervisor runs with ``python -m``
 ZYGOTE_FLAG = "--zygote"  # ``python -m CHILD_MODULE --zygote``: preload, then fork children on request
 ZYGOTE_FD_ENV = "CORRAL_ZYGOTE_FD"  # the zygote's end of its socketpair with the supervisor
 

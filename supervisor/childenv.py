@@ -1,6 +1,6 @@
 """What a child is started with: its environment (the ``ChildSpec`` of ``corral.contract`` in
 ``SPEC_ENV``, the pool's extra variables, systemd's own variables removed), and the import check the
-supervisor runs in a throwaway child before it starts any (``python -m corral.entrypoints.child
+supervisor runs in a throwaway child before it starts any (``python -m corral.workers.child
 --check``): the supervisor does not import the code its children run (only ``[pool] setup``, the
 parent side of an app, is imported by the supervisor itself)."""
 

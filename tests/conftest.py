@@ -1,8 +1,10 @@
-"""Shared fixtures: running coroutines without pytest-asyncio, and child processes that never leak."""
+"""Shared fixtures: ``async def`` tests and coroutines run without pytest-asyncio (a hook, with a
+deadline), and child processes that never leak."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -32,6 +34,19 @@ def _run(coro: Coroutine[Any, Any, T], timeout_s: float = ASYNC_TEST_TIMEOUT_S) 
         return await asyncio.wait_for(coro, timeout_s)
 
     return asyncio.run(bounded())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """An ``async def test_...`` runs in a fresh event loop, with a deadline: ``ASYNC_TEST_TIMEOUT_S``,
+    or ``@pytest.mark.deadline(seconds)``."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    marker = pyfuncitem.get_closest_marker("deadline")
+    timeout_s = float(marker.args[0]) if marker else ASYNC_TEST_TIMEOUT_S
+    arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    _run(pyfuncitem.obj(**arguments), timeout_s)
+    return True
 
 
 @pytest.fixture

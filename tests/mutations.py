@@ -128,7 +128,7 @@ MUTATIONS = (
         "queues: a handler's own Redis error interrupts the round instead of failing the job",
         "workers/consumers/queues.py",
         "        except Exception as exc:  # the handler's failure, whatever it raised (its own Redis errors too)\n",
-        "        except __import__('corral.workers.consumers.client').workers.consumers.client.REDIS_DOWN:\n"
+        "        except __import__('corral.workers.consumers.outages').workers.consumers.client.REDIS_DOWN:\n"
         "            raise\n"
         "        except Exception as exc:  # the handler's failure, whatever it raised (its own Redis errors too)\n",
         (TWICE,),
@@ -211,7 +211,7 @@ MUTATIONS += (
     ),
     Mutation(
         "checkpoint: the announcement of a save is never published",
-        "workers/consumers/queue_scripts.py",
+        "workers/jobs/scripts.py",
         "if ARGV[3] then redis.call('PUBLISH', ARGV[3], ARGV[4]) end",
         "",
         ("tests/apps/test_trivia.py",),

@@ -1,6 +1,6 @@
 """A child's boot: read its spec, guard against orphaning, set up logging, build the worker, run it.
 
-``python -m corral.entrypoints.child`` calls ``run_child``; the process's exit code is what it
+``python -m corral.workers.child`` calls ``run_child``; the process's exit code is what it
 returns (``corral.contract.ExitCode``). Stdout and stderr are a pipe into the slot's log file, so
 everything the child prints (a traceback before logging is set up, a faulthandler dump) lands there.
 """
@@ -81,7 +81,7 @@ def check(spec: ChildSpec) -> list[str]:
 
 
 def check_child(raw_spec: str | None) -> int:
-    """``python -m corral.entrypoints.child --check``: import what the children will run, then exit
+    """``python -m corral.workers.child --check``: import what the children will run, then exit
     (the supervisor runs this before it starts any child, so a typo is an error at once)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
     try:

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.workers import tracing
-from corral.workers.keys import Keys, queue_shards
-from corral.workers.messages import encode_job
+from corral.workers.jobs.keys import Keys, queue_shards
+from corral.workers.jobs.scripts import ENQUEUE_UNIQUE
+from corral.workers.jobs.wire import encode_job
 
 _turns = itertools.count()  # round-robin over a sharded queue's lists, when no key is given
 
@@ -86,22 +87,6 @@ class DuplicateJob(Exception):
             f"(its key is released when it is done, or in {ttl_s:.0f} s at most)"
         )
         self.queue, self.unique_key, self.job_id, self.ttl_s = queue, unique_key, job_id, ttl_s
-
-
-# a unique job: its lock taken and the job pushed in one step, or the holder's id and time to live
-ENQUEUE_UNIQUE = """
-local holder = redis.call('GET', KEYS[2])
-if holder then return {holder, redis.call('PTTL', KEYS[2])} end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-if ARGV[4] == 'zadd' then
-  redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1])
-elseif ARGV[4] == 'rpush' then
-  redis.call('RPUSH', KEYS[1], ARGV[1])
-else
-  redis.call('LPUSH', KEYS[1], ARGV[1])
-end
-return false
-"""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from cronsim import CronSim
 
 from corral.contract import QueueSpec, ScheduleSpec, WorkSpec
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 from corral.workers.producer import queue_key
 
 MAX_TICKS_PER_ROUND = 1000  # catch_up = "all" after a long downtime: the rest on the next rounds

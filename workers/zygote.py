@@ -1,6 +1,6 @@
 """The zygote: an interpreter that has imported what the children run and forks them on request.
 
-``python -m corral.entrypoints.child --zygote`` runs ``serve``: with corral's child runtime imported,
+``python -m corral.workers.child --zygote`` runs ``serve``: with corral's child runtime imported,
 it waits for its template ``ChildSpec`` (``corral run`` starts it before it knows one), imports the
 worker and every handler (so it is the import check too), then, with no thread and no event loop in
 it, answers each request of the supervisor (a child's spec, and the child's IPC socket and output

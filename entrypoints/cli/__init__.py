@@ -1,6 +1,6 @@
 """The ``corral`` command: ``main`` (here: ``run`` launches its zygote first), the commands
 (``cli/main.py``), their arguments (``parser.py``), the commands that talk to a running supervisor
-(``control.py``) and those that read logs or produce work (``files.py``)."""
+(``control.py``), and those that need none: ``logs.py``, ``produce.py``, ``jobs.py``, ``dead.py``."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 ``corral dead [counts]`` counts them per declared name; ``list NAME`` shows the newest, ``show NAME ID``
 one in full; ``retry`` puts letters back on their queue or stream and ``purge`` deletes them, by ID,
 ``--grep``, ``--before`` (purge) or ``--all``. A retry moves each letter in one atomic step, so an
-interrupted bulk retry is simply run again (``corral.workers.control.dead_letters``).
+interrupted bulk retry is simply run again (``corral.workers.ops.dead_letters``).
 
 Exit codes: 0 done; 1 an unknown ID, or Redis answered with an error; 2 a mistake on the command line
 (nothing changed); 5 Redis cannot be reached.
@@ -32,13 +32,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from corral.entrypoints.cli.files import DURATION, UNIT_S, iso_time_s
 from corral.entrypoints.cli.jobs import operations
+from corral.entrypoints.cli.produce import DURATION, UNIT_S, iso_time_s
 from corral.entrypoints.cli.say import fail, unreachable
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config, redacted
-from corral.workers.control.catalog import Catalog, Target, UnknownName
-from corral.workers.control.dead_letters import CannotRetry, DeadLetters, Letter
+from corral.workers.ops.catalog import Catalog, Target, UnknownName
+from corral.workers.ops.dead_letters import CannotRetry, DeadLetters, Letter
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError, TimeoutError)
 

@@ -16,8 +16,8 @@ from rich.text import Text
 from corral.entrypoints.cli.say import unreachable
 from corral.entrypoints.cli.view import table_of
 from corral.supervisor.config import Config, redacted
-from corral.workers.fleet import snapshot
-from corral.workers.keys import Keys, queue_shards
+from corral.workers.jobs.keys import Keys, queue_shards
+from corral.workers.ops.fleet import snapshot
 from corral.workers.producer import shard_name
 from corral.workers.topology import connect
 

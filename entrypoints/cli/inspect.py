@@ -1,5 +1,5 @@
 """``corral inspect``: the work in Redis that no live member holds, and whether a sweep will pick it
-up (``corral.workers.audit``). Straight to the pool's Redis: no running supervisor needed.
+up (``corral.workers.ops.audit``). Straight to the pool's Redis: no running supervisor needed.
 
 Exit 0 when nothing is stranded, 1 when something is, 5 when Redis cannot be reached.
 """
@@ -21,8 +21,8 @@ from rich.text import Text
 from corral.entrypoints.cli.say import fail, unreachable
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config, redacted
-from corral.workers.audit import Report, audit
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
+from corral.workers.ops.audit import Report, audit
 from corral.workers.producer import shard_name
 from corral.workers.topology import connect
 

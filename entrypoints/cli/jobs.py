@@ -1,5 +1,5 @@
 """``corral pause NAME``, ``corral resume NAME`` and ``corral schedules``: job control straight in
-Redis (``corral.workers.control.operations``), no running supervisor needed.
+Redis (``corral.workers.ops.operations``), no running supervisor needed.
 
 A name that is neither a queue nor a stream of the pool is one line and exit 2, nothing changed;
 Redis out of reach is one line and exit 5.
@@ -26,8 +26,8 @@ from rich.table import Table
 from corral.entrypoints.cli.say import fail, unreachable
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config, redacted
-from corral.workers.control.catalog import UnknownName
-from corral.workers.control.operations import Operations, ScheduleRow
+from corral.workers.ops.catalog import UnknownName
+from corral.workers.ops.operations import Operations, ScheduleRow
 from corral.workers.topology import connect
 
 

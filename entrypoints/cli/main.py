@@ -75,7 +75,7 @@ def _command(argv: list[str] | None, seed: Seed | None) -> int:
 
 def dispatch(args: argparse.Namespace, config: Config | None, where: Where, seed: Seed | None = None) -> int:
     if args.command == "logs":
-        from corral.entrypoints.cli.files import show_logs
+        from corral.entrypoints.cli.logs import show_logs
 
         return show_logs(where.log_dir, args.slot, args.lines, args.follow)
     if config is not None and args.command == "run":
@@ -83,7 +83,7 @@ def dispatch(args: argparse.Namespace, config: Config | None, where: Where, seed
 
         return asyncio.run(Supervisor(config, seed=seed).run())
     if config is not None and args.command in ("enqueue", "publish", "shards"):
-        from corral.entrypoints.cli.files import produce, show_shards
+        from corral.entrypoints.cli.produce import produce, show_shards
 
         return show_shards(config, args.queue) if args.command == "shards" else produce(config, args)
     if config is not None and args.command == "dead":

@@ -20,8 +20,8 @@ from redis.exceptions import RedisError
 
 from corral.entrypoints.dashboard.board import Board
 from corral.supervisor.config import LOOPBACK
-from corral.workers.control.catalog import UnknownName
-from corral.workers.control.dead_letters import CannotRetry
+from corral.workers.ops.catalog import UnknownName
+from corral.workers.ops.dead_letters import CannotRetry
 
 PROGRESS_EVERY_S = 0.2
 Action = Callable[[Board, dict[str, Any], web.Request], Awaitable[web.StreamResponse]]

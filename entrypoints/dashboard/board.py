@@ -1,5 +1,5 @@
 """What the dashboard knows: the supervisor's console (its status and control requests), one
-asyncio Redis client for the job-control operations (``corral.workers.control``, the CLI's), the
+asyncio Redis client for the job-control operations (``corral.workers.ops``, the CLI's), the
 live members of other hosts, and the graphs' history. ``snapshot()`` is what a page shows, pushed
 every second over server-sent events."""
 
@@ -17,9 +17,9 @@ from redis.exceptions import RedisError
 from corral.entrypoints.dashboard.history import History
 from corral.supervisor.config import redacted
 from corral.supervisor.web import Console
-from corral.workers.control.operations import Operations
-from corral.workers.fleet import snapshot as fleet_snapshot
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
+from corral.workers.ops.fleet import snapshot as fleet_snapshot
+from corral.workers.ops.operations import Operations
 from corral.workers.topology import connect
 
 REDIS_EVERY_S = 1.0  # how often the Redis side (depths, dead letters, members) is read again

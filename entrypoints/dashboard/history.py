@@ -15,7 +15,7 @@ from typing import Any
 from loguru import logger
 from redis.exceptions import RedisError
 
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 
 SAMPLE_EVERY_S = 2.0
 

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from corral.entrypoints.dashboard.board import Board
-from corral.workers.control.catalog import UnknownName
+from corral.workers.ops.catalog import UnknownName
 
 STATIC = Path(__file__).parent / "static"
 EVENT_EVERY_S = 1.0

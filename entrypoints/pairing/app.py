@@ -37,7 +37,7 @@ from corral.entrypoints.pairing.lua import (
 from corral.entrypoints.pairing.model import PairingOptions
 from corral.entrypoints.pairing.pairer import Pairer
 from corral.workers import BaseWorker
-from corral.workers.consumers.client import TRANSIENT
+from corral.workers.consumers.outages import TRANSIENT
 from corral.workers.topology import Kind, connect, kind_of_client
 
 # Redis away (restart, dropped connection): a round is interrupted, not failed; the manager retries

@@ -39,7 +39,8 @@ from corral.entrypoints.contest.db import (
 )
 from corral.supervisor import config as config_module
 from corral.workers.base import WorkerContext
-from corral.workers.messages import HandlerContext, Reject, decode_job
+from corral.workers.jobs.wire import decode_job
+from corral.workers.messages import HandlerContext, Reject
 from tests.conftest import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -268,28 +269,23 @@ class FakeChannel:
         self.ready = info
 
 
-def test_the_worker_scores_through_its_handler_and_counts(tmp_path: Path, run: Any) -> None:
-    async def body() -> None:
-        worker = ContestWorker()
-        context = WorkerContext(
-            0, "contest", "host", {"contest_db": str(tmp_path / "c.sqlite3")}, "host:c:0:ab"
-        )
-        worker.bind(context, FakeChannel())  # type: ignore[arg-type]
-        ctx = HandlerContext(redis=None, worker_id=context.worker_id, log=logger)
-        job = decode_job(b'{"x": 1}', queue_name("spring"))
-        with pytest.raises(RuntimeError, match=r"entrypoints\.contest:ContestWorker"):
-            await score_submission(job, ctx)  # before start(): no database to record into
-        await worker.start()
-        data = random_submission(random.Random(2), ["spring"], USERS, PROBLEMS)
-        raw = encode_submission(data).encode()  # the bytes submit() pushes
-        for _ in range(3):  # the same bytes three times: scored once
-            await score_submission(decode_job(raw, queue_name("spring")), ctx)
-        with pytest.raises(InvalidSubmission):
-            await score_submission(job, ctx)
-        stats = worker.stats()
-        assert (stats["contest_scored"], stats["contest_duplicates"], stats["contest_invalid"]) == (1, 2, 1)
-        await worker.stop()
-        with pytest.raises(RuntimeError):
-            await score_submission(decode_job(raw, queue_name("spring")), ctx)  # stopped: unregistered
-
-    run(body())
+async def test_the_worker_scores_through_its_handler_and_counts(tmp_path: Path) -> None:
+    worker = ContestWorker()
+    context = WorkerContext(0, "contest", "host", {"contest_db": str(tmp_path / "c.sqlite3")}, "host:c:0:ab")
+    worker.bind(context, FakeChannel())  # type: ignore[arg-type]
+    ctx = HandlerContext(redis=None, worker_id=context.worker_id, log=logger)
+    job = decode_job(b'{"x": 1}', queue_name("spring"))
+    with pytest.raises(RuntimeError, match=r"entrypoints\.contest:ContestWorker"):
+        await score_submission(job, ctx)  # before start(): no database to record into
+    await worker.start()
+    data = random_submission(random.Random(2), ["spring"], USERS, PROBLEMS)
+    raw = encode_submission(data).encode()  # the bytes submit() pushes
+    for _ in range(3):  # the same bytes three times: scored once
+        await score_submission(decode_job(raw, queue_name("spring")), ctx)
+    with pytest.raises(InvalidSubmission):
+        await score_submission(job, ctx)
+    stats = worker.stats()
+    assert (stats["contest_scored"], stats["contest_duplicates"], stats["contest_invalid"]) == (1, 2, 1)
+    await worker.stop()
+    with pytest.raises(RuntimeError):
+        await score_submission(decode_job(raw, queue_name("spring")), ctx)  # stopped: unregistered

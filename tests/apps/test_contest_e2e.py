@@ -27,7 +27,7 @@ from corral.entrypoints.contest import (
     score_answer,
 )
 from corral.entrypoints.contest.db import Standing
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 from tests.apps.postgres import connect
 from tests.apps.test_contest import expected_scoreboard
 from tests.conftest import RedisServer

@@ -32,36 +32,33 @@ def where(client: Any, product: str, game: str) -> list[str]:
     return [name for name, key in zip(SETS, keys, strict=False) if client.zscore(key, game) is not None]
 
 
-def test_events_move_a_game_through_the_sets(redis_any: Any, run: Any) -> None:
+async def test_events_move_a_game_through_the_sets(redis_any: Any) -> None:
     """Every script of the app, on each topology (its keys share one hash tag per product)."""
 
-    async def body() -> None:
-        client = async_client(redis_any.url)
-        events = GameEventWorker(client)
-        sync = redis_any.client()
-        for state, expected in [
-            ("created", ["pending"]),
-            ("creator_joined", ["lobby"]),
-            ("all_players_joined", ["active"]),
-            ("in_progress", ["active"]),
-        ]:
-            await events.apply(GameEvent("state_change", "chess", "g1", new_state=state), now=100.0)
-            assert where(sync, "chess", "g1") == expected
-            assert sync.hget(game_keys("chess", "g1")[3], "state") == state.encode()
-        await events.apply(GameEvent("player_disconnect", "chess", "g1", player_id="p2"), now=101.0)
-        assert where(sync, "chess", "g1") == ["lobby"]  # back to the lobby so someone can join
-        await events.apply(GameEvent("player_disconnect", "chess", "g1", player_id="p2"), now=102.0)
-        assert where(sync, "chess", "g1") == ["lobby"]  # not active: nothing to do
-        await events.apply(GameEvent("state_change", "chess", "g1", new_state="ended"), now=103.0)
-        assert where(sync, "chess", "g1") == []
-        assert 0 < sync.ttl(game_keys("chess", "g1")[3]) <= 3600
-        await events.apply(GameEvent("state_change", "chess", "g2", new_state="created"), now=104.0)
-        await events.apply(GameEvent("game_removed", "chess", "g2"), now=105.0)
-        assert where(sync, "chess", "g2") == [] and not sync.exists(game_keys("chess", "g2")[3])
-        assert events.events == {"state_change": 6, "player_disconnect": 2, "game_removed": 1}
-        await client.aclose()
-
-    run(body())
+    client = async_client(redis_any.url)
+    events = GameEventWorker(client)
+    sync = redis_any.client()
+    for state, expected in [
+        ("created", ["pending"]),
+        ("creator_joined", ["lobby"]),
+        ("all_players_joined", ["active"]),
+        ("in_progress", ["active"]),
+    ]:
+        await events.apply(GameEvent("state_change", "chess", "g1", new_state=state), now=100.0)
+        assert where(sync, "chess", "g1") == expected
+        assert sync.hget(game_keys("chess", "g1")[3], "state") == state.encode()
+    await events.apply(GameEvent("player_disconnect", "chess", "g1", player_id="p2"), now=101.0)
+    assert where(sync, "chess", "g1") == ["lobby"]  # back to the lobby so someone can join
+    await events.apply(GameEvent("player_disconnect", "chess", "g1", player_id="p2"), now=102.0)
+    assert where(sync, "chess", "g1") == ["lobby"]  # not active: nothing to do
+    await events.apply(GameEvent("state_change", "chess", "g1", new_state="ended"), now=103.0)
+    assert where(sync, "chess", "g1") == []
+    assert 0 < sync.ttl(game_keys("chess", "g1")[3]) <= 3600
+    await events.apply(GameEvent("state_change", "chess", "g2", new_state="created"), now=104.0)
+    await events.apply(GameEvent("game_removed", "chess", "g2"), now=105.0)
+    assert where(sync, "chess", "g2") == [] and not sync.exists(game_keys("chess", "g2")[3])
+    assert events.events == {"state_change": 6, "player_disconnect": 2, "game_removed": 1}
+    await client.aclose()
 
 
 @pytest.mark.parametrize(

@@ -124,122 +124,108 @@ class Inbox:
         await self.pubsub.aclose()
 
 
-def test_two_present_players_get_one_lobby_and_both_are_told(client: Any, run: Any) -> None:
-    async def body() -> None:
-        redis = client()
-        inbox = await Inbox(redis).start()
-        worker = await pairer(redis)
-        await queued(redis, "ann", "bob", "cid")
-        outcome = await worker.next_pair(QUEUE)
-        assert outcome is not None and outcome.kind == "lobby" and outcome.lobby_id
-        lobby = {
-            k.decode(): v.decode() for k, v in (await redis.hgetall(lobby_key(outcome.lobby_id))).items()
-        }
-        assert lobby["status"] == "ready" and json.loads(lobby["players"]) == ["ann", "bob"]
-        assert json.loads(lobby["tickets"]) == ["t-ann", "t-bob"] and lobby["category"] == "blitz"
-        assert await redis.get(lobby_pointer("ann")) == await redis.get(lobby_pointer("bob"))
-        assert await redis.zscore(LOBBIES, outcome.lobby_id) == float(lobby["created_us"])
-        assert not await redis.exists(inflight_key(worker.worker_id))
-        assert await front_to_back(redis) == ["cid"]
-        assert await inbox.drain() == [("ann", "lobby", outcome.lobby_id), ("bob", "lobby", outcome.lobby_id)]
-        assert await worker.next_pair(QUEUE) is None  # one ticket left: nothing taken
-        assert await front_to_back(redis) == ["cid"]
-        assert (await counters(redis))["lobbies"] == 1
-        await inbox.close()
-        await redis.aclose()
-
-    run(body())
+async def test_two_present_players_get_one_lobby_and_both_are_told(client: Any) -> None:
+    redis = client()
+    inbox = await Inbox(redis).start()
+    worker = await pairer(redis)
+    await queued(redis, "ann", "bob", "cid")
+    outcome = await worker.next_pair(QUEUE)
+    assert outcome is not None and outcome.kind == "lobby" and outcome.lobby_id
+    lobby = {k.decode(): v.decode() for k, v in (await redis.hgetall(lobby_key(outcome.lobby_id))).items()}
+    assert lobby["status"] == "ready" and json.loads(lobby["players"]) == ["ann", "bob"]
+    assert json.loads(lobby["tickets"]) == ["t-ann", "t-bob"] and lobby["category"] == "blitz"
+    assert await redis.get(lobby_pointer("ann")) == await redis.get(lobby_pointer("bob"))
+    assert await redis.zscore(LOBBIES, outcome.lobby_id) == float(lobby["created_us"])
+    assert not await redis.exists(inflight_key(worker.worker_id))
+    assert await front_to_back(redis) == ["cid"]
+    assert await inbox.drain() == [("ann", "lobby", outcome.lobby_id), ("bob", "lobby", outcome.lobby_id)]
+    assert await worker.next_pair(QUEUE) is None  # one ticket left: nothing taken
+    assert await front_to_back(redis) == ["cid"]
+    assert (await counters(redis))["lobbies"] == 1
+    await inbox.close()
+    await redis.aclose()
 
 
 @pytest.mark.parametrize("gone", [["ann"], ["bob"], ["ann", "bob"]])
-def test_a_gone_player_means_no_lobby_and_the_healthy_one_back_at_the_front(
-    client: Any, run: Any, gone: list[str]
+async def test_a_gone_player_means_no_lobby_and_the_healthy_one_back_at_the_front(
+    client: Any, gone: list[str]
 ) -> None:
-    async def body() -> None:
-        redis = client()
-        inbox = await Inbox(redis).start()
-        worker = await pairer(redis)
-        await queued(redis, "ann", "bob", "cid")
-        for player in gone:
-            await redis.delete(f"presence:{player}")
-        outcome = await worker.next_pair(QUEUE)
-        expected = tuple("gone" if p in gone else "requeued" for p in ("ann", "bob"))
-        assert outcome == Outcome("aborted", None, expected)
-        await no_trace(redis, "ann", "bob")
-        healthy = [p for p in ("ann", "bob") if p not in gone]
-        assert await front_to_back(redis) == [*healthy, "cid"]  # priority: before those who waited less
-        assert await inbox.drain() == []  # nobody was told anything
-        figures = await counters(redis)
-        assert figures["dropped_gone"] == len(gone) and figures.get("requeued", 0) == len(healthy)
-        await inbox.close()
-        await redis.aclose()
-
-    run(body())
+    redis = client()
+    inbox = await Inbox(redis).start()
+    worker = await pairer(redis)
+    await queued(redis, "ann", "bob", "cid")
+    for player in gone:
+        await redis.delete(f"presence:{player}")
+    outcome = await worker.next_pair(QUEUE)
+    expected = tuple("gone" if p in gone else "requeued" for p in ("ann", "bob"))
+    assert outcome == Outcome("aborted", None, expected)
+    await no_trace(redis, "ann", "bob")
+    healthy = [p for p in ("ann", "bob") if p not in gone]
+    assert await front_to_back(redis) == [*healthy, "cid"]  # priority: before those who waited less
+    assert await inbox.drain() == []  # nobody was told anything
+    figures = await counters(redis)
+    assert figures["dropped_gone"] == len(gone) and figures.get("requeued", 0) == len(healthy)
+    await inbox.close()
+    await redis.aclose()
 
 
-def test_a_player_already_in_a_lobby_is_never_put_in_another(client: Any, run: Any) -> None:
-    async def body() -> None:
-        redis = client()
-        worker = await pairer(redis)
-        await queued(redis, "ann", "bob")
-        await redis.set(lobby_pointer("bob"), "earlier-lobby")
-        outcome = await worker.next_pair(QUEUE)
-        assert outcome == Outcome("aborted", None, ("requeued", "busy"))
-        assert await redis.get(lobby_pointer("bob")) == b"earlier-lobby"
-        assert not await redis.exists(lobby_pointer("ann"))
-        assert await front_to_back(redis) == ["ann"]
-        # the same player queued twice in two categories: paired once, the other ticket dropped
-        await queued(redis, "bob2", "cid")
-        await ajoin(redis, "rapid", "cid", ticket_id="t-cid-rapid")
-        await ajoin(redis, "rapid", "dan", ticket_id="t-dan")
-        await aheartbeat(redis, "dan", 30)
-        first = await worker.next_pair(QUEUE)  # ann + bob2
-        second = await worker.next_pair(QUEUE)  # nothing: cid alone
-        third = await worker.next_pair(queue_key("rapid"))  # cid + dan
-        assert first is not None and first.kind == "lobby" and second is None
-        assert third is not None and third.kind == "lobby"
-        await ajoin(redis, "rapid", "cid", ticket_id="t-cid-again")
-        await ajoin(redis, "rapid", "eve", ticket_id="t-eve")
-        await aheartbeat(redis, "eve", 30)
-        fourth = await worker.next_pair(queue_key("rapid"))
-        assert fourth == Outcome("aborted", None, ("busy", "requeued"))
-        assert await redis.get(lobby_pointer("cid")) == third.lobby_id.encode()  # type: ignore[union-attr]
-        await redis.aclose()
-
-    run(body())
+async def test_a_player_already_in_a_lobby_is_never_put_in_another(client: Any) -> None:
+    redis = client()
+    worker = await pairer(redis)
+    await queued(redis, "ann", "bob")
+    await redis.set(lobby_pointer("bob"), "earlier-lobby")
+    outcome = await worker.next_pair(QUEUE)
+    assert outcome == Outcome("aborted", None, ("requeued", "busy"))
+    assert await redis.get(lobby_pointer("bob")) == b"earlier-lobby"
+    assert not await redis.exists(lobby_pointer("ann"))
+    assert await front_to_back(redis) == ["ann"]
+    # the same player queued twice in two categories: paired once, the other ticket dropped
+    await queued(redis, "bob2", "cid")
+    await ajoin(redis, "rapid", "cid", ticket_id="t-cid-rapid")
+    await ajoin(redis, "rapid", "dan", ticket_id="t-dan")
+    await aheartbeat(redis, "dan", 30)
+    first = await worker.next_pair(QUEUE)  # ann + bob2
+    second = await worker.next_pair(QUEUE)  # nothing: cid alone
+    third = await worker.next_pair(queue_key("rapid"))  # cid + dan
+    assert first is not None and first.kind == "lobby" and second is None
+    assert third is not None and third.kind == "lobby"
+    await ajoin(redis, "rapid", "cid", ticket_id="t-cid-again")
+    await ajoin(redis, "rapid", "eve", ticket_id="t-eve")
+    await aheartbeat(redis, "eve", 30)
+    fourth = await worker.next_pair(queue_key("rapid"))
+    assert fourth == Outcome("aborted", None, ("busy", "requeued"))
+    assert await redis.get(lobby_pointer("cid")) == third.lobby_id.encode()  # type: ignore[union-attr]
+    await redis.aclose()
 
 
 @pytest.mark.parametrize("failing", ["ann", "bob"])
-def test_a_failed_notification_rolls_the_lobby_back_and_requeues_both_at_the_front(
-    client: Any, run: Any, failing: str
+async def test_a_failed_notification_rolls_the_lobby_back_and_requeues_both_at_the_front(
+    client: Any, failing: str
 ) -> None:
-    async def body() -> None:
-        redis = client()
-        inbox = await Inbox(redis).start()
-        worker = await pairer(redis, notify_fail_players=[failing])
-        await queued(redis, "ann", "bob", "cid")
-        outcome = await worker.next_pair(QUEUE)
-        assert outcome is not None and outcome.kind == "rolled_back" and outcome.lobby_id
-        await no_trace(redis, "ann", "bob")
-        assert await front_to_back(redis) == ["ann", "bob", "cid"]  # both back, in their order, first
-        # whoever was told about the lobby is told it is cancelled: lobby + notification as one unit
-        told = [("ann", "lobby", outcome.lobby_id)] if failing == "bob" else []
-        cancelled = [(p, "lobby_cancelled", outcome.lobby_id) for p in ("ann", "bob")]
-        assert await inbox.drain() == told + cancelled
-        figures = await counters(redis)
-        assert figures["rollbacks"] == 1 and figures["requeued"] == 2 and "lobbies" not in figures
-        # once notifications work again the same two get their lobby
-        healthy = await pairer(redis, name="w1")
-        second = await healthy.next_pair(QUEUE)
-        assert second is not None and second.kind == "lobby"
-        assert sorted(await inbox.drain()) == [
-            ("ann", "lobby", second.lobby_id),
-            ("bob", "lobby", second.lobby_id),
-        ]
-        await inbox.close()
-        await redis.aclose()
-
-    run(body())
+    redis = client()
+    inbox = await Inbox(redis).start()
+    worker = await pairer(redis, notify_fail_players=[failing])
+    await queued(redis, "ann", "bob", "cid")
+    outcome = await worker.next_pair(QUEUE)
+    assert outcome is not None and outcome.kind == "rolled_back" and outcome.lobby_id
+    await no_trace(redis, "ann", "bob")
+    assert await front_to_back(redis) == ["ann", "bob", "cid"]  # both back, in their order, first
+    # whoever was told about the lobby is told it is cancelled: lobby + notification as one unit
+    told = [("ann", "lobby", outcome.lobby_id)] if failing == "bob" else []
+    cancelled = [(p, "lobby_cancelled", outcome.lobby_id) for p in ("ann", "bob")]
+    assert await inbox.drain() == told + cancelled
+    figures = await counters(redis)
+    assert figures["rollbacks"] == 1 and figures["requeued"] == 2 and "lobbies" not in figures
+    # once notifications work again the same two get their lobby
+    healthy = await pairer(redis, name="w1")
+    second = await healthy.next_pair(QUEUE)
+    assert second is not None and second.kind == "lobby"
+    assert sorted(await inbox.drain()) == [
+        ("ann", "lobby", second.lobby_id),
+        ("bob", "lobby", second.lobby_id),
+    ]
+    await inbox.close()
+    await redis.aclose()
 
 
 def test_the_failure_rate_option_fails_notifications_and_options_are_checked(client: Any, run: Any) -> None:
@@ -291,127 +277,115 @@ async def pending_lobby(redis: Any, worker: Pairer) -> str:
     return str(lobby_id.decode())
 
 
-def test_a_dead_workers_pending_lobby_is_rolled_back_and_its_pair_requeued(client: Any, run: Any) -> None:
-    async def body() -> None:
-        redis = client()
-        inbox = await Inbox(redis).start()
-        victim = await pairer(redis, "victim")
-        reached, _ = hold_notifications(victim)
-        await queued(redis, "ann", "bob", "cid")
-        task = asyncio.create_task(victim.next_pair(QUEUE))
-        await asyncio.wait_for(reached.wait(), 5)
-        task.cancel()  # the victim stops dead between its lobby and its notifications
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        lobby_id = await pending_lobby(redis, victim)
-        assert await redis.get(lobby_pointer("ann")) == lobby_id.encode()
-        # the registration of a process that has exited, on this host, with a lease still running
-        await redis.hset(
-            OWNERS, victim.worker_id, json.dumps({"host": HOST, "pid": exited_pid(), "started": 1.0})
-        )
-        alive = await pairer(redis, "alive")  # this very process: alive, never recovered
-        helper = await pairer(redis, "helper")
-        assert await helper.sweep() == 1
-        await no_trace(redis, "ann", "bob")
-        assert await front_to_back(redis) == ["ann", "bob", "cid"]
-        assert await redis.zscore(LEASES, victim.worker_id) is None
-        assert not await redis.hexists(OWNERS, victim.worker_id)
-        assert await redis.zscore(LEASES, alive.worker_id) is not None
-        assert await inbox.drain() == [
-            ("ann", "lobby_cancelled", lobby_id),
-            ("bob", "lobby_cancelled", lobby_id),
-        ]
-        figures = await counters(redis)
-        assert figures["recovered_lobbies"] == 1 and figures["recovered_tickets"] == 2
-        assert await helper.sweep() == 0
-        outcome = await helper.next_pair(QUEUE)
-        assert outcome is not None and outcome.kind == "lobby"
-        await inbox.close()
-        await redis.aclose()
-
-    run(body())
+async def test_a_dead_workers_pending_lobby_is_rolled_back_and_its_pair_requeued(client: Any) -> None:
+    redis = client()
+    inbox = await Inbox(redis).start()
+    victim = await pairer(redis, "victim")
+    reached, _ = hold_notifications(victim)
+    await queued(redis, "ann", "bob", "cid")
+    task = asyncio.create_task(victim.next_pair(QUEUE))
+    await asyncio.wait_for(reached.wait(), 5)
+    task.cancel()  # the victim stops dead between its lobby and its notifications
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    lobby_id = await pending_lobby(redis, victim)
+    assert await redis.get(lobby_pointer("ann")) == lobby_id.encode()
+    # the registration of a process that has exited, on this host, with a lease still running
+    await redis.hset(
+        OWNERS, victim.worker_id, json.dumps({"host": HOST, "pid": exited_pid(), "started": 1.0})
+    )
+    alive = await pairer(redis, "alive")  # this very process: alive, never recovered
+    helper = await pairer(redis, "helper")
+    assert await helper.sweep() == 1
+    await no_trace(redis, "ann", "bob")
+    assert await front_to_back(redis) == ["ann", "bob", "cid"]
+    assert await redis.zscore(LEASES, victim.worker_id) is None
+    assert not await redis.hexists(OWNERS, victim.worker_id)
+    assert await redis.zscore(LEASES, alive.worker_id) is not None
+    assert await inbox.drain() == [
+        ("ann", "lobby_cancelled", lobby_id),
+        ("bob", "lobby_cancelled", lobby_id),
+    ]
+    figures = await counters(redis)
+    assert figures["recovered_lobbies"] == 1 and figures["recovered_tickets"] == 2
+    assert await helper.sweep() == 0
+    outcome = await helper.next_pair(QUEUE)
+    assert outcome is not None and outcome.kind == "lobby"
+    await inbox.close()
+    await redis.aclose()
 
 
-def test_a_worker_whose_pair_was_recovered_is_fenced_off(client: Any, run: Any) -> None:
-    async def body() -> None:
-        redis = client()
-        inbox = await Inbox(redis).start()
-        victim = await pairer(redis, "victim")
-        reached, release = hold_notifications(victim)
-        await queued(redis, "ann", "bob", "cid")
-        task = asyncio.create_task(victim.next_pair(QUEUE))
-        await asyncio.wait_for(reached.wait(), 5)
-        lobby_id = await pending_lobby(redis, victim)
-        helper = await pairer(redis, "helper")
-        assert await helper.recover(victim.worker_id, "expired") == -1  # its lease still runs: untouched
-        assert await pending_lobby(redis, victim) == lobby_id
-        await redis.zadd(LEASES, {victim.worker_id: 0})  # a long pause: the lease ran out
-        assert await helper.sweep() == 1
-        release.set()  # the victim wakes up, notifies, and cannot commit
-        assert await task == Outcome("lost", lobby_id)
-        await no_trace(redis, "ann", "bob")
-        assert await front_to_back(redis) == ["ann", "bob", "cid"]  # each ticket exactly once
-        messages = await inbox.drain()
-        assert messages[-2:] == [("ann", "lobby_cancelled", lobby_id), ("bob", "lobby_cancelled", lobby_id)]
-        assert await victim.next_pair(QUEUE) is None  # no lease: nothing taken, the lease renewed
-        outcome = await victim.next_pair(QUEUE)
-        assert outcome is not None and outcome.kind == "lobby"
-        await inbox.close()
-        await redis.aclose()
-
-    run(body())
+async def test_a_worker_whose_pair_was_recovered_is_fenced_off(client: Any) -> None:
+    redis = client()
+    inbox = await Inbox(redis).start()
+    victim = await pairer(redis, "victim")
+    reached, release = hold_notifications(victim)
+    await queued(redis, "ann", "bob", "cid")
+    task = asyncio.create_task(victim.next_pair(QUEUE))
+    await asyncio.wait_for(reached.wait(), 5)
+    lobby_id = await pending_lobby(redis, victim)
+    helper = await pairer(redis, "helper")
+    assert await helper.recover(victim.worker_id, "expired") == -1  # its lease still runs: untouched
+    assert await pending_lobby(redis, victim) == lobby_id
+    await redis.zadd(LEASES, {victim.worker_id: 0})  # a long pause: the lease ran out
+    assert await helper.sweep() == 1
+    release.set()  # the victim wakes up, notifies, and cannot commit
+    assert await task == Outcome("lost", lobby_id)
+    await no_trace(redis, "ann", "bob")
+    assert await front_to_back(redis) == ["ann", "bob", "cid"]  # each ticket exactly once
+    messages = await inbox.drain()
+    assert messages[-2:] == [("ann", "lobby_cancelled", lobby_id), ("bob", "lobby_cancelled", lobby_id)]
+    assert await victim.next_pair(QUEUE) is None  # no lease: nothing taken, the lease renewed
+    outcome = await victim.next_pair(QUEUE)
+    assert outcome is not None and outcome.kind == "lobby"
+    await inbox.close()
+    await redis.aclose()
 
 
-def test_expired_leases_are_swept_whatever_the_host(client: Any, run: Any) -> None:
-    async def body() -> None:
-        redis = client()
-        far = Pairer(redis, "elsewhere:pairing:0:far", "elsewhere", options=PairingOptions(lease_ttl_s=0.3))
-        await far.renew()
-        reached, _ = hold_notifications(far)
-        await queued(redis, "ann", "bob")
-        task = asyncio.create_task(far.next_pair(QUEUE))
-        await asyncio.wait_for(reached.wait(), 5)
-        task.cancel()  # another host goes silent with a pending lobby
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        helper = await pairer(redis, "helper")
-        assert await helper.sweep() == 0  # its lease still runs, and its pid is not ours to check
-        deadline = time.monotonic() + 5
-        while not await helper.sweep():  # until its lease runs out
-            assert time.monotonic() < deadline, "the expired lease was never swept"
-            await asyncio.sleep(0.02)
-        await no_trace(redis, "ann", "bob")
-        assert await front_to_back(redis) == ["ann", "bob"]  # the oldest ticket frontmost
-        assert await redis.zrange(LEASES, 0, -1) == [helper.worker_id.encode()]
-        await redis.aclose()
-
-    run(body())
+async def test_expired_leases_are_swept_whatever_the_host(client: Any) -> None:
+    redis = client()
+    far = Pairer(redis, "elsewhere:pairing:0:far", "elsewhere", options=PairingOptions(lease_ttl_s=0.3))
+    await far.renew()
+    reached, _ = hold_notifications(far)
+    await queued(redis, "ann", "bob")
+    task = asyncio.create_task(far.next_pair(QUEUE))
+    await asyncio.wait_for(reached.wait(), 5)
+    task.cancel()  # another host goes silent with a pending lobby
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    helper = await pairer(redis, "helper")
+    assert await helper.sweep() == 0  # its lease still runs, and its pid is not ours to check
+    deadline = time.monotonic() + 5
+    while not await helper.sweep():  # until its lease runs out
+        assert time.monotonic() < deadline, "the expired lease was never swept"
+        await asyncio.sleep(0.02)
+    await no_trace(redis, "ann", "bob")
+    assert await front_to_back(redis) == ["ann", "bob"]  # the oldest ticket frontmost
+    assert await redis.zrange(LEASES, 0, -1) == [helper.worker_id.encode()]
+    await redis.aclose()
 
 
-def test_invalid_and_duplicate_tickets_are_settled(client: Any, run: Any) -> None:
-    async def body() -> None:
-        redis = client()
-        worker = await pairer(redis)
-        await redis.lpush(QUEUE, b"not json")
-        await queued(redis, "ann")
-        assert await worker.next_pair(QUEUE) == Outcome("settled", None, ("dead", "requeued"))
-        assert await front_to_back(redis) == ["ann"]
-        dead = json.loads(await redis.lindex("pairing:dead", 0))
-        assert dead["ticket"] == "not json" and "JSON" in dead["error"] and dead["queue"] == QUEUE
-        await ajoin(redis, "blitz", "ann", ticket_id="t-ann-again")  # one player queued twice
-        assert await worker.next_pair(QUEUE) == Outcome("settled", None, ("requeued", "duplicate"))
-        tickets = [json.loads(raw)["ticket_id"] for raw in await redis.lrange(QUEUE, 0, -1)]
-        assert tickets == ["t-ann"]
-        raw = await redis.lindex(QUEUE, 0)
-        await redis.lpush(QUEUE, raw)  # the very same ticket pushed twice: one copy is kept
-        assert await worker.next_pair(QUEUE) == Outcome("settled", None, ("requeued", "duplicate"))
-        assert await redis.lrange(QUEUE, 0, -1) == [raw]
-        assert not await redis.exists(inflight_key(worker.worker_id))
-        figures = await counters(redis)
-        assert figures["dead"] == 1 and figures["dropped_duplicate"] == 1  # identical bytes: one hash field
-        await redis.aclose()
-
-    run(body())
+async def test_invalid_and_duplicate_tickets_are_settled(client: Any) -> None:
+    redis = client()
+    worker = await pairer(redis)
+    await redis.lpush(QUEUE, b"not json")
+    await queued(redis, "ann")
+    assert await worker.next_pair(QUEUE) == Outcome("settled", None, ("dead", "requeued"))
+    assert await front_to_back(redis) == ["ann"]
+    dead = json.loads(await redis.lindex("pairing:dead", 0))
+    assert dead["ticket"] == "not json" and "JSON" in dead["error"] and dead["queue"] == QUEUE
+    await ajoin(redis, "blitz", "ann", ticket_id="t-ann-again")  # one player queued twice
+    assert await worker.next_pair(QUEUE) == Outcome("settled", None, ("requeued", "duplicate"))
+    tickets = [json.loads(raw)["ticket_id"] for raw in await redis.lrange(QUEUE, 0, -1)]
+    assert tickets == ["t-ann"]
+    raw = await redis.lindex(QUEUE, 0)
+    await redis.lpush(QUEUE, raw)  # the very same ticket pushed twice: one copy is kept
+    assert await worker.next_pair(QUEUE) == Outcome("settled", None, ("requeued", "duplicate"))
+    assert await redis.lrange(QUEUE, 0, -1) == [raw]
+    assert not await redis.exists(inflight_key(worker.worker_id))
+    figures = await counters(redis)
+    assert figures["dead"] == 1 and figures["dropped_duplicate"] == 1  # identical bytes: one hash field
+    await redis.aclose()
 
 
 def test_the_unit_hands_its_pair_back_when_interrupted_or_cancelled(client: Any, run: Any) -> None:
@@ -465,38 +439,33 @@ def replay_once(worker: Pairer, script: str) -> None:
     setattr(worker, script, twice)
 
 
-def test_every_step_is_safe_to_run_twice(client: Any, run: Any) -> None:
-    async def body() -> None:
-        redis = client()
-        inbox = await Inbox(redis).start()
-        worker = await pairer(redis)
-        await queued(redis, "ann", "bob", "cid", "dan")
-        replay_once(worker, "_take")
-        assert await worker.next_pair(QUEUE) is None  # the second take finds the first's pair: back
-        assert await front_to_back(redis) == ["ann", "bob", "cid", "dan"]
-        replay_once(worker, "_create")
-        replay_once(worker, "_commit")
-        outcome = await worker.next_pair(QUEUE)
-        assert outcome is not None and outcome.kind == "lobby" and outcome.lobby_id
-        assert await redis.hget(lobby_key(outcome.lobby_id), "status") == b"ready"
-        assert await inbox.drain() == [("ann", "lobby", outcome.lobby_id), ("bob", "lobby", outcome.lobby_id)]
-        worker.options = PairingOptions(notify_fail_players=("dan",))
-        replay_once(worker, "_rollback")
-        await worker.next_pair(QUEUE)
-        assert [k async for k in redis.scan_iter(match="pairing:lobby:*")] == [
-            lobby_key(outcome.lobby_id).encode()
-        ]
-        assert not await redis.exists(
-            lobby_pointer("cid"), lobby_pointer("dan"), inflight_key(worker.worker_id)
-        )
-        assert await front_to_back(redis) == ["cid", "dan"]  # each once
-        assert await redis.zcard(LOBBIES) == 1
-        figures = await counters(redis)
-        assert figures["lobbies"] == 1 and figures["rollbacks"] == 1 and figures["requeued"] == 2
-        await inbox.close()
-        await redis.aclose()
-
-    run(body())
+async def test_every_step_is_safe_to_run_twice(client: Any) -> None:
+    redis = client()
+    inbox = await Inbox(redis).start()
+    worker = await pairer(redis)
+    await queued(redis, "ann", "bob", "cid", "dan")
+    replay_once(worker, "_take")
+    assert await worker.next_pair(QUEUE) is None  # the second take finds the first's pair: back
+    assert await front_to_back(redis) == ["ann", "bob", "cid", "dan"]
+    replay_once(worker, "_create")
+    replay_once(worker, "_commit")
+    outcome = await worker.next_pair(QUEUE)
+    assert outcome is not None and outcome.kind == "lobby" and outcome.lobby_id
+    assert await redis.hget(lobby_key(outcome.lobby_id), "status") == b"ready"
+    assert await inbox.drain() == [("ann", "lobby", outcome.lobby_id), ("bob", "lobby", outcome.lobby_id)]
+    worker.options = PairingOptions(notify_fail_players=("dan",))
+    replay_once(worker, "_rollback")
+    await worker.next_pair(QUEUE)
+    assert [k async for k in redis.scan_iter(match="pairing:lobby:*")] == [
+        lobby_key(outcome.lobby_id).encode()
+    ]
+    assert not await redis.exists(lobby_pointer("cid"), lobby_pointer("dan"), inflight_key(worker.worker_id))
+    assert await front_to_back(redis) == ["cid", "dan"]  # each once
+    assert await redis.zcard(LOBBIES) == 1
+    figures = await counters(redis)
+    assert figures["lobbies"] == 1 and figures["rollbacks"] == 1 and figures["requeued"] == 2
+    await inbox.close()
+    await redis.aclose()
 
 
 # -- end to end: the real CLI, 3 children, kills and a reload ----------------------------------------

@@ -23,8 +23,9 @@ from corral.entrypoints.trivia.app import (
     start_room,
     step,
 )
-from corral.workers.keys import Keys
-from corral.workers.messages import Reject, decode_job
+from corral.workers.jobs.keys import Keys
+from corral.workers.jobs.wire import decode_job
+from corral.workers.messages import Reject
 from tests.conftest import RedisServer
 from tests.e2e.conftest import Corral, wait_until
 from tests.servers import async_client

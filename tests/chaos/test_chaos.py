@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 import pytest
 
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 from tests.chaos.handlers import ENTRIES_SEEN, JOBS_SEEN, WORKER_IDS
 from tests.conftest import RedisServer
 from tests.e2e.conftest import Corral, is_our_child_process

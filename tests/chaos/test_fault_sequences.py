@@ -10,7 +10,7 @@ takes and acks, and the handlers' records WAIT for a replica (``wait_replicas = 
 ``stall`` job blocks its child's event loop for 2.5 s (its lease, renewed by a thread, holds: no
 peer runs its work meanwhile); a ``deadly`` job SIGKILLs whoever handles it; a ``poison`` job always fails. After the
 sequence the pool runs undisturbed until quiet, then the test checks every item, the audit
-(``corral.workers.audit``: nothing stranded) and the duplicates against a bound computed from the
+(``corral.workers.ops.audit``: nothing stranded) and the duplicates against a bound computed from the
 faults that happened.
 
 CI runs a short sequence (``FAULT_STEPS`` steps, default 10, seed ``FAULT_SEED``, default 1). By
@@ -35,9 +35,9 @@ from typing import Any
 import pytest
 from redis.exceptions import ResponseError
 
-from corral.workers.audit import audit
-from corral.workers.keys import Keys
-from corral.workers.messages import encode_job
+from corral.workers.jobs.keys import Keys
+from corral.workers.jobs.wire import encode_job
+from corral.workers.ops.audit import audit
 from corral.workers.producer import publish, shard_name
 from tests.chaos.fault_handlers import ENTRIES_SEEN, JOBS_SEEN
 from tests.conftest import TOPOLOGIES, RedisServer

@@ -46,9 +46,9 @@ import pytest
 import redis
 
 from corral.contract import LEASE_FENCE_AT
-from corral.workers.audit import audit
-from corral.workers.keys import Keys
-from corral.workers.messages import encode_job
+from corral.workers.jobs.keys import Keys
+from corral.workers.jobs.wire import encode_job
+from corral.workers.ops.audit import audit
 from tests.conftest import RedisServer
 from tests.e2e.conftest import Corral, WaitTimeout, is_gone, wait_until
 from tests.integration.conftest import H

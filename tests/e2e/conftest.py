@@ -35,7 +35,7 @@ from tests.servers import Standalone
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _SCRIPT = Path(sys.executable).with_name("corral")
 CORRAL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "corral.entrypoints.cli"]
-CHILD_MARK = "corral.entrypoints.child"  # an exec'd child's (or the zygote's) command line, at first
+CHILD_MARK = "corral.workers.child"  # an exec'd child's (or the zygote's) command line, at first
 CHILD_TITLE = re.compile(r"corral: \S+ (worker \d+|zygote)$")  # what a child names itself (setproctitle)
 T = TypeVar("T")
 

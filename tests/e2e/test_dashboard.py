@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from playwright import sync_api as playwright_api
 
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 from tests.e2e.conftest import Corral, outage_pool, wait_until
 from tests.servers import Standalone
 

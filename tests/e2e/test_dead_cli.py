@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from corral.workers.consumers.base import DeadLetter
-from corral.workers.keys import Keys
-from corral.workers.messages import encode_job
+from corral.workers.jobs.keys import Keys
+from corral.workers.jobs.wire import encode_job
 from tests.e2e.conftest import CORRAL, REPO_ROOT, run_cli, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 from tests.e2e.conftest import Corral, wait_until
 
 pytestmark = pytest.mark.e2e

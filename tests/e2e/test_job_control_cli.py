@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 from tests.e2e.conftest import run_cli
 
 KEYS = Keys()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 from tests.e2e.conftest import Corral, wait_until
 
 TTL_S = 2.0

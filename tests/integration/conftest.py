@@ -20,7 +20,7 @@ from corral.contract import QueueSpec, RedisSpec, WorkSpec
 from corral.supervisor import WorkerPool
 from corral.supervisor.recovery import Recovery
 from corral.workers.consumers.consumer_set import Consumers
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 from corral.workers.manager import WorkerManager
 from corral.workers.topology import connect
 from tests.servers import async_client

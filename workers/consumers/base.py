@@ -23,7 +23,7 @@ from corral.workers import tracing
 from corral.workers.consumers.batches import Collector, run_batched
 from corral.workers.consumers.lanes import Refill, TakeSizer, run_all
 from corral.workers.durability import Durability
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 from corral.workers.messages import HandlerContext
 
 Handler = Callable[..., Any]

@@ -17,9 +17,10 @@ import dataclasses
 import json
 from typing import Any
 
-from corral.workers.consumers.queue_scripts import CHECKPOINT
-from corral.workers.keys import Keys
-from corral.workers.messages import ENVELOPE_MARK, Job, JobLost, encode_job
+from corral.workers.jobs.keys import Keys
+from corral.workers.jobs.scripts import CHECKPOINT
+from corral.workers.jobs.wire import ENVELOPE_MARK, encode_job
+from corral.workers.messages import Job, JobLost
 from corral.workers.scripts import Script
 
 

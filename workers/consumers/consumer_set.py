@@ -18,14 +18,14 @@ from typing import Any
 from corral.contract import WorkSpec
 from corral.workers import schedules
 from corral.workers.consumers.base import HandlerRunner
-from corral.workers.consumers.client import TRANSIENT
 from corral.workers.consumers.membership import Membership
+from corral.workers.consumers.outages import TRANSIENT
 from corral.workers.consumers.partitioned import PartitionedStreamConsumer
 from corral.workers.consumers.queues import QueueConsumer
 from corral.workers.consumers.scheduler import Scheduler
 from corral.workers.consumers.streams import StreamConsumer
 from corral.workers.durability import Durability
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 from corral.workers.lease import Gated, Lease, exit_fenced
 
 MIN_RECOVERY_LOCK_MS = 2_000

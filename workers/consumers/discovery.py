@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from corral.contract import QueueSpec
-from corral.workers.keys import Keys, queue_shards
+from corral.workers.jobs.keys import Keys, queue_shards
 
 FORGET_AFTER_REFRESHES = 12  # a discovered queue absent this many refreshes (>= 60 s) is dropped
 RETRY_SCAN_EVERY = 10

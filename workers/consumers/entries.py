@@ -11,8 +11,9 @@ from redis.exceptions import ResponseError
 from corral.contract import StreamSpec
 from corral.workers.consumers.base import DeadLetter, HandlerUnit
 from corral.workers.consumers.pauses import PauseWatch
-from corral.workers.keys import Keys
-from corral.workers.messages import Message, decode_fields
+from corral.workers.jobs.keys import Keys
+from corral.workers.jobs.wire import decode_fields
+from corral.workers.messages import Message
 from corral.workers.topology import Kind, kind_of_client
 
 Entry = tuple[bytes, dict[bytes, bytes], int]  # id, raw fields, delivery attempt

@@ -9,7 +9,7 @@ order (``order``: in turn, strict priority, or weighted), and how many (``rate_l
   probability ``w / sum(weights)`` (Sidekiq's weighted queues): never starved, the busier share
   follows the weights while every queue has work.
 
-A rate limit (``"200/s"``) is a GCRA in the take script itself (``queue_scripts.TAKE``), one per
+A rate limit (``"200/s"``) is a GCRA in the take script itself (``jobs.scripts.TAKE``), one per
 queue across every host and slot: the script takes only as many jobs as the limit allows now, so a
 job is never taken and put back. The burst is a tenth of a second's worth (at least one job). An
 idle rate-limited consumer looks again every ``RATE_POLL_S`` instead of blocking in BLMOVE (a
@@ -25,7 +25,7 @@ from typing import Any
 from corral.contract import QueueSpec, parse_rate
 from corral.workers.consumers.discovery import QueueSet
 from corral.workers.consumers.pauses import PauseWatch
-from corral.workers.keys import queue_shards
+from corral.workers.jobs.keys import queue_shards
 
 RATE_BURST_S = 0.1
 RATE_POLL_S = 0.05

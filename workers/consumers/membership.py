@@ -15,8 +15,8 @@ from typing import Any
 
 from loguru import logger
 
-from corral.workers.consumers.client import REDIS_DOWN
-from corral.workers.keys import Keys
+from corral.workers.consumers.outages import REDIS_DOWN
+from corral.workers.jobs.keys import Keys
 from corral.workers.lease import Lease
 
 Recover = Callable[..., Awaitable[dict[str, int]]]  # (member, died=...)

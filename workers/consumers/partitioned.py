@@ -19,10 +19,10 @@ from redis.exceptions import ResponseError
 
 from corral.contract import StreamSpec
 from corral.workers.consumers.base import error_summary
-from corral.workers.consumers.client import REDIS_DOWN
 from corral.workers.consumers.entries import Entry, EntryUnit, create_group, is_nogroup
+from corral.workers.consumers.outages import REDIS_DOWN
 from corral.workers.consumers.pauses import PAUSED_IDLE_S
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 from corral.workers.messages import Reject
 from corral.workers.producer import shard_name
 from corral.workers.topology import by_slot

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 
 CHECK_S = 0.5  # how stale a consumer's view of the pauses may be
 PAUSED_IDLE_S = 0.5  # a consumer whose every key is paused looks again this often

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from corral.workers.consumers.queue_scripts import PROMOTE
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
+from corral.workers.jobs.scripts import PROMOTE
 from corral.workers.scripts import Script
 
 FAST_UP_TO = 20

@@ -14,7 +14,7 @@ from corral.workers.consumers.intake import Intake
 from corral.workers.consumers.pauses import PAUSED_IDLE_S
 from corral.workers.consumers.promotion import Promoter
 from corral.workers.durability import Durability
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 from corral.workers.scripts import Script
 
 

@@ -26,11 +26,12 @@ from corral.workers.consumers.discovery import QueueSet
 from corral.workers.consumers.intake import Intake
 from corral.workers.consumers.pauses import PauseWatch
 from corral.workers.consumers.promotion import Promoter
-from corral.workers.consumers.queue_scripts import MOVE_ALL, TAKE
 from corral.workers.consumers.queue_takes import QueueTakes
 from corral.workers.consumers.settlement import Destination, Settlement
-from corral.workers.keys import Keys
-from corral.workers.messages import IN_HAND, Job, JobLost, Malformed, Reject, Requeue, decode_job, encode_job
+from corral.workers.jobs.keys import Keys
+from corral.workers.jobs.scripts import MOVE_ALL, TAKE
+from corral.workers.jobs.wire import Malformed, decode_job, encode_job
+from corral.workers.messages import IN_HAND, Job, JobLost, Reject, Requeue
 from corral.workers.scripts import Script
 
 

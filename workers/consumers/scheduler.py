@@ -20,29 +20,12 @@ from typing import Any
 
 from corral.contract import ScheduleSpec, WorkSpec
 from corral.workers import schedules
-from corral.workers.keys import Keys
-from corral.workers.messages import encode_job
+from corral.workers.jobs.keys import Keys
+from corral.workers.jobs.scripts import FIRE
+from corral.workers.jobs.wire import encode_job
 from corral.workers.scripts import Script
 
 POLL_S = 0.05  # how often the unit looks whether a tick is due (it asks Redis only then)
-
-FIRE = """
--- KEYS: the fence hash, the list, the unique lock. ARGV: tick (ms), job, job id, lock ttl (ms, 0:
--- no lock), ticks missed before this one, fire (1) or only move the fence (0), now (ms)
-local last = tonumber(redis.call('HGET', KEYS[1], 'last_tick_ms') or '-1')
-if tonumber(ARGV[1]) <= last then return 0 end
-redis.call('HSET', KEYS[1], 'last_tick_ms', ARGV[1])
-if tonumber(ARGV[5]) > 0 then redis.call('HINCRBY', KEYS[1], 'missed', ARGV[5]) end
-if ARGV[6] ~= '1' then return 2 end
-if tonumber(ARGV[4]) > 0 and not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then
-  redis.call('HINCRBY', KEYS[1], 'overlapped', 1)
-  return 3
-end
-redis.call('LPUSH', KEYS[2], ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'fired', 1)
-redis.call('HSET', KEYS[1], 'last_fired_ms', ARGV[7], 'last_job', ARGV[3])
-return 1
-"""
 
 
 @dataclass

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
-from corral.workers.consumers.queue_scripts import ACK, RECOVER, RELEASE, SETTLE
 from corral.workers.durability import Durability
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
+from corral.workers.jobs.scripts import ACK, RECOVER, RELEASE, SETTLE
 from corral.workers.messages import Job
 from corral.workers.scripts import Script
 

@@ -116,113 +116,98 @@ async def ask_version(pool: WorkerPool, slot: int) -> dict[str, Any]:
     return answer
 
 
-def test_children_are_forked_ours_and_healed_from_the_zygote(
-    make_pool: Callable[..., WorkerPool], app: App, run: Any
+async def test_children_are_forked_ours_and_healed_from_the_zygote(
+    make_pool: Callable[..., WorkerPool], app: App
 ) -> None:
-    async def body() -> None:
-        pool = make_pool(2)
-        try:
-            assert await pool.spawn_all()
-            zygote = zygote_pid(pool)
-            for slot in (0, 1):
-                answer = await ask_version(pool, slot)
-                assert answer["ppid"] == os.getpid()  # re-parented to us, not the zygote's
-                assert answer["forked"]
-                assert psutil.Process(answer["pid"]).cmdline()[0] == f"corral: test worker {slot}"
-            assert psutil.Process(zygote).cmdline()[0] == "corral: test zygote"
-            victim = await kill_and_replace(pool, 0)
-            assert victim.process.returncode == -signal.SIGKILL  # we reap it: its real code
-            assert (await ask_version(pool, 0))["forked"]
-            assert zygote_pid(pool) == zygote
-            pids = [c.pid for c in pool.connections()]
-        finally:
-            await pool.stop(graceful_timeout_s=5)
-        assert pool.spawner.zygote is None and gone(zygote)
-        assert all((app.folder / f"exited-{pid}").exists() for pid in pids), "atexit did not run"
-
-    run(body(), timeout_s=60)
+    pool = make_pool(2)
+    try:
+        assert await pool.spawn_all()
+        zygote = zygote_pid(pool)
+        for slot in (0, 1):
+            answer = await ask_version(pool, slot)
+            assert answer["ppid"] == os.getpid()  # re-parented to us, not the zygote's
+            assert answer["forked"]
+            assert psutil.Process(answer["pid"]).cmdline()[0] == f"corral: test worker {slot}"
+        assert psutil.Process(zygote).cmdline()[0] == "corral: test zygote"
+        victim = await kill_and_replace(pool, 0)
+        assert victim.process.returncode == -signal.SIGKILL  # we reap it: its real code
+        assert (await ask_version(pool, 0))["forked"]
+        assert zygote_pid(pool) == zygote
+        pids = [c.pid for c in pool.connections()]
+    finally:
+        await pool.stop(graceful_timeout_s=5)
+    assert pool.spawner.zygote is None and gone(zygote)
+    assert all((app.folder / f"exited-{pid}").exists() for pid in pids), "atexit did not run"
 
 
-def test_a_reload_runs_the_code_on_disk_from_a_fresh_zygote(
-    make_pool: Callable[..., WorkerPool], app: App, run: Any
+async def test_a_reload_runs_the_code_on_disk_from_a_fresh_zygote(
+    make_pool: Callable[..., WorkerPool], app: App
 ) -> None:
-    async def body() -> None:
-        pool = make_pool(2)
-        try:
-            assert await pool.spawn_all()
-            first = zygote_pid(pool)
-            app.write("v2")
-            assert await pool.check_imports(reload=True) == []  # a reload's check: a zygote aside
-            await kill_and_replace(pool, 1)  # a crash restart keeps the running code...
-            assert (await ask_version(pool, 1))["version"] == "v1"
-            assert zygote_pid(pool) == first
-            assert await pool.reload()  # ...a reload takes the new one
-            assert zygote_pid(pool) != first
-            assert [(await ask_version(pool, s))["version"] for s in (0, 1)] == ["v2", "v2"]
-            await wait_for(lambda: gone(first), 5, "the old zygote gone")
-        finally:
-            await pool.stop(graceful_timeout_s=5)
-
-    run(body(), timeout_s=60)
+    pool = make_pool(2)
+    try:
+        assert await pool.spawn_all()
+        first = zygote_pid(pool)
+        app.write("v2")
+        assert await pool.check_imports(reload=True) == []  # a reload's check: a zygote aside
+        await kill_and_replace(pool, 1)  # a crash restart keeps the running code...
+        assert (await ask_version(pool, 1))["version"] == "v1"
+        assert zygote_pid(pool) == first
+        assert await pool.reload()  # ...a reload takes the new one
+        assert zygote_pid(pool) != first
+        assert [(await ask_version(pool, s))["version"] for s in (0, 1)] == ["v2", "v2"]
+        await wait_for(lambda: gone(first), 5, "the old zygote gone")
+    finally:
+        await pool.stop(graceful_timeout_s=5)
 
 
-def test_code_that_starts_a_thread_at_import_is_execd(
-    make_pool: Callable[..., WorkerPool], app: App, run: Any
+async def test_code_that_starts_a_thread_at_import_is_execd(
+    make_pool: Callable[..., WorkerPool], app: App
 ) -> None:
-    async def body() -> None:
-        app.write("threaded", thread=True)
-        pool = make_pool(1)
-        try:
-            assert await pool.spawn_all()
-            assert pool.spawner.zygote is None
-            assert "warm-cache" in pool.spawner.exec_reason
-            answer = await ask_version(pool, 0)
-            assert answer["version"] == "threaded" and not answer["forked"]
-        finally:
-            await pool.stop(graceful_timeout_s=5)
-
-    run(body(), timeout_s=60)
+    app.write("threaded", thread=True)
+    pool = make_pool(1)
+    try:
+        assert await pool.spawn_all()
+        assert pool.spawner.zygote is None
+        assert "warm-cache" in pool.spawner.exec_reason
+        answer = await ask_version(pool, 0)
+        assert answer["version"] == "threaded" and not answer["forked"]
+    finally:
+        await pool.stop(graceful_timeout_s=5)
 
 
-def test_exec_spawning_and_a_dead_zygote(make_pool: Callable[..., WorkerPool], run: Any) -> None:
-    async def body() -> None:
-        execd = make_pool(1, spawn="exec")
-        pool = make_pool(1)
-        try:
-            assert await execd.spawn_all()
-            assert execd.spawner.zygote is None and not (await ask_version(execd, 0))["forked"]
-            assert await pool.spawn_all()
-            os.kill(zygote_pid(pool), signal.SIGKILL)  # its children live on: they are ours
-            await wait_for(lambda: pool.spawner.zygote and not pool.spawner.zygote.alive, 5, "zygote dead")
-            conn = pool.get(0)
-            assert conn is not None and conn.state is WorkerState.READY
-            await ask_version(pool, 0)
-            await kill_and_replace(pool, 0)  # its replacement comes from a new zygote
-            assert (await ask_version(pool, 0))["forked"]
-        finally:
-            await asyncio.gather(execd.stop(graceful_timeout_s=5), pool.stop(graceful_timeout_s=5))
-
-    run(body(), timeout_s=60)
+async def test_exec_spawning_and_a_dead_zygote(make_pool: Callable[..., WorkerPool]) -> None:
+    execd = make_pool(1, spawn="exec")
+    pool = make_pool(1)
+    try:
+        assert await execd.spawn_all()
+        assert execd.spawner.zygote is None and not (await ask_version(execd, 0))["forked"]
+        assert await pool.spawn_all()
+        os.kill(zygote_pid(pool), signal.SIGKILL)  # its children live on: they are ours
+        await wait_for(lambda: pool.spawner.zygote and not pool.spawner.zygote.alive, 5, "zygote dead")
+        conn = pool.get(0)
+        assert conn is not None and conn.state is WorkerState.READY
+        await ask_version(pool, 0)
+        await kill_and_replace(pool, 0)  # its replacement comes from a new zygote
+        assert (await ask_version(pool, 0))["forked"]
+    finally:
+        await asyncio.gather(execd.stop(graceful_timeout_s=5), pool.stop(graceful_timeout_s=5))
 
 
-def test_orphans_of_a_killed_child_are_reaped(make_pool: Callable[..., WorkerPool], run: Any) -> None:
-    async def body() -> None:
-        pool = make_pool(1, monitor_interval_s=0.1)
-        try:
-            assert await pool.spawn_all()
-            conn = pool.get(0)
-            assert conn is not None
-            sleeper = await conn.request("spawn_sleeper", 1.5, timeout_s=5)
-            # a monitor sweep sees it below its worker: an orphan we inherit, not a child some code
-            # of ours waits for (on a loaded machine the sweeps may come late: wait for one)
-            await wait_for(lambda: pool.spawner.saw_below_a_child(sleeper), 5, "the sleeper seen by a sweep")
-            os.kill(conn.pid, signal.SIGKILL)  # its sleeper becomes ours (the subreaper)...
-            await wait_for(lambda: psutil.Process(sleeper).ppid() == os.getpid(), 5, "sleeper adopted")
-            await wait_for(lambda: not psutil.pid_exists(sleeper), 10, "sleeper reaped, no zombie")
-        finally:
-            await pool.stop(graceful_timeout_s=5)
-
-    run(body(), timeout_s=60)
+async def test_orphans_of_a_killed_child_are_reaped(make_pool: Callable[..., WorkerPool]) -> None:
+    pool = make_pool(1, monitor_interval_s=0.1)
+    try:
+        assert await pool.spawn_all()
+        conn = pool.get(0)
+        assert conn is not None
+        sleeper = await conn.request("spawn_sleeper", 1.5, timeout_s=5)
+        # a monitor sweep sees it below its worker: an orphan we inherit, not a child some code
+        # of ours waits for (on a loaded machine the sweeps may come late: wait for one)
+        await wait_for(lambda: pool.spawner.saw_below_a_child(sleeper), 5, "the sleeper seen by a sweep")
+        os.kill(conn.pid, signal.SIGKILL)  # its sleeper becomes ours (the subreaper)...
+        await wait_for(lambda: psutil.Process(sleeper).ppid() == os.getpid(), 5, "sleeper adopted")
+        await wait_for(lambda: not psutil.pid_exists(sleeper), 10, "sleeper reaped, no zombie")
+    finally:
+        await pool.stop(graceful_timeout_s=5)
 
 
 def gone(pid: int) -> bool:
@@ -232,55 +217,49 @@ def gone(pid: int) -> bool:
         return True
 
 
-def test_a_fork_that_gets_no_answer_fails_the_start_and_heals(
-    make_pool: Callable[..., WorkerPool], run: Any, monkeypatch: pytest.MonkeyPatch
+async def test_a_fork_that_gets_no_answer_fails_the_start_and_heals(
+    make_pool: Callable[..., WorkerPool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(zygote_module, "FORK_TIMEOUT_S", 0.5)
 
-    async def body() -> None:
-        pool = make_pool(1)
-        try:
-            assert await pool.spawn_all()
-            stuck = zygote_pid(pool)
-            os.kill(stuck, signal.SIGSTOP)  # alive, answering nothing
-            conn = pool.get(0)
-            assert conn is not None
-            os.kill(conn.pid, signal.SIGKILL)
-            await wait_for(lambda: gone(stuck), 15, "the stuck zygote closed (killed)")
-            await wait_for(lambda: pool.get(0) not in (None, conn), 15, "slot 0 started again")
-            assert await pool.wait_ready(15)
-            assert (await ask_version(pool, 0))["forked"]  # from a new zygote
-            assert zygote_pid(pool) != stuck
-        finally:
-            await pool.stop(graceful_timeout_s=5)
-
-    run(body(), timeout_s=60)
+    pool = make_pool(1)
+    try:
+        assert await pool.spawn_all()
+        stuck = zygote_pid(pool)
+        os.kill(stuck, signal.SIGSTOP)  # alive, answering nothing
+        conn = pool.get(0)
+        assert conn is not None
+        os.kill(conn.pid, signal.SIGKILL)
+        await wait_for(lambda: gone(stuck), 15, "the stuck zygote closed (killed)")
+        await wait_for(lambda: pool.get(0) not in (None, conn), 15, "slot 0 started again")
+        assert await pool.wait_ready(15)
+        assert (await ask_version(pool, 0))["forked"]  # from a new zygote
+        assert zygote_pid(pool) != stuck
+    finally:
+        await pool.stop(graceful_timeout_s=5)
 
 
-def test_a_fork_cancelled_in_flight_leaves_no_child(app: App, run: Any) -> None:
-    async def body() -> None:
-        pool = WorkerPool("test", 1, app.target, env={"PYTHONPATH": str(app.folder)}, ready_timeout_s=20)
-        template = pool.child_spec(0, -1)
-        zygote = await Zygote.start(template, pool.settings, lambda _data: None)
-        assert isinstance(zygote, Zygote)
-        ours, theirs = socket.socketpair()
-        try:
-            before = {p.pid for p in psutil.Process().children()}
-            forking = asyncio.ensure_future(
-                zygote.fork(pool.child_spec(0, theirs.fileno()), theirs.fileno(), print)
-            )
-            await asyncio.sleep(0.001)  # the request is out
-            forking.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await forking
+async def test_a_fork_cancelled_in_flight_leaves_no_child(app: App) -> None:
+    pool = WorkerPool("test", 1, app.target, env={"PYTHONPATH": str(app.folder)}, ready_timeout_s=20)
+    template = pool.child_spec(0, -1)
+    zygote = await Zygote.start(template, pool.settings, lambda _data: None)
+    assert isinstance(zygote, Zygote)
+    ours, theirs = socket.socketpair()
+    try:
+        before = {p.pid for p in psutil.Process().children()}
+        forking = asyncio.ensure_future(
+            zygote.fork(pool.child_spec(0, theirs.fileno()), theirs.fileno(), print)
+        )
+        await asyncio.sleep(0.001)  # the request is out
+        forking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await forking
 
-            def strays() -> set[int]:
-                return {p.pid for p in psutil.Process().children()} - before - {zygote.pid}
+        def strays() -> set[int]:
+            return {p.pid for p in psutil.Process().children()} - before - {zygote.pid}
 
-            await wait_for(lambda: all(gone(pid) for pid in strays()), 10, "the forked child killed")
-        finally:
-            ours.close()
-            theirs.close()
-            await zygote.close()
-
-    run(body(), timeout_s=60)
+        await wait_for(lambda: all(gone(pid) for pid in strays()), 10, "the forked child killed")
+    finally:
+        ours.close()
+        theirs.close()
+        await zygote.close()

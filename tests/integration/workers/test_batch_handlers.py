@@ -32,57 +32,51 @@ def test_a_batch_handler_gets_the_round_as_one_list(redis_any: Any, local_worker
     assert sum(sizes) == 300 and max(sizes) == 50 and len(sizes) <= 12, sizes  # whole rounds, not one by one
 
 
-def test_a_poison_job_fails_alone_and_its_neighbours_succeed_once(
-    redis_clean: Any, local_worker: Any, run: Any
+async def test_a_poison_job_fails_alone_and_its_neighbours_succeed_once(
+    redis_clean: Any, local_worker: Any
 ) -> None:
-    async def body() -> None:
-        r = client(redis_clean.url)
-        jobs = [json.dumps({"n": n, "poison": n == 7}) for n in range(20)]
-        await r.lpush("pq", *jobs)
-        work = queue_work(
-            redis_clean.url,
-            names=("pq",),
-            handler=f"{H}:batch_count",
-            batch=True,
-            batch_size=20,
-            max_attempts=1,
-        )
-        worker = await local_worker(work)
-        try:
-            await wait_for(lambda: equals(r.llen(KEYS.dead("pq")), 1), what="the poison job dead-lettered")
-            await wait_for(lambda: equals(r.hlen("test:handled"), 19), what="its 19 neighbours")
-        finally:
-            await worker.stop()
-        assert set(await r.hvals("test:handled")) == {b"1"}, "a neighbour handled twice"
-        letter = json.loads((await r.lrange(KEYS.dead("pq"), 0, 0))[0])
-        assert json.loads(letter["job"])["poison"] is True and "poison job in the batch" in letter["error"]
-        assert worker.consumers.queues[0].batch_fallbacks == 1
-        assert [int(n) for n in await r.lrange("test:batch_sizes", 0, -1)] == [1] * 19  # one at a time
-        await r.aclose()
-
-    run(body())
+    r = client(redis_clean.url)
+    jobs = [json.dumps({"n": n, "poison": n == 7}) for n in range(20)]
+    await r.lpush("pq", *jobs)
+    work = queue_work(
+        redis_clean.url,
+        names=("pq",),
+        handler=f"{H}:batch_count",
+        batch=True,
+        batch_size=20,
+        max_attempts=1,
+    )
+    worker = await local_worker(work)
+    try:
+        await wait_for(lambda: equals(r.llen(KEYS.dead("pq")), 1), what="the poison job dead-lettered")
+        await wait_for(lambda: equals(r.hlen("test:handled"), 19), what="its 19 neighbours")
+    finally:
+        await worker.stop()
+    assert set(await r.hvals("test:handled")) == {b"1"}, "a neighbour handled twice"
+    letter = json.loads((await r.lrange(KEYS.dead("pq"), 0, 0))[0])
+    assert json.loads(letter["job"])["poison"] is True and "poison job in the batch" in letter["error"]
+    assert worker.consumers.queues[0].batch_fallbacks == 1
+    assert [int(n) for n in await r.lrange("test:batch_sizes", 0, -1)] == [1] * 19  # one at a time
+    await r.aclose()
 
 
-def test_a_stream_batch_handler_acknowledges_the_batch(redis_any: Any, local_worker: Any, run: Any) -> None:
-    async def body() -> None:
-        r = client(redis_any.url)
-        for n in range(120):
-            await r.xadd("bs", {"n": str(n)})
-        spec = StreamSpec(
-            stream="bs", handler=f"{H}:batch_entries", group="g", batch=True, batch_size=40, block_ms=200
-        )
-        worker = await local_worker(WorkSpec(redis=redis_spec(redis_any.url), streams=(spec,)))
-        try:
-            await wait_for(lambda: equals(r.hlen("test:handled_entries"), 120), what="every entry")
-            await wait_for(lambda: r.xpending("bs", "g"), what="the pending summary")
-            await wait_for(lambda: equals(_pending(r), 0), what="every entry acknowledged")
-        finally:
-            await worker.stop()
-        sizes = [int(n) for n in await r.lrange("test:batch_sizes", 0, -1)]
-        assert sum(sizes) == 120 and max(sizes) == 40
-        await r.aclose()
-
-    run(body())
+async def test_a_stream_batch_handler_acknowledges_the_batch(redis_any: Any, local_worker: Any) -> None:
+    r = client(redis_any.url)
+    for n in range(120):
+        await r.xadd("bs", {"n": str(n)})
+    spec = StreamSpec(
+        stream="bs", handler=f"{H}:batch_entries", group="g", batch=True, batch_size=40, block_ms=200
+    )
+    worker = await local_worker(WorkSpec(redis=redis_spec(redis_any.url), streams=(spec,)))
+    try:
+        await wait_for(lambda: equals(r.hlen("test:handled_entries"), 120), what="every entry")
+        await wait_for(lambda: r.xpending("bs", "g"), what="the pending summary")
+        await wait_for(lambda: equals(_pending(r), 0), what="every entry acknowledged")
+    finally:
+        await worker.stop()
+    sizes = [int(n) for n in await r.lrange("test:batch_sizes", 0, -1)]
+    assert sum(sizes) == 120 and max(sizes) == 40
+    await r.aclose()
 
 
 async def _pending(r: Any) -> int:

@@ -48,19 +48,16 @@ def test_delayed_jobs_wait_in_redis_and_run_when_due(redis_any: Any, local_worke
     assert worst < 0.3, lateness  # ~20 ms here; the bound leaves room for a loaded machine
 
 
-def test_a_pattern_queue_with_only_delayed_jobs_is_found(redis_any: Any, local_worker: Any, run: Any) -> None:
-    async def body() -> None:
-        r = client(redis_any.url)
-        job = await aenqueue(r, "later:1", {"n": 1}, delay_s=0.3)  # its list does not even exist
-        work = queue_work(redis_any.url, pattern="later:*", handler=f"{H}:count_job", refresh_s=0.2)
-        worker = await local_worker(work)
-        try:
-            await wait_for(lambda: r.hexists("test:handled", job), timeout_s=5, what="the delayed job")
-        finally:
-            await worker.stop()
-        await r.aclose()
-
-    run(body())
+async def test_a_pattern_queue_with_only_delayed_jobs_is_found(redis_any: Any, local_worker: Any) -> None:
+    r = client(redis_any.url)
+    job = await aenqueue(r, "later:1", {"n": 1}, delay_s=0.3)  # its list does not even exist
+    work = queue_work(redis_any.url, pattern="later:*", handler=f"{H}:count_job", refresh_s=0.2)
+    worker = await local_worker(work)
+    try:
+        await wait_for(lambda: r.hexists("test:handled", job), timeout_s=5, what="the delayed job")
+    finally:
+        await worker.stop()
+    await r.aclose()
 
 
 def test_bad_delays_are_refused() -> None:

@@ -14,8 +14,8 @@ from loguru import logger
 
 from corral.contract import ScheduleSpec, WorkSpec
 from corral.workers.consumers.scheduler import Scheduler
-from corral.workers.control.operations import Operations
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
+from corral.workers.ops.operations import Operations
 from tests.integration.conftest import KEYS, H, at_least, client, queue_work, redis_spec, wait_for
 
 EVERY_S = 0.2

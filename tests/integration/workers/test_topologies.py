@@ -14,21 +14,14 @@ from typing import Any
 import pytest
 
 from corral.contract import QueueSpec, RedisSpec, WorkSpec
-from corral.workers.consumers import queue_scripts
-from corral.workers.consumers.scheduler import FIRE
-from corral.workers.keys import Keys, queue_shards
-from corral.workers.producer import ENQUEUE_UNIQUE, enqueue
+from corral.workers.jobs import scripts as job_scripts
+from corral.workers.jobs.keys import Keys, queue_shards
+from corral.workers.producer import enqueue
 from corral.workers.scripts import Script
 from tests.integration.conftest import KEYS, H, client, equals, queue_work, redis_spec, wait_for
 
-SCRIPTS = {
-    **{
-        name: getattr(queue_scripts, name)
-        for name in ("TAKE", "PROMOTE", "MOVE_ALL", "RECOVER", "ACK", "SETTLE", "RELEASE", "CHECKPOINT")
-    },
-    "FIRE": FIRE,
-    "ENQUEUE_UNIQUE": ENQUEUE_UNIQUE,
-}
+JOB_MOVES = ("TAKE", "PROMOTE", "MOVE_ALL", "RECOVER", "ACK", "SETTLE", "RELEASE", "CHECKPOINT")
+SCRIPTS = {name: getattr(job_scripts, name) for name in (*JOB_MOVES, "FIRE", "ENQUEUE_UNIQUE")}
 
 
 def script_calls(keys: Keys, queue: str) -> dict[str, tuple[list[str], list[Any]]]:
@@ -69,31 +62,28 @@ def script_calls(keys: Keys, queue: str) -> dict[str, tuple[list[str], list[Any]
     }
 
 
-def test_every_queue_script_runs_within_one_slot_on_the_cluster(valkey_cluster: Any, run: Any) -> None:
+async def test_every_queue_script_runs_within_one_slot_on_the_cluster(valkey_cluster: Any) -> None:
     """Directly and inside a cluster pipeline, for a plain, a hash-tagged and a sharded queue."""
     valkey_cluster.heal()
 
-    async def body() -> None:
-        r = client(valkey_cluster.url)
-        try:
-            for queue in ("plain", "app:{tenant-9}:jobs", *queue_shards("big", 3)):
-                await r.lpush(queue, b"job")
-                calls = script_calls(KEYS, queue)
-                assert set(calls) == set(SCRIPTS)
+    r = client(valkey_cluster.url)
+    try:
+        for queue in ("plain", "app:{tenant-9}:jobs", *queue_shards("big", 3)):
+            await r.lpush(queue, b"job")
+            calls = script_calls(KEYS, queue)
+            assert set(calls) == set(SCRIPTS)
+            for name, (keys, args) in calls.items():
+                await Script(r, SCRIPTS[name])(keys, args)  # CROSSSLOT would raise here
+            async with r.pipeline(transaction=False) as pipe:
                 for name, (keys, args) in calls.items():
-                    await Script(r, SCRIPTS[name])(keys, args)  # CROSSSLOT would raise here
-                async with r.pipeline(transaction=False) as pipe:
-                    for name, (keys, args) in calls.items():
-                        await Script(r, SCRIPTS[name])(keys, args, client=pipe)
-                    await pipe.execute()
-        finally:
-            await r.aclose()
-
-    run(body())
+                    await Script(r, SCRIPTS[name])(keys, args, client=pipe)
+                await pipe.execute()
+    finally:
+        await r.aclose()
 
 
-def test_pattern_discovery_finds_queues_on_every_primary(
-    valkey_cluster: Any, local_worker: Any, run: Any
+async def test_pattern_discovery_finds_queues_on_every_primary(
+    valkey_cluster: Any, local_worker: Any
 ) -> None:
     """The reported bug: given one node's URL, only that node's queues were found."""
     valkey_cluster.heal()
@@ -102,19 +92,16 @@ def test_pattern_discovery_finds_queues_on_every_primary(
     owners = {valkey_cluster.node_of(q).port for q in queues}
     assert len(owners) == 3, "the queues should live on all three primaries"
 
-    async def body() -> None:
-        r = client(valkey_cluster.url)
-        for n, queue in enumerate(queues):
-            await r.lpush(queue, json.dumps({"n": n}))
-        spec = QueueSpec(pattern="disc:*", handler=f"{H}:count_job", refresh_s=0.2, block_s=0.2)
-        worker = await local_worker(WorkSpec(redis=redis_spec(valkey_cluster.url), queues=(spec,)))
-        try:
-            await wait_for(lambda: equals(r.hlen("test:handled"), len(queues)), what="a job of every queue")
-        finally:
-            await worker.stop()
-        await r.aclose()
-
-    run(body())
+    r = client(valkey_cluster.url)
+    for n, queue in enumerate(queues):
+        await r.lpush(queue, json.dumps({"n": n}))
+    spec = QueueSpec(pattern="disc:*", handler=f"{H}:count_job", refresh_s=0.2, block_s=0.2)
+    worker = await local_worker(WorkSpec(redis=redis_spec(valkey_cluster.url), queues=(spec,)))
+    try:
+        await wait_for(lambda: equals(r.hlen("test:handled"), len(queues)), what="a job of every queue")
+    finally:
+        await worker.stop()
+    await r.aclose()
 
 
 def test_one_queue_sharded_over_the_primaries_is_consumed_exactly_once(

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from corral.workers.keys import Keys, hash_tag
+from corral.workers.jobs.keys import Keys, hash_tag
 
 NAMES = st.text(alphabet=st.sampled_from("ab:{}-_*é"), min_size=1, max_size=12)
 

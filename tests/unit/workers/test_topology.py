@@ -6,7 +6,7 @@ import pytest
 from redis.crc import key_slot
 
 from corral.contract import RedisSpec
-from corral.workers.keys import Keys, hash_tag, queue_shards
+from corral.workers.jobs.keys import Keys, hash_tag, queue_shards
 from corral.workers.producer import queue_key, shard_of
 from corral.workers.topology import BadRedisURL, Kind, SentinelTarget, kind_of_url, parse_sentinel_url
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from corral.workers.consumers.membership import redis_now_ms
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 from corral.workers.topology import Kind, kind_of_client
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from corral.contract import ScheduleSpec, WorkSpec
 from corral.workers import schedules
-from corral.workers.control.catalog import Catalog, Target, UnknownName
-from corral.workers.control.dead_letters import DeadLetters
-from corral.workers.control.overview import WorkRow, overview
+from corral.workers.ops.catalog import Catalog, Target, UnknownName
+from corral.workers.ops.dead_letters import DeadLetters
+from corral.workers.ops.overview import WorkRow, overview
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The child bootstrap: ``python -m corral.entrypoints.child`` (started by the supervisor, not by hand).
+"""The child bootstrap: ``python -m corral.workers.child`` (started by the supervisor, not by hand).
 
 With ``--check`` it only imports what the children will run (the worker and every handler) and
 exits: the supervisor runs that before it starts any child, and before a reload, when children are

@@ -1,5 +1,5 @@
-"""The commands that do not need a running supervisor: ``logs`` (the log files) and ``enqueue`` /
-``publish`` (straight to Redis)."""
+"""``enqueue`` and ``publish``: produce work straight to Redis (no running supervisor needed), and
+``shards`` (the lists of a sharded queue)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import argparse
 import dataclasses
 import json
 import re
-import sys
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import redis as redis_py
@@ -18,7 +16,7 @@ import redis as redis_py
 from corral.entrypoints.cli.say import fail, unreachable
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config
-from corral.workers.keys import queue_shards
+from corral.workers.jobs.keys import queue_shards
 from corral.workers.producer import DuplicateJob, enqueue, publish
 from corral.workers.topology import connect_sync
 
@@ -127,43 +125,3 @@ def redis_client(config: Config) -> Any:
         config.work.redis, url=config.redis_url, socket_timeout_s=5.0, connect_timeout_s=5.0
     )
     return connect_sync(spec)
-
-
-def show_logs(log_dir: Path, slot: str, lines: int, follow: bool) -> int:
-    named = slot in ("supervisor", "zygote", "redis")  # the supervisor's own files
-    name = f"{slot}.log" if named else f"worker-{slot}.log"
-    if not named and not slot.isdigit():
-        return fail(
-            f"logs takes a slot number, 'supervisor', 'zygote' or 'redis', got {slot!r}",
-            SupervisorExit.CONFIG,
-        )
-    path = log_dir / name
-    if not path.exists():
-        return fail(f"no log file {path}", SupervisorExit.FAILED)
-    with path.open("rb") as handle:
-        tail = handle.readlines()[-lines:] if lines > 0 else []
-        sys.stdout.buffer.write(b"".join(tail))
-        sys.stdout.flush()
-        if follow:
-            _follow(path, handle)
-    return 0
-
-
-def _follow(path: Path, handle: Any) -> None:
-    """Like ``tail -F``: keeps going across rotation (the file replaced by a new one)."""
-    inode = path.stat().st_ino
-    while True:
-        chunk = handle.read()
-        if chunk:
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-            continue
-        try:
-            if path.stat().st_ino != inode:
-                handle.close()
-                handle = path.open("rb")
-                inode = path.stat().st_ino
-                continue
-        except FileNotFoundError:
-            pass
-        time.sleep(0.2)

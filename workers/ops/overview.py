@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from corral.workers.control.catalog import Kind, Target
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
+from corral.workers.ops.catalog import Kind, Target
 
 
 @dataclass(frozen=True)

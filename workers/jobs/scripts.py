@@ -1,5 +1,23 @@
-"""The queues' Lua: every move of a job between Redis structures is one of these scripts, keyed
-within one cluster slot (a queue and its bookkeeping keys share its hash tag, see ``keys.py``)."""
+"""Every script that moves a job between Redis structures (see the room's docstring for the states
+and moves), each keyed within one cluster slot: a queue and its bookkeeping keys share its hash tag
+(``keys.py``). Run with ``corral.workers.scripts.Script`` (EVALSHA, or EVAL in a cluster pipeline).
+"""
+
+# where a job goes onto a list or a set (``how``: 'lpush' at the back, 'rpush' at the front, 'zadd'
+# scored by ``score``): the one branch every script that pushes a job shares
+PUSH = """
+local function push(key, how, job, score)
+  if how == 'zadd' then
+    redis.call('ZADD', key, score, job)
+  elseif how == 'rpush' then
+    redis.call('RPUSH', key, job)
+  else
+    redis.call('LPUSH', key, job)
+  end
+end
+"""
+
+# -- the consumers: take, put back, recover, acknowledge, settle, checkpoint -----------------------
 
 TAKE = """
 -- up to ARGV[1] jobs, or fewer when the queue's rate limit (ARGV[3]: microseconds per job, 0: none;
@@ -81,23 +99,20 @@ for i = 1, #ARGV do
 end
 return n
 """
-SETTLE = """
+SETTLE = (
+    PUSH
+    + """
 -- one job out of the processing list and to its destination (dead letters, retry set, the queue);
 -- nothing if we no longer hold it (recovered away while we were stalled: it is being tried again)
 if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end
-if ARGV[3] == 'zadd' then
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
-elseif ARGV[3] == 'rpush' then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-else
-  redis.call('LPUSH', KEYS[2], ARGV[2])
-end
+push(KEYS[2], ARGV[3], ARGV[2], ARGV[4])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[4])
 -- given up on (ARGV[5]: its id when it holds a unique lock, KEYS[5]): the lock goes with it
 if ARGV[5] ~= '' and redis.call('GET', KEYS[5]) == ARGV[5] then redis.call('DEL', KEYS[5]) end
 return 1
 """
+)
 RELEASE = """
 -- a unique job done: its lock goes, if it still holds it (a lock past its TTL may be another's now)
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -119,4 +134,68 @@ if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('SET', KEYS[3], ARGV[2]
 -- announced in the same step (ARGV[3], ARGV[4]: a channel and a message): saved and said, or neither
 if ARGV[3] then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return 1
+"""
+
+# -- the producer -------------------------------------------------------------------------------
+
+# a unique job: its lock taken and the job pushed in one step, or the holder's id and time to live
+ENQUEUE_UNIQUE = (
+    PUSH
+    + """
+local holder = redis.call('GET', KEYS[2])
+if holder then return {holder, redis.call('PTTL', KEYS[2])} end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+push(KEYS[1], ARGV[4], ARGV[1], ARGV[5])
+return false
+"""
+)
+
+# -- the schedules: a tick fired once across every host ---------------------------------------
+
+FIRE = """
+-- KEYS: the fence hash, the list, the unique lock. ARGV: tick (ms), job, job id, lock ttl (ms, 0:
+-- no lock), ticks missed before this one, fire (1) or only move the fence (0), now (ms)
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_tick_ms') or '-1')
+if tonumber(ARGV[1]) <= last then return 0 end
+redis.call('HSET', KEYS[1], 'last_tick_ms', ARGV[1])
+if tonumber(ARGV[5]) > 0 then redis.call('HINCRBY', KEYS[1], 'missed', ARGV[5]) end
+if ARGV[6] ~= '1' then return 2 end
+if tonumber(ARGV[4]) > 0 and not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then
+  redis.call('HINCRBY', KEYS[1], 'overlapped', 1)
+  return 3
+end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'fired', 1)
+redis.call('HSET', KEYS[1], 'last_fired_ms', ARGV[7], 'last_job', ARGV[3])
+return 1
+"""
+
+# -- the operator: dead letters back onto their queue or stream, or dropped ----------------------
+
+# a wrong-typed destination is checked before anything moves: a script is not rolled back on error
+RETRY_JOB = """
+local kind = redis.call('TYPE', KEYS[2]).ok
+if kind ~= 'list' and kind ~= 'none' then return -1 end
+if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+RETRY_ENTRY = """
+local kind = redis.call('TYPE', KEYS[2]).ok
+if (kind ~= 'stream' and kind ~= 'none') or #ARGV < 3 then return -1 end
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+  return 1
+end
+return 0
+"""
+DROP_ALL = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+local n = 0
+if kind == 'list' then n = redis.call('LLEN', KEYS[1]) end
+if kind == 'stream' then n = redis.call('XLEN', KEYS[1]) end
+redis.call('DEL', KEYS[1])
+return n
 """

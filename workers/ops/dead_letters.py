@@ -23,43 +23,16 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.workers.control.catalog import Kind, Target
-from corral.workers.keys import Keys, hash_tag
-from corral.workers.messages import Malformed, decode_fields, decode_job
+from corral.workers.jobs.keys import Keys, hash_tag
+from corral.workers.jobs.scripts import DROP_ALL, RETRY_ENTRY, RETRY_JOB
+from corral.workers.jobs.wire import Malformed, decode_fields, decode_job
+from corral.workers.ops.catalog import Kind, Target
 from corral.workers.scripts import Script
 
 READ_CHUNK = 1000  # letters per LRANGE / XRANGE
 BATCH = 200  # scripts per pipeline
 META = (b"_id", b"_stream", b"_deliveries", b"_error", b"_group", b"_worker", b"_failed_at")
 ENTRY_ID = re.compile(r"^\d+-\d+$")
-
-# a wrong-typed destination is checked before anything moves: a script is not rolled back on error
-RETRY_JOB = """
-local kind = redis.call('TYPE', KEYS[2]).ok
-if kind ~= 'list' and kind ~= 'none' then return -1 end
-if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 1 then
-  redis.call('LPUSH', KEYS[2], ARGV[2])
-  return 1
-end
-return 0
-"""
-RETRY_ENTRY = """
-local kind = redis.call('TYPE', KEYS[2]).ok
-if (kind ~= 'stream' and kind ~= 'none') or #ARGV < 3 then return -1 end
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
-  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
-  return 1
-end
-return 0
-"""
-DROP_ALL = """
-local kind = redis.call('TYPE', KEYS[1]).ok
-local n = 0
-if kind == 'list' then n = redis.call('LLEN', KEYS[1]) end
-if kind == 'stream' then n = redis.call('XLEN', KEYS[1]) end
-redis.call('DEL', KEYS[1])
-return n
-"""
 
 
 class CannotRetry(RuntimeError):

@@ -27,7 +27,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from corral.workers.consumers.membership import redis_now_ms
-from corral.workers.keys import Keys
+from corral.workers.jobs.keys import Keys
 
 PROCESSING = "processing list"
 PENDING = "pending entries"

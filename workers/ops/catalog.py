@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from corral.contract import QueueSpec, StreamSpec, WorkSpec
-from corral.workers.keys import Keys, queue_shards
+from corral.workers.jobs.keys import Keys, queue_shards
 from corral.workers.producer import shard_name
 from corral.workers.schedules import queue_specs
 
