@@ -17,6 +17,7 @@ Both sides import this module and nothing else of each other; it imports nothing
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import signal
@@ -157,15 +158,11 @@ class BadChildSpec(ValueError):
 
 
 @dataclass(frozen=True)
-class ChildSpec:
-    """Everything a child needs to know, built by the supervisor for each child it starts."""
+class ChildSettings:
+    """What every child of a pool is told alike. The defaults are written here once (the pool's
+    ``PoolSettings`` takes them from here), and a new child setting is one field here (and, if the
+    config sets it, the same name in ``PoolSettings``)."""
 
-    fd: int  # its end of the socketpair
-    slot: int
-    pool: str
-    target: str  # import path of the BaseWorker subclass or factory
-    host: str
-    parent_pid: int
     options: dict[str, Any] = field(default_factory=dict)  # the config's [options] table
     log_level: str = "INFO"
     log_json: bool = False
@@ -176,6 +173,24 @@ class ChildSpec:
     state_dir: str = ""
     sync_threads: int = 8  # the thread pool that runs a child's sync handlers
 
+
+CHILD_DEFAULTS = ChildSettings()
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """Everything a child needs to know, built by the supervisor for each child it starts: who it is,
+    and what every child of its pool is told (``told``). An object until it is put in the
+    environment (``to_env``)."""
+
+    fd: int  # its end of the socketpair
+    slot: int
+    pool: str
+    target: str  # import path of the BaseWorker subclass or factory
+    host: str
+    parent_pid: int
+    told: ChildSettings = CHILD_DEFAULTS
+
     def to_env(self) -> str:
         return json.dumps(asdict(self))
 
@@ -185,8 +200,8 @@ class ChildSpec:
             raise BadChildSpec(f"{SPEC_ENV} is not set: this program is started by corral")
         try:
             data = json.loads(raw)
-            known = {f.name for f in fields(cls)}
-            return cls(**{k: v for k, v in data.items() if k in known})
+            told = data.get("told") or data  # a spec of before ``told`` (a reload across an upgrade)
+            return cls(**_known(cls, data, skip="told"), told=ChildSettings(**_known(ChildSettings, told)))
         except (ValueError, TypeError, AttributeError) as exc:
             raise BadChildSpec(f"bad {SPEC_ENV}: {exc}") from exc
 
@@ -194,6 +209,16 @@ class ChildSpec:
     def identity(self) -> str:
         """``<host>:<pool>:<slot>``: stable across restarts of the slot."""
         return f"{self.host}:{self.pool}:{self.slot}"
+
+    @functools.cached_property
+    def work(self) -> WorkSpec:
+        """What it consumes, decoded once (``WorkSpec``)."""
+        return WorkSpec.from_json(self.told.work)
+
+
+def _known(cls: type, data: dict[str, Any], skip: str = "") -> dict[str, Any]:
+    names = {f.name for f in fields(cls)} - {skip}
+    return {k: v for k, v in data.items() if k in names}
 
 
 class Check(StrEnum):

@@ -9,7 +9,7 @@ from loguru import logger
 
 from corral.contract import ExitCode, ReadyInfo
 from corral.ipc import DEFAULT_TIMEOUT_S, Channel, Handler
-from corral.supervisor.process import ChildProcess
+from corral.supervisor.spawning.process import ChildProcess
 from corral.supervisor.states import WorkerState
 
 

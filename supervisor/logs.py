@@ -17,7 +17,7 @@ from typing import Any
 from loguru import logger
 
 from corral.supervisor.config import ConfigError, LogSettings
-from corral.supervisor.process import OutputSink
+from corral.supervisor.settings import OutputSink
 
 SUPERVISOR_FORMAT = (
     "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | supervisor | {name}:{function}:{line} - {message}"

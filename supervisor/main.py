@@ -34,8 +34,8 @@ from corral.supervisor.pool import WorkerPool
 from corral.supervisor.rates import Rates
 from corral.supervisor.recovery import Recovery
 from corral.supervisor.redis_server import EmbeddedRedis, EmbeddedRedisError
-from corral.supervisor.seed import Seed
 from corral.supervisor.settings import PoolSettings
+from corral.supervisor.spawning.seed import Seed
 from corral.supervisor.states import WorkerState
 from corral.supervisor.status import Status, WorkTotals, slot_rows, summary
 from corral.supervisor.systemd import Notifier

@@ -22,15 +22,15 @@ from loguru import logger
 from corral.contract import ChildSpec, Event, ReadyInfo, StopMode
 from corral.ipc import Channel, ChannelClosed, RequestTimeout, socketpair
 from corral.supervisor import monitor
-from corral.supervisor.childenv import child_spec
 from corral.supervisor.connection import WorkerConnection
 from corral.supervisor.events import ChildHandler, EventBus, Listener, PoolEvent, PoolEvents
 from corral.supervisor.lifecycle import Escalation, HeartbeatSettings, StopDeadlines, heartbeat, stop_child
 from corral.supervisor.settings import PoolSettings
 from corral.supervisor.slot import Slot
-from corral.supervisor.spawner import Spawner
+from corral.supervisor.spawning.childenv import child_spec
+from corral.supervisor.spawning.spawner import Spawner
+from corral.supervisor.spawning.zygote import ForkFailed
 from corral.supervisor.states import SlotHistory, WorkerState
-from corral.supervisor.zygote import ForkFailed
 
 MAX_DRAINING = 2  # old children of one slot finishing their jobs at once
 

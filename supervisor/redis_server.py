@@ -17,7 +17,8 @@ from pathlib import Path
 
 from loguru import logger
 
-from corral.supervisor.process import ChildProcess, OutputSink, spawn
+from corral.supervisor.settings import OutputSink
+from corral.supervisor.spawning.process import ChildProcess, spawn
 
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 START_TIMEOUT_S = 10.0

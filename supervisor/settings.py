@@ -7,9 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.contract import CHILD_MODULE, Check, setting
-from corral.supervisor.process import OutputSink
+from corral.contract import CHILD_DEFAULTS, CHILD_MODULE, Check, setting
 from corral.supervisor.states import RestartPolicy
+
+OutputSink = Callable[[bytes], None]  # called with each chunk of a child's output, and b"" at its end
 
 
 def stderr_sink(_slot: int | str) -> OutputSink:
@@ -38,17 +39,19 @@ class PoolSettings:
     max_memory_mb: float | None = setting(None, Check.POSITIVE, table="health")  # RSS above: recycled
     max_jobs: int | None = setting(None, Check.POSITIVE, table="health")  # processed above (+ jitter)
     max_jobs_jitter: int = setting(0, table="health")
-    sync_threads: int = setting(8, Check.POSITIVE, table="pool")  # a child's pool for sync handlers
+    sync_threads: int = setting(
+        CHILD_DEFAULTS.sync_threads, Check.POSITIVE, table="pool"
+    )  # sync handlers' pool
     spawn: str = setting("zygote", Check.SPAWN, table="pool")  # fork from a preloaded zygote, or exec
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     options: dict[str, Any] = field(default_factory=dict)  # handed to every child (WorkerContext)
     work: dict[str, Any] = field(default_factory=dict)  # streams/queues/redis (a WorkSpec as JSON)
-    config_dir: str = ""  # handed to children (WorkerContext.config_dir, .state_dir)
-    state_dir: str = ""
+    config_dir: str = CHILD_DEFAULTS.config_dir  # handed to children (WorkerContext.config_dir, .state_dir)
+    state_dir: str = CHILD_DEFAULTS.state_dir
     output: Callable[[int | str], OutputSink] = stderr_sink  # slot (or 'zygote') -> where its output goes
-    log_level: str = "INFO"
-    log_json: bool = False
-    stats_interval_s: float = 1.0
+    log_level: str = CHILD_DEFAULTS.log_level
+    log_json: bool = CHILD_DEFAULTS.log_json
+    stats_interval_s: float = CHILD_DEFAULTS.stats_interval_s
     host: str | None = setting(None, Check.NAME, table="pool")  # identity; default: the host name
     python: str = sys.executable
     bootstrap: tuple[str, ...] = ("-m", CHILD_MODULE)

@@ -21,7 +21,7 @@ from typing import Any
 from loguru import logger
 from setproctitle import setproctitle
 
-from corral.contract import BadChildSpec, ChildSpec, ExitCode, LoadError, WorkSpec, load_object
+from corral.contract import BadChildSpec, ChildSpec, ExitCode, LoadError, load_object
 from corral.workers.base import BaseWorker
 from corral.workers.consumers.base import load_handler
 from corral.workers.runtime import ChildRuntime
@@ -69,7 +69,7 @@ def check(spec: ChildSpec) -> list[str]:
         load_target(spec.target)
     except BootError as exc:
         problems.append(f"pool.worker: {exc}")
-    work = WorkSpec.from_json(spec.work)
+    work = spec.work
     handlers = [(f"streams[{i}].handler", s.handler) for i, s in enumerate(work.streams)]
     handlers += [(f"queues[{i}].handler", q.handler) for i, q in enumerate(work.queues)]
     for where, path in handlers:
@@ -123,10 +123,10 @@ def guard_against_orphaning(parent_pid: int, grace_s: float) -> None:
 def setup_logging(spec: ChildSpec) -> None:
     logger.remove()
     logger.configure(extra={"slot": spec.slot})
-    if spec.log_json:
-        logger.add(sys.stderr, level=spec.log_level, serialize=True, backtrace=False)
+    if spec.told.log_json:
+        logger.add(sys.stderr, level=spec.told.log_level, serialize=True, backtrace=False)
     else:
-        logger.add(sys.stderr, level=spec.log_level, format=TEXT_FORMAT, backtrace=False, colorize=False)
+        logger.add(sys.stderr, level=spec.told.log_level, format=TEXT_FORMAT, backtrace=False, colorize=False)
 
 
 def cancellable_wait_for() -> None:
@@ -158,7 +158,7 @@ def run_child(raw_spec: str | None) -> int:
         print(f"corral child: {exc}", file=sys.stderr)
         return ExitCode.BOOT_USAGE
     setproctitle(f"corral: {spec.pool} worker {spec.slot}")  # what ps and top show for this child
-    guard_against_orphaning(spec.parent_pid, spec.orphan_grace_s)
+    guard_against_orphaning(spec.parent_pid, spec.told.orphan_grace_s)
     setup_logging(spec)
     try:
         worker = make_worker(spec.target)

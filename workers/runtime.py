@@ -17,7 +17,7 @@ from typing import Any
 
 from loguru import logger
 
-from corral.contract import ChildSpec, Event, ExitCode, LoadError, StopMode, WorkSpec
+from corral.contract import ChildSpec, Event, ExitCode, LoadError, StopMode
 from corral.ipc import Channel, IPCError
 from corral.workers.base import BaseWorker, WorkerContext
 from corral.workers.consumers.base import HandlerRunner
@@ -110,10 +110,10 @@ class ChildRuntime:
             spec.slot,
             spec.pool,
             spec.host,
-            spec.options,
+            spec.told.options,
             new_worker_id(spec.identity),
-            spec.config_dir,
-            spec.state_dir,
+            spec.told.config_dir,
+            spec.told.state_dir,
         )
         self.worker.bind(context, channel)
         try:
@@ -141,13 +141,13 @@ class ChildRuntime:
         return None
 
     async def _make_consumers(self, context: WorkerContext) -> Consumers | None:
-        work = WorkSpec.from_json(self.spec.work)
+        work = self.spec.work
         if work.redis.url is None:
             if not work.empty:
                 raise LoadError("streams or queues are declared but no Redis URL was handed to the child")
             return None  # a pool without Redis (no [redis], no streams, no queues)
         self.worker.redis = await connect(work.redis)
-        runner = HandlerRunner(self.spec.sync_threads, on_stuck=self._ask_recycle)
+        runner = HandlerRunner(self.spec.told.sync_threads, on_stuck=self._ask_recycle)
         consumers = Consumers(
             work,
             redis=self.worker.redis,
@@ -205,7 +205,7 @@ class ChildRuntime:
     async def _report(self, channel: Channel) -> None:
         while not channel.closed:
             self._push_stats(channel)
-            await asyncio.sleep(self.spec.stats_interval_s)
+            await asyncio.sleep(self.spec.told.stats_interval_s)
 
     def _push_stats(self, channel: Channel) -> None:
         with contextlib.suppress(IPCError):

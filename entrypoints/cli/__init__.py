@@ -9,10 +9,10 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """``corral``. For ``run``, the zygote is launched before anything else is imported
-    (``supervisor/seed.py``): its imports overlap the supervisor's own start."""
+    (``supervisor/spawning/seed.py``): its imports overlap the supervisor's own start."""
     seed = None
     if (sys.argv[1:] if argv is None else argv)[:1] == ["run"]:
-        from corral.supervisor.seed import launch_early
+        from corral.supervisor.spawning.seed import launch_early
 
         seed = launch_early()
     from corral.entrypoints.cli.main import main as command

@@ -22,7 +22,7 @@ from corral.supervisor import config as config_module
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config, ConfigError, Where
 from corral.supervisor.control import NotRunning
-from corral.supervisor.seed import Seed
+from corral.supervisor.spawning.seed import Seed
 
 # Each command imports what it needs when it runs (below): `corral run` does not pay for the
 # dead-letter tables or the dashboard's client, a `corral status` not for the supervisor.

@@ -19,7 +19,7 @@ import pytest
 
 from corral.supervisor import WorkerConnection, WorkerPool, WorkerState
 from corral.supervisor import zygote as zygote_module
-from corral.supervisor.zygote import Zygote
+from corral.supervisor.spawning.zygote import Zygote
 from tests.integration.conftest import kill_children, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the zygote needs Linux (a subreaper)")

@@ -19,13 +19,13 @@ from enum import StrEnum
 from loguru import logger
 
 from corral.contract import ChildSpec
-from corral.supervisor.childenv import check_imports, child_env
-from corral.supervisor.linux import become_subreaper
-from corral.supervisor.process import ChildProcess, OutputSink, spawn
-from corral.supervisor.seed import Seed
-from corral.supervisor.settings import PoolSettings
-from corral.supervisor.strays import StrayReaper
-from corral.supervisor.zygote import Refusal, Zygote, ZygoteGone
+from corral.supervisor.settings import OutputSink, PoolSettings
+from corral.supervisor.spawning.childenv import check_imports, child_env
+from corral.supervisor.spawning.linux import become_subreaper
+from corral.supervisor.spawning.process import ChildProcess, spawn
+from corral.supervisor.spawning.seed import Seed
+from corral.supervisor.spawning.strays import StrayReaper
+from corral.supervisor.spawning.zygote import Refusal, Zygote, ZygoteGone
 
 
 class SpawnMethod(StrEnum):

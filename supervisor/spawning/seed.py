@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from corral.contract import CHILD_MODULE, ZYGOTE_FD_ENV, ZYGOTE_FLAG
-from corral.supervisor import linux
+from corral.supervisor.spawning import linux
 
 SYSTEMD_ENV = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"})
 BOOTSTRAP = ("-m", CHILD_MODULE)

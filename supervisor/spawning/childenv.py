@@ -8,31 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 
-from corral.contract import SPEC_ENV, ChildSpec, ExitCode
-from corral.supervisor.seed import base_env
+from corral.contract import SPEC_ENV, ChildSettings, ChildSpec, ExitCode
 from corral.supervisor.settings import PoolSettings
+from corral.supervisor.spawning.seed import base_env
 
 
 def child_spec(pool: str, host: str, slot: int, fd: int, *, target: str, s: PoolSettings) -> ChildSpec:
-    """What the child of ``slot`` of pool ``pool`` on ``host`` is told (``fd``: its IPC end)."""
-    return ChildSpec(
-        fd=fd,
-        slot=slot,
-        pool=pool,
-        target=target,
-        host=host,
-        parent_pid=os.getpid(),
-        options=s.options,
-        log_level=s.log_level,
-        log_json=s.log_json,
-        stats_interval_s=s.stats_interval_s,
-        work=s.work,
-        config_dir=s.config_dir,
-        state_dir=s.state_dir,
-        sync_threads=s.sync_threads,
-    )
+    """What the child of ``slot`` of pool ``pool`` on ``host`` is told (``fd``: its IPC end): who it
+    is, and every ``ChildSettings`` field the pool's settings have (the others keep their defaults)."""
+    told = {f.name: getattr(s, f.name) for f in dataclasses.fields(ChildSettings) if hasattr(s, f.name)}
+    return ChildSpec(fd, slot, pool, target, host, os.getpid(), ChildSettings(**told))
 
 
 def child_env(spec: ChildSpec, settings: PoolSettings) -> dict[str, str]:

@@ -14,10 +14,10 @@ import signal
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from corral.supervisor.seed import start_piped
+from corral.supervisor.settings import OutputSink
+from corral.supervisor.spawning.seed import start_piped
 
 STATUS_LOST = 255  # the exit code of a child reaped by somebody else (as a shell says for one)
-OutputSink = Callable[[bytes], None]  # called with each chunk of output, and b"" at its end
 
 
 class _OutputPipe(asyncio.Protocol):

@@ -19,9 +19,9 @@ from loguru import logger
 from corral.contract import ChildSpec, ExitCode, ZygoteReply
 from corral.ipc import ProtocolError, fdpass
 from corral.ipc.errors import EndOfStream
-from corral.supervisor.process import ChildProcess, OutputSink, adopt, read_output
-from corral.supervisor.seed import Seed, launch
-from corral.supervisor.settings import PoolSettings
+from corral.supervisor.settings import OutputSink, PoolSettings
+from corral.supervisor.spawning.process import ChildProcess, adopt, read_output
+from corral.supervisor.spawning.seed import Seed, launch
 
 FORK_TIMEOUT_S = 10.0  # a fork answers in milliseconds: past this the zygote is broken
 CLOSE_TIMEOUT_S = 2.0  # hung up on, it exits at once; past this, SIGKILL
