@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from corral.supervisor import WorkerConnection, WorkerPool, WorkerState
-from corral.supervisor import zygote as zygote_module
+from corral.supervisor.spawning import zygote as zygote_module
 from corral.supervisor.spawning.zygote import Zygote
 from tests.integration.conftest import kill_children, wait_for
 
