@@ -1,6 +1,8 @@
-"""The ``corral`` command: ``main`` (here: ``run`` launches its zygote first), the commands
-(``cli/main.py``), their arguments (``parser.py``), the commands that talk to a running supervisor
-(``control.py``), and those that need none: ``logs.py``, ``produce.py``, ``jobs.py``, ``dead.py``."""
+"""The ``corral`` command: ``main`` (here: ``run`` launches its zygote first), the config and the
+mistakes (``cli/main.py``), every command's arguments and the function that runs it (``parser.py``,
+``call.py``), ``corral run`` (``foreground.py``), the commands that talk to a running supervisor
+(``control.py``), and those that need none: ``logs.py``, ``produce.py``, ``jobs.py``, ``dead.py``,
+``inspect.py``."""
 
 from __future__ import annotations
 

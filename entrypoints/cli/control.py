@@ -14,6 +14,7 @@ import psutil
 from rich.console import Console, RenderableType
 from rich.live import Live
 
+from corral.entrypoints.cli.call import Call
 from corral.entrypoints.cli.fleet import fleet_of, fleet_parts
 from corral.entrypoints.cli.say import fail
 from corral.entrypoints.cli.view import render
@@ -136,3 +137,8 @@ async def _wait_gone(pid: int, timeout_s: float) -> bool:
             return True
         await asyncio.sleep(0.1)
     return False
+
+
+def command(call: Call) -> int:
+    """``status``, ``reload``, ``scale``, ``recycle``, ``stop``, ``request``, ``send``."""
+    return asyncio.run(control(call.where, call.args, call.config))

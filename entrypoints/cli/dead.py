@@ -32,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from corral.entrypoints.cli.call import Call
 from corral.entrypoints.cli.jobs import operations
 from corral.entrypoints.cli.produce import DURATION, UNIT_S, iso_time_s
 from corral.entrypoints.cli.say import fail, unreachable
@@ -69,7 +70,8 @@ class Order:
         return self.target.name if self.target is not None else ""
 
 
-def run(config: Config, args: argparse.Namespace) -> int:
+def command(call: Call) -> int:
+    config, args = call.valid_config, call.args
     try:
         order = checked(args, Catalog(config.work))
     except (UnknownName, ValueError) as exc:

@@ -7,6 +7,7 @@ Exit 0 when nothing is stranded, 1 when something is, 5 when Redis cannot be rea
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from corral.entrypoints.cli.call import Call
 from corral.entrypoints.cli.say import fail, unreachable
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config, redacted
@@ -83,3 +85,7 @@ def table(report: Report) -> Table:
         cells = (item.kind, item.where, str(item.count), item.holder or "-", fate)
         grid.add_row(*(Text(cell) for cell in cells), style="bold red" if item.stranded else None)
     return grid
+
+
+def command(call: Call) -> int:
+    return asyncio.run(inspect(call.valid_config, call.args))

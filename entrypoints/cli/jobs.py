@@ -23,6 +23,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from corral.entrypoints.cli.call import Call
 from corral.entrypoints.cli.say import fail, unreachable
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config, redacted
@@ -31,7 +32,9 @@ from corral.workers.ops.operations import Operations, ScheduleRow
 from corral.workers.topology import connect
 
 
-def run(config: Config, args: argparse.Namespace) -> int:
+def command(call: Call) -> int:
+    """``pause``, ``resume``, ``schedules``: straight to Redis."""
+    config, args = call.valid_config, call.args
     actions: dict[str, Callable[[Operations, argparse.Namespace], Awaitable[int]]] = {
         "pause": _pause,
         "resume": _resume,

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from corral.entrypoints.cli.call import Call
 from corral.entrypoints.cli.say import fail
 from corral.supervisor.actions import SupervisorExit
 
@@ -49,3 +50,8 @@ def _follow(path: Path, handle: Any) -> None:
         except FileNotFoundError:
             pass
         time.sleep(0.2)
+
+
+def command(call: Call) -> int:
+    args = call.args
+    return show_logs(call.where.log_dir, args.slot, args.lines, args.follow)

@@ -8,23 +8,22 @@ when the file on disk does not validate, and say so.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
 import sys
 
 from loguru import logger
 
-from corral.entrypoints.cli.parser import CONTROL, JOBS, build_parser
+from corral.entrypoints.cli.call import Call, run
+from corral.entrypoints.cli.parser import CONTROL, build_parser
 from corral.entrypoints.cli.say import fail, warn
 from corral.ipc import IPCError
 from corral.supervisor import config as config_module
 from corral.supervisor.actions import SupervisorExit
-from corral.supervisor.config import Config, ConfigError, Where
+from corral.supervisor.config import Config, ConfigError
 from corral.supervisor.control import NotRunning
 from corral.supervisor.spawning.seed import Seed
 
-# Each command imports what it needs when it runs (below): `corral run` does not pay for the
+# Each command imports what it needs when it runs (``call.run``): `corral run` does not pay for the
 # dead-letter tables or the dashboard's client, a `corral status` not for the supervisor.
 
 
@@ -61,7 +60,7 @@ def _command(argv: list[str] | None, seed: Seed | None) -> int:
         first = problem.splitlines()[-1].strip(" -")
         warn(f"{args.config} does not validate ({first}); the running pool keeps the config it loaded")
     try:
-        return dispatch(args, config, where, seed)
+        return run(Call(args, config, where, seed))
     except NotRunning as exc:
         return fail(problem or str(exc), SupervisorExit.CONFIG if problem else SupervisorExit.NOT_RUNNING)
     except IPCError as exc:
@@ -71,33 +70,3 @@ def _command(argv: list[str] | None, seed: Seed | None) -> int:
     except BrokenPipeError:  # `corral status | head`: the reader went away, which is fine
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-
-
-def dispatch(args: argparse.Namespace, config: Config | None, where: Where, seed: Seed | None = None) -> int:
-    if args.command == "logs":
-        from corral.entrypoints.cli.logs import show_logs
-
-        return show_logs(where.log_dir, args.slot, args.lines, args.follow)
-    if config is not None and args.command == "run":
-        from corral.supervisor.main import Supervisor
-
-        return asyncio.run(Supervisor(config, seed=seed).run())
-    if config is not None and args.command in ("enqueue", "publish", "shards"):
-        from corral.entrypoints.cli.produce import produce, show_shards
-
-        return show_shards(config, args.queue) if args.command == "shards" else produce(config, args)
-    if config is not None and args.command == "dead":
-        from corral.entrypoints.cli import dead
-
-        return dead.run(config, args)
-    if config is not None and args.command in JOBS:
-        from corral.entrypoints.cli import jobs
-
-        return jobs.run(config, args)
-    if config is not None and args.command == "inspect":
-        from corral.entrypoints.cli.inspect import inspect
-
-        return asyncio.run(inspect(config, args))
-    from corral.entrypoints.cli.control import control
-
-    return asyncio.run(control(where, args, config))

@@ -13,7 +13,6 @@ from corral.supervisor.actions import SupervisorExit
 # commands that talk to a running supervisor: they work from the state dir alone when the config
 # file on disk does not validate (a bad edit must not lock the operator out)
 CONTROL = frozenset({"status", "reload", "scale", "recycle", "stop", "request", "send", "logs"})
-JOBS = frozenset({"pause", "resume", "schedules"})  # job control straight to Redis (cli/jobs.py)
 
 
 def _positive(text: str) -> float:
@@ -30,12 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-c", "--config", default="corral.toml", help="config file (default: ./corral.toml)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     scaffold.add_parser(sub)
-    sub.add_parser("run", parents=[common], help="run the supervisor in the foreground")
+    sub.add_parser("run", parents=[common], help="run the supervisor in the foreground").set_defaults(
+        run="foreground:command"
+    )
     status = sub.add_parser("status", parents=[common], help="show every slot of the running pool")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.add_argument("-w", "--watch", action="store_true", help="refresh the table until Ctrl-C")
     status.add_argument("--interval", type=_positive, default=1.0, help="seconds between refreshes (--watch)")
-    sub.add_parser("reload", parents=[common], help="rolling reload with new code and re-read config")
+    reload = sub.add_parser(
+        "reload", parents=[common], help="rolling reload with new code and re-read config"
+    )
     scale = sub.add_parser("scale", parents=[common], help="change the number of slots")
     scale.add_argument("workers", type=int, help="the new number of slots")
     recycle = sub.add_parser("recycle", parents=[common], help="replace one slot's child (replacement first)")
@@ -43,16 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", parents=[common], help="graceful stop of the running pool")
     stop.add_argument("--no-wait", action="store_true", help="return without waiting for it to exit")
     stop.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the exit")
+    for command in (status, reload, scale, recycle, stop):
+        command.set_defaults(run="control:command")
     _child_messages(sub, common)
     _producers(sub, common)
     _jobs(sub, common)
     _dead(sub, common)
     inspect = sub.add_parser("inspect", parents=[common], help="list work in Redis no live member holds")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    inspect.set_defaults(run="inspect:command")
     logs = sub.add_parser("logs", parents=[common], help="print (or follow) a slot's log file")
     logs.add_argument("slot", help="a slot number, 'supervisor', 'zygote' or 'redis' (the embedded server)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("-n", "--lines", type=int, default=50, help="how many last lines to print first")
+    logs.set_defaults(run="logs:command")
     return parser
 
 
@@ -66,6 +73,8 @@ def _child_messages(
         command.add_argument("event", help="the event name its handler is registered for")
         command.add_argument("data", nargs="?", default="null", help="the data, as JSON (default: null)")
     request.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
+    for command in (request, send):
+        command.set_defaults(run="control:command")
 
 
 def _producers(
@@ -85,12 +94,15 @@ def _producers(
     enqueue.add_argument(
         "--unique-for", default="1h", help="how long the unique key holds at most (default 1h)"
     )
+    enqueue.set_defaults(run="produce:command")
     shards = sub.add_parser("shards", parents=[common], help="the lists of a sharded queue, one per line")
+    shards.set_defaults(run="produce:shards")
     shards.add_argument("queue", help="a queue declared with shards > 1 in corral.toml")
     publish = sub.add_parser("publish", parents=[common], help="add an entry (a JSON object) to a stream")
     publish.add_argument("stream", help="the stream (its shard is chosen by --key when partitioned)")
     publish.add_argument("data", help='the entry\'s fields, as a JSON object: {"type": "x", "id": "1"}')
     publish.add_argument("--key", help="partition key (e.g. a game id): one key, one shard, in order")
+    publish.set_defaults(run="produce:command")
 
 
 def _jobs(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -100,6 +112,8 @@ def _jobs(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argp
     resume.add_argument("name", help="a queue or stream of the pool")
     schedules = sub.add_parser("schedules", parents=[common], help="each schedule: its last and next run")
     schedules.add_argument("--json", action="store_true", help="print the schedules as JSON")
+    for command in (pause, resume, schedules):
+        command.set_defaults(run="jobs:command")
 
 
 class DeadParser(argparse.ArgumentParser):
@@ -126,6 +140,7 @@ class DeadParser(argparse.ArgumentParser):
 
 def _dead(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     dead = sub.add_parser("dead", parents=[common], help="the dead letters of a queue or stream")
+    dead.set_defaults(run="dead:command")
     config = DeadParser(add_help=False)  # -c after the action too; SUPPRESS: keep one before
     config.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file (./corral.toml)")
     actions = dead.add_subparsers(dest="dead_action", metavar="ACTION", parser_class=DeadParser)

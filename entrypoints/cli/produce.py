@@ -13,6 +13,7 @@ from typing import Any
 
 import redis as redis_py
 
+from corral.entrypoints.cli.call import Call
 from corral.entrypoints.cli.say import fail, unreachable
 from corral.supervisor.actions import SupervisorExit
 from corral.supervisor.config import Config
@@ -125,3 +126,12 @@ def redis_client(config: Config) -> Any:
         config.work.redis, url=config.redis_url, socket_timeout_s=5.0, connect_timeout_s=5.0
     )
     return connect_sync(spec)
+
+
+def command(call: Call) -> int:
+    """``enqueue`` and ``publish``."""
+    return produce(call.valid_config, call.args)
+
+
+def shards(call: Call) -> int:
+    return show_shards(call.valid_config, call.args.queue)

@@ -419,9 +419,9 @@ async def test_a_new_owner_handles_what_the_previous_owner_left_pending(
     spec = StreamSpec(stream="ns", handler=f"{H}:block_first_entry", group="g", partitions=1, block_ms=100)
     work = WorkSpec(redis=redis_spec(redis_any.url), streams=(spec,))
     first = await local_worker(work, name="a")
-    await first.consumers.assign({"stream": "ns", "shards": [0]})
-    for n in (1, 2, 3):
+    for n in (1, 2, 3):  # before the shard is assigned: its first read takes all three
         await r.xadd("ns:0", {"n": str(n)})
+    await first.consumers.assign({"stream": "ns", "shards": [0]})
     await wait_for(lambda: r.get("test:blocked:1"), what="a holds the batch")
     await first.stop(fast=True)  # as if killed: what it read stays pending, its consumer's
     assert await pending_count(r, "ns:0", "g") == 3
