@@ -182,6 +182,13 @@ MUTATIONS += (
         (LONG_FAULTS,),
     ),
     Mutation(
+        "manager: a burst run goes on after an empty round",
+        "workers/manager.py",
+        "            if not count and burst:\n                return\n",
+        "",
+        ("tests/unit/workers/test_manager.py",),
+    ),
+    Mutation(
         "refill: every take asks for a whole batch",
         "workers/consumers/lanes.py",
         "        return max(1, min(self.batch_size, free + extra))",

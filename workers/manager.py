@@ -60,15 +60,18 @@ class WorkerManager:
     def errors(self) -> int:
         return sum(s.errors for s in self.stats.values())
 
-    async def run(self) -> None:
+    async def run(self, burst: bool = False) -> None:
         """Run every registered worker until ``stopping`` is set (or the task is cancelled). With none
-        (a worker that only answers IPC requests), just wait until asked to stop."""
+        (a worker that only answers IPC requests), just wait until asked to stop. ``burst``: each
+        worker's loop ends after its first round that found nothing (a queue or stream drained now:
+        what a test runs to the end instead of polling for it)."""
         if not self.workers:
-            await self.stopping.wait()
+            if not burst:
+                await self.stopping.wait()
             return
         async with asyncio.TaskGroup() as group:
             for worker in self.workers:
-                group.create_task(self._loop(worker), name=f"worker:{worker.name}")
+                group.create_task(self._loop(worker, burst), name=f"worker:{worker.name}")
 
     async def wait_stopping(self, timeout_s: float) -> bool:
         """Sleep up to ``timeout_s``, waking early when stopping; True if stopping."""
@@ -76,7 +79,7 @@ class WorkerManager:
             await asyncio.wait_for(self.stopping.wait(), timeout_s)
         return self.stopping.is_set()
 
-    async def _loop(self, worker: Runnable) -> None:
+    async def _loop(self, worker: Runnable, burst: bool = False) -> None:
         stats = self.stats[worker.name]
         log = logger.bind(unit=worker.name)
         backoff_s = self.error_backoff_s
@@ -106,5 +109,7 @@ class WorkerManager:
             backoff_s = self.error_backoff_s
             stats.rounds += 1
             stats.processed += count
+            if not count and burst:
+                return
             if not count:
                 await self.wait_stopping(idle_s)

@@ -158,6 +158,18 @@ class LocalWorker:
         self.task = asyncio.create_task(self.manager.run())
         return self
 
+    async def drain(self, timeout_s: float = 20.0) -> LocalWorker:
+        """Run the consumers (not started) until each found nothing in a round, then close them: a
+        test that runs its work to the end instead of polling for it (as arq's ``burst``)."""
+        assert self.task is None, "drain() runs a worker made with start=False"
+        self.consumers.watch_stopping(self.manager.stopping)
+        for unit in self.consumers.units():
+            self.manager.register_worker(unit)
+        await asyncio.wait_for(self.manager.run(burst=True), timeout_s)
+        await self.consumers.close()
+        self.consumers.lease.stop()
+        return self
+
     async def stop(self, fast: bool = False, timeout_s: float = 10.0) -> None:
         """Graceful: let the current rounds finish. Fast: cancel them (in-flight work handed back)."""
         assert self.task is not None

@@ -50,12 +50,9 @@ async def handled(redis: Any, key: str = "test:handled") -> dict[str, int]:
 async def test_malformed_jobs_are_dead_lettered_at_once(redis_any: Any, local_worker: Any) -> None:
     r = client(redis_any.url)
     await r.lpush("mq", b"\xff\xfe{}", b"{not json", b'{"ok": 1}')
-    worker = await local_worker(queue_work(redis_any.url, names=("mq",), handler=f"{H}:record_job"))
-    try:
-        dead = await wait_for(lambda: at_least(r.lrange(KEYS.dead("mq"), 0, -1), 2), what="both dead")
-        await wait_for(lambda: r.hlen("test:handled"), what="the valid job handled")
-    finally:
-        await worker.stop()
+    work = queue_work(redis_any.url, names=("mq",), handler=f"{H}:record_job", block_s=0.1)
+    worker = await (await local_worker(work, start=False)).drain()
+    dead = await r.lrange(KEYS.dead("mq"), 0, -1)
     records = sorted((json.loads(d) for d in dead), key=lambda rec: rec["error"])
     assert records[0]["error"].startswith("malformed: not JSON"), records[0]
     assert records[0]["job"] == "{not json"
@@ -132,14 +129,11 @@ async def test_requeue_front_and_back(redis_any: Any, local_worker: Any) -> None
         queue = f"rq:{where}"
         for n in (1, 2, 3):  # LPUSH: job 1 is the first to be taken
             await r.lpush(queue, json.dumps({"n": n, "requeue": where if n == 1 else None}))
-        work = queue_work(redis_any.url, names=(queue,), handler=f"{H}:requeue_once", batch_size=1)
-        worker = await local_worker(work, name=f"w-{where}")
-        try:
-            order = await wait_for(
-                lambda: at_least(r.lrange("test:order", 0, -1), 3), what=f"3 jobs of {queue}"
-            )
-        finally:
-            await worker.stop()
+        work = queue_work(
+            redis_any.url, names=(queue,), handler=f"{H}:requeue_once", batch_size=1, block_s=0.1
+        )
+        worker = await (await local_worker(work, name=f"w-{where}", start=False)).drain()
+        order = await r.lrange("test:order", 0, -1)
         assert [o.decode() for o in order] == expected, where
         stats = worker.consumers.queues[0].stats[queue]
         assert (stats.processed, stats.requeued, stats.failed, stats.retried) == (3, 1, 0, 0)
