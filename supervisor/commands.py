@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from corral.supervisor import health
 from corral.supervisor.actions import Action
 from corral.supervisor.connection import WorkerConnection
 from corral.supervisor.pool import WorkerPool
@@ -17,7 +18,7 @@ Actions = asyncio.Queue[tuple[Action, Any]]
 
 
 def control_handlers(
-    pool: WorkerPool, actions: Actions, status: Callable[[], Status]
+    pool: WorkerPool, actions: Actions, status: Callable[[], Status], redis_url: str | None = None
 ) -> dict[str, Callable[[Any], Any]]:
     def enqueue(action: Action) -> Callable[[Any], str]:
         def handler(_data: Any) -> str:
@@ -58,6 +59,7 @@ def control_handlers(
 
     return {
         "status": lambda _data: status(),
+        "health": lambda _data: _health(status, redis_url),
         "request": request,
         "send": send,
         "reload": reload,
@@ -67,6 +69,11 @@ def control_handlers(
         "scale": scale,
         "recycle": recycle,
     }
+
+
+async def _health(status: Callable[[], Status], redis_url: str | None) -> dict[str, Any]:
+    """``corral health``: live (it answered), and ready or why not (``health.py``)."""
+    return (await health.check(status(), redis_url)).to_json()
 
 
 def _child(pool: WorkerPool, data: Any) -> tuple[WorkerConnection, str, Any]:

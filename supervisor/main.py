@@ -68,13 +68,13 @@ class Supervisor:
         self.actions: asyncio.Queue[tuple[Action, Any]] = asyncio.Queue()
         self.pool = WorkerPool(config.pool_name, config.workers, config.worker, self._settings(config))
         self.pool.spawner.adopt(seed)  # the zygote corral run launched first, if any
-        self.handlers = control_handlers(self.pool, self.actions, self.status)
+        redis_url = self.redis_url if config.uses_redis else None  # for the health probes' PING
+        self.handlers = control_handlers(self.pool, self.actions, self.status, redis_url)
         self.control = ControlServer(config.control_socket, self.handlers)
         self.recovery = Recovery(self.pool) if config.uses_redis else None
         self.work_totals = WorkTotals(self.pool)
         self.redis_watch = RedisWatch(self.pool)  # logs when the children lose Redis, and get it back
-        self.rates = Rates()
-        self._summary_at = time.monotonic()
+        self.rates, self._summary_at = Rates(), time.monotonic()
         partitioned = {s.stream: s.partitions for s in config.work.streams if s.partitions}
         self.partitions = PartitionAssigner(self.pool, partitioned) if partitioned else None
         self.web: list[WebServer] = []  # [metrics] and [dashboard]: started after the setup hook

@@ -1,4 +1,5 @@
-"""The supervisor's HTTP side, on its own event loop (aiohttp): ``/metrics`` for Prometheus, and
+"""The supervisor's HTTP side, on its own event loop (aiohttp): ``/metrics`` for Prometheus, the
+probes ``/health/live`` and ``/health/ready`` (``health.py``), and
 what an app mounted on it adds: the dashboard (``[dashboard] app``, an import path, by default
 ``corral.entrypoints.dashboard:mount``). The supervisor never imports the dashboard: it is handed
 the import path, as it is handed the worker, and gives the mount a ``Console``: what it may read
@@ -17,6 +18,7 @@ from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from corral.contract import LoadError, load_object
+from corral.supervisor import health
 from corral.supervisor.config import ConfigError
 from corral.supervisor.status import Status
 
@@ -39,13 +41,19 @@ Mount = Callable[[web.Application, Console], None]
 
 
 class WebServer:
-    def __init__(self, listen: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, listen: str, registry: CollectorRegistry | None = None, console: Console | None = None
+    ) -> None:
         host, _, port = listen.rpartition(":")
         self.host, self.port = host.strip("[]") or "127.0.0.1", int(port)  # [::1]:8080 -> ::1
         self.registry = registry
+        self.console = console
         self.app = web.Application()
         if registry is not None:
             self.app.router.add_get("/metrics", self._metrics)
+        if console is not None:  # the probes: no token needed, nothing but the pool's health
+            self.app.router.add_get("/health/live", self._live)
+            self.app.router.add_get("/health/ready", self._ready)
         self._runner: web.AppRunner | None = None
         self._mounted = False
 
@@ -66,6 +74,17 @@ class WebServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    async def _live(self, _request: web.Request) -> web.Response:
+        """200 while the supervisor's loop turns (it answers)."""
+        return web.json_response({"live": True})
+
+    async def _ready(self, _request: web.Request) -> web.Response:
+        """200 when every slot is ready and Redis answers; 503 with the reasons otherwise."""
+        assert self.console is not None
+        uses_redis = getattr(self.console.config, "uses_redis", True)
+        found = await health.check(self.console.status(), self.console.redis_url if uses_redis else None)
+        return web.json_response(found.to_json(), status=200 if found.ready else 503)
+
     async def _metrics(self, _request: web.Request) -> web.Response:
         assert self.registry is not None
         body = generate_latest(self.registry)
@@ -80,11 +99,11 @@ def servers_for(
     (given the dashboard's token and read_only). ConfigError when that path does not load."""
     servers: dict[str, WebServer] = {}
     if config.metrics_listen:
-        servers[config.metrics_listen] = WebServer(config.metrics_listen, registry)
+        servers[config.metrics_listen] = WebServer(config.metrics_listen, registry, console)
     board = config.dashboard
     if not board.listen:
         return list(servers.values()), []
-    server = servers.setdefault(board.listen, WebServer(board.listen, registry))
+    server = servers.setdefault(board.listen, WebServer(board.listen, registry, console))
     try:
         mount = load_object(board.app)
     except LoadError as exc:

@@ -189,6 +189,20 @@ MUTATIONS += (
         ("tests/unit/workers/test_manager.py",),
     ),
     Mutation(
+        "health: ready whatever Redis says",
+        "supervisor/health.py",
+        "    problem = await redis_problem(redis_url)\n",
+        "    problem = None\n",
+        ("tests/e2e/test_health.py",),
+    ),
+    Mutation(
+        "health: a fatal slot is ready",
+        "supervisor/health.py",
+        'if row["state"] not in ("ready", "draining"):',
+        'if row["state"] not in ("ready", "draining", "fatal"):',
+        ("tests/e2e/test_health.py",),
+    ),
+    Mutation(
         "refill: every take asks for a whole batch",
         "workers/consumers/lanes.py",
         "        return max(1, min(self.batch_size, free + extra))",

@@ -142,3 +142,18 @@ async def _wait_gone(pid: int, timeout_s: float) -> bool:
 def command(call: Call) -> int:
     """``status``, ``reload``, ``scale``, ``recycle``, ``stop``, ``request``, ``send``."""
     return asyncio.run(control(call.where, call.args, call.config))
+
+
+def health(invocation: Call) -> int:
+    """``corral health [--ready]``, for exec probes: exit 0 while the supervisor answers (with
+    ``--ready``: while every slot is ready and Redis answers, else 1 with the reasons); no supervisor
+    running is exit 5 (``main``)."""
+    args = invocation.args
+    found = asyncio.run(call(invocation.where.control_socket, "health", timeout_s=args.timeout))
+    if args.json:
+        print(as_json(found, indent=2))
+    elif not args.ready or found["ready"]:
+        print("ready" if found["ready"] else "live")
+    if args.ready and not found["ready"]:
+        return fail("not ready: " + "; ".join(found["reasons"]), SupervisorExit.FAILED)
+    return SupervisorExit.OK

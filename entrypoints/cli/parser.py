@@ -12,7 +12,7 @@ from corral.supervisor.actions import SupervisorExit
 
 # commands that talk to a running supervisor: they work from the state dir alone when the config
 # file on disk does not validate (a bad edit must not lock the operator out)
-CONTROL = frozenset({"status", "reload", "scale", "recycle", "stop", "request", "send", "logs"})
+CONTROL = frozenset({"status", "health", "reload", "scale", "recycle", "stop", "request", "send", "logs"})
 
 
 def _positive(text: str) -> float:
@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the exit")
     for command in (status, reload, scale, recycle, stop):
         command.set_defaults(run="control:command")
+    health = sub.add_parser("health", parents=[common], help="exit 0 while the pool is live (--ready: ready)")
+    health.add_argument("--ready", action="store_true", help="every slot ready and Redis answering")
+    health.add_argument("--json", action="store_true", help="print live, ready and the reasons as JSON")
+    health.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait for the answer")
+    health.set_defaults(run="control:health")
     _child_messages(sub, common)
     _producers(sub, common)
     _jobs(sub, common)

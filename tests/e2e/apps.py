@@ -79,6 +79,15 @@ class StartFailsWorker(GoodWorker):
         raise RuntimeError(f"start() of slot {self.slot} fails on purpose")
 
 
+class SlotOneFailsWorker(GoodWorker):
+    """start() raises in slot 1 only: that slot ends fatal, the others run."""
+
+    async def start(self) -> None:
+        if self.slot == 1:
+            raise RuntimeError("start() of slot 1 fails on purpose")
+        await super().start()
+
+
 class CrashingWorker(GoodWorker):
     """The work loop raises ``crash_after_s`` after ready, in the targeted slots."""
 
