@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import statistics
 import sys
 import tempfile
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.handlers import COUNTER
+from bench.harness import stop_pool
 from bench.server import Server
 from corral.contract import QueueSpec, RedisSpec, WorkSpec
 from corral.supervisor import WorkerPool
@@ -76,12 +75,7 @@ async def drain(url: str, client: Any, n: int, *, workers: int, shards: int, wai
             await asyncio.sleep(0.002)
         return time.perf_counter() - started
     finally:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(pool.stop(graceful_timeout_s=5.0), 30.0)
-        for conn in conns:
-            if conn.alive:
-                conn.process.signal(signal.SIGKILL)
-                await conn.process.wait(5.0)
+        await stop_pool(pool, conns)
 
 
 def run_once(

@@ -1,15 +1,18 @@
 """How ``bench/throughput.py`` watches a run: the counter polled every 2 ms, the CPU time of the
-processes, their liveness, and their teardown by pid; ``measured`` turns a watch into a ``Result``."""
+processes, their liveness, and their teardown by pid (``stop_pool`` for a corral pool); ``measured``
+turns a watch into a ``Result``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 import redis
@@ -131,3 +134,14 @@ def measured(result: Result, seen: Watch, spawned_at: float) -> Result:
         result.worker_cpu_us = (seen.cpu_end[0] - seen.cpu_first[0]) / jobs * 1e6
         result.server_cpu_us = (seen.cpu_end[1] - seen.cpu_first[1]) / jobs * 1e6
     return result
+
+
+async def stop_pool(pool: Any, conns: Iterable[Any]) -> None:
+    """A graceful stop of a corral ``WorkerPool`` (30 s at most), then SIGKILL through its pidfd for
+    any child of ``conns`` the stop ladder missed."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(pool.stop(graceful_timeout_s=5.0), 30.0)
+    for conn in conns:
+        if conn.alive:
+            conn.process.signal(signal.SIGKILL)
+            await conn.process.wait(5.0)

@@ -44,6 +44,7 @@ sys.path.insert(0, str(_HERE.parent))  # for `bench.*`
 import psutil  # noqa: E402
 from loguru import logger  # noqa: E402
 
+from bench.harness import stop_pool  # noqa: E402
 from bench.idle import idle_cpu  # noqa: E402
 from bench.report import update_doc  # noqa: E402
 from corral.supervisor.connection import WorkerConnection  # noqa: E402
@@ -179,12 +180,7 @@ async def pool_phases(n_kills: int, n_reloads: int, spawn: str) -> dict[str, lis
         results["reload"] = await reloads(pool, rec, n_reloads)
         return results
     finally:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(pool.stop(graceful_timeout_s=5.0), 30.0)
-        for conn in rec.conns:  # anything the stop ladder missed: SIGKILL through its pidfd
-            if conn.alive:
-                conn.process.signal(signal.SIGKILL)
-                await conn.process.wait(5.0)
+        await stop_pool(pool, rec.conns)
 
 
 def verdict(ok: bool) -> str:

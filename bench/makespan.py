@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import heapq
-import signal
 import statistics
 import sys
 import tempfile
@@ -32,6 +30,7 @@ ROOT = _HERE.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import stop_pool  # noqa: E402
 from bench.server import Server  # noqa: E402
 from corral.contract import QueueSpec, RedisSpec, WorkSpec  # noqa: E402
 from corral.supervisor.pool import WorkerPool  # noqa: E402
@@ -84,12 +83,7 @@ async def run_once(server: Server, args: argparse.Namespace, durations: list[flo
                 raise RuntimeError("the workload did not finish in time")
             await asyncio.sleep(0.05)
     finally:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(pool.stop(graceful_timeout_s=5.0), 30.0)
-        for conn in conns:
-            if conn.alive:
-                conn.process.signal(signal.SIGKILL)
-                await conn.process.wait(5.0)
+        await stop_pool(pool, conns)
     runs = [line.split() for line in (raw.decode() for raw in client.lrange("bench:runs", 0, -1))]
     starts, ends = [float(run[1]) for run in runs], [float(run[2]) for run in runs]
     return max(ends) - min(starts)

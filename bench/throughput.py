@@ -36,7 +36,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -56,7 +55,7 @@ import redis  # noqa: E402
 from loguru import logger  # noqa: E402
 
 from bench import peers  # noqa: E402
-from bench.harness import check_alive, measured, stop_processes, watch  # noqa: E402
+from bench.harness import check_alive, measured, stop_pool, stop_processes, watch  # noqa: E402
 from bench.report import Result, Targets, markdown, median_run, rate_text, report, update_doc  # noqa: E402
 from bench.server import Server  # noqa: E402
 from corral.contract import QueueSpec, RedisSpec, StreamSpec, WorkSpec  # noqa: E402
@@ -199,12 +198,7 @@ async def run_corral(setup: Setup, kind: str, batch: bool = False, concurrency: 
                 f"corral {kind}: children not ready:\n{output.decode(errors='replace')[-3000:]}"
             )
     finally:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(pool.stop(graceful_timeout_s=5.0), 30.0)
-        for conn in conns:  # anything the stop ladder missed: SIGKILL through its pidfd
-            if conn.alive:
-                conn.process.signal(signal.SIGKILL)
-                await conn.process.wait(5.0)
+        await stop_pool(pool, conns)
     if output.strip():
         print(f"corral {kind} children said:\n{output.decode(errors='replace')[-2000:]}", file=sys.stderr)
     label = f"corral {kind} batch handler" if batch else f"corral {kind}"

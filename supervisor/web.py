@@ -81,8 +81,8 @@ class WebServer:
     async def _ready(self, _request: web.Request) -> web.Response:
         """200 when every slot is ready and Redis answers; 503 with the reasons otherwise."""
         assert self.console is not None
-        uses_redis = getattr(self.console.config, "uses_redis", True)
-        found = await health.check(self.console.status(), self.console.redis_url if uses_redis else None)
+        url = self.console.redis_url if self.console.config.uses_redis else None
+        found = await health.check(self.console.status(), url)
         return web.json_response(found.to_json(), status=200 if found.ready else 503)
 
     async def _metrics(self, _request: web.Request) -> web.Response:

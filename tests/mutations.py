@@ -226,8 +226,8 @@ MUTATIONS += (
     Mutation(
         "checkpoint: a job recovered away goes on as if still ours",
         "workers/consumers/checkpoints.py",
-        "            if not await self.checkpoints.replace(self.queue, self.raw, new_raw, publish):",
-        "            if not await self.checkpoints.replace(self.queue, self.raw, new_raw, publish) and False:",
+        "            if not await self.settlement.checkpoint(self.queue, self.raw, new_raw, publish):",
+        "            if not await self.settlement.checkpoint(self.queue, self.raw, new_raw, publish) and False:",
         (REFILL,),
     ),
     Mutation(

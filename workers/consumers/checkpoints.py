@@ -2,12 +2,13 @@
 
 ``ctx.checkpoint(state)`` replaces the job, where it sits in this worker's processing list, by the
 same job carrying ``state`` (its envelope's ``"checkpoint"``), in one script that first checks the
-job is still ours (``CHECKPOINT``). Whatever happens next — a retry, a ``Requeue`` on a stop, the
-worker killed and its list recovered — the job goes on with its checkpoint, and the next attempt
-reads it back as ``job.checkpoint``. ``publish=(channel, message)`` announces the step in the same
-script: saved and said, or neither (a screen never sees a step that a resumed job repeats). A job
-that is not ours any more (recovered away from a worker that was cut off) is not changed: the call
-raises ``JobLost``, and the job's outcome here is only counted as refused (its next holder goes on).
+job is still ours (``CHECKPOINT``, run by ``Settlement.checkpoint``). Whatever happens next — a
+retry, a ``Requeue`` on a stop, the worker killed and its list recovered — the job goes on with its
+checkpoint, and the next attempt reads it back as ``job.checkpoint``. ``publish=(channel,
+message)`` announces the step in the same script: saved and said, or neither (a screen never sees a
+step that a resumed job repeats). A job that is not ours any more (recovered away from a worker
+that was cut off) is not changed: the call raises ``JobLost``, and the job's outcome here is only
+counted as refused (its next holder goes on).
 """
 
 from __future__ import annotations
@@ -17,45 +18,23 @@ import dataclasses
 import json
 from typing import Any
 
-from corral.workers.jobs.keys import Keys
-from corral.workers.jobs.scripts import CHECKPOINT
+from corral.workers.consumers.settlement import Settlement
 from corral.workers.jobs.wire import ENVELOPE_MARK, encode_job
 from corral.workers.messages import Job, JobLost
-from corral.workers.scripts import Script
-
-
-class Checkpoints:
-    """The ``CHECKPOINT`` script of one consumer."""
-
-    def __init__(self, redis: Any, keys: Keys, worker_id: str) -> None:
-        self.keys = keys
-        self.worker_id = worker_id
-        self._script = Script(redis, CHECKPOINT)
-
-    async def replace(
-        self, queue: str, held_raw: bytes, new_raw: bytes, publish: tuple[str, str | bytes] | None = None
-    ) -> bool:
-        keys = [
-            self.keys.processing(queue, self.worker_id),
-            self.keys.deaths(queue),
-            self.keys.in_hand(queue, self.worker_id),
-        ]
-        args: list[Any] = [held_raw, new_raw, *(publish or ())]
-        return bool(await self._script(keys=keys, args=args))
 
 
 class InHand:
     """A job being handled: the bytes it is held as (they change with each checkpoint)."""
 
-    __slots__ = ("_lock", "checkpoints", "job", "loop", "queue", "raw", "state")
+    __slots__ = ("_lock", "job", "loop", "queue", "raw", "settlement", "state")
 
     def __init__(
-        self, queue: str, raw: bytes, job: Job, checkpoints: Checkpoints, loop: asyncio.AbstractEventLoop
+        self, queue: str, raw: bytes, job: Job, settlement: Settlement, loop: asyncio.AbstractEventLoop
     ) -> None:
         self.queue = queue
         self.raw = raw
         self.job = job  # as taken
-        self.checkpoints = checkpoints
+        self.settlement = settlement
         self.loop = loop  # the worker's: a sync handler's thread saves through it
         self.state: Any = job.checkpoint
         self._lock: asyncio.Lock | None = None  # made by the first checkpoint (most jobs take none)
@@ -65,7 +44,7 @@ class InHand:
             self._lock = asyncio.Lock()
         async with self._lock:
             new_raw = with_checkpoint(self.raw, self.job, state)
-            if not await self.checkpoints.replace(self.queue, self.raw, new_raw, publish):
+            if not await self.settlement.checkpoint(self.queue, self.raw, new_raw, publish):
                 raise JobLost(f"job {self.job.id} of {self.queue} is no longer this worker's")
             self.raw, self.state = new_raw, state
 

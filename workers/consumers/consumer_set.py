@@ -89,8 +89,7 @@ class Consumers:
 
     def give_handlers(self, worker: Any) -> None:
         """Handlers see the worker they run in as ``ctx.worker``."""
-        units: list[Any] = [*self.queues, *self.streams, *self.partitioned.values()]
-        for unit in units:
+        for unit in self.consumers:
             unit.ctx.worker = worker
         self.watch_stopping(worker.stopping)
 

@@ -48,7 +48,7 @@ class TakeSizer:
         extra = 0
         if self.average_s is not None and self.prefetch_s > 0:
             starts_per_s = self.concurrency / max(self.average_s, 1e-6)
-            extra = int(min(self.prefetch_s * starts_per_s, self.batch_size))
+            extra = int(self.prefetch_s * starts_per_s)
         return max(1, min(self.batch_size, free + extra))
 
 
@@ -126,9 +126,8 @@ class Lanes:
                 return self.pending.popleft()
             if self.refill is None:
                 return None
-            changed = self.changed
             if self.looking:  # another lane asks: wait for what it finds
-                await changed.wait()
+                await self.changed.wait()
                 continue
             self.looking = True
             try:

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from corral.contract import QueueSpec
 from corral.workers.consumers.base import DeadLetter, HandlerUnit, error_summary
-from corral.workers.consumers.checkpoints import Checkpoints, InHand
+from corral.workers.consumers.checkpoints import InHand
 from corral.workers.consumers.discovery import QueueSet
 from corral.workers.consumers.intake import Intake
 from corral.workers.consumers.pauses import PauseWatch
@@ -74,7 +74,6 @@ class QueueConsumer(QueueTakes, HandlerUnit):
         self._move_all = Script(redis, MOVE_ALL)
         self.deaths: dict[tuple[str, bytes], int] = {}  # taken jobs whose worker died before
         self.settlement = Settlement(redis, keys, worker_id, spec.at_most_once)
-        self.checkpoints = Checkpoints(redis, keys, worker_id)
         self.done_unique: list[Job] = []  # handled unique jobs: their locks go with the ack
 
     @property
@@ -149,6 +148,13 @@ class QueueConsumer(QueueTakes, HandlerUnit):
         return await self._take_work(self.sizer.size(free), block=False)
 
     async def _handle(self, queue: str, raw: bytes) -> None:
+        try:
+            await self._handle_job(queue, raw)
+        finally:
+            stats = self._stats(queue)
+            stats.in_flight = max(0, stats.in_flight - 1)
+
+    async def _handle_job(self, queue: str, raw: bytes) -> None:
         stats = self._stats(queue)
         try:
             job = decode_job(raw, queue)
@@ -167,14 +173,13 @@ class QueueConsumer(QueueTakes, HandlerUnit):
             # a suspect: marked while in hand, so that if we die now the death is counted against
             # it alone, not against the innocent jobs of our batch
             await self.redis.set(self.keys.in_hand(queue, self.worker_id), raw)
-        held = InHand(queue, raw, job, self.checkpoints, asyncio.get_running_loop())
+        held = InHand(queue, raw, job, self.settlement, asyncio.get_running_loop())
         try:
             await self.call_in_hand(job, held)
         except Exception as exc:  # the handler's failure, whatever it raised (its own Redis errors too)
             await self._settle_outcome(held.latest(job), exc)
             return
         finally:
-            stats.in_flight = max(0, stats.in_flight - 1)
             if held.raw is not raw:
                 self.deaths.pop((queue, raw), None)
         stats.processed += 1

@@ -1,7 +1,8 @@
 """Where a queue job goes when it leaves a worker's processing list, each move one script: to the
 dead letters, the retry set, or back onto its queue (``SETTLE``); a dead worker's lists back onto
-their queues (``RECOVER``); and the unique lock of a job that is done (acknowledged or given up on)
-released (``RELEASE``)."""
+their queues (``RECOVER``); the unique lock of a job that is done (acknowledged or given up on)
+released (``RELEASE``); and a job in hand replaced in place by itself with a checkpoint
+(``CHECKPOINT``, see ``checkpoints.py``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from corral.workers.durability import Durability
 from corral.workers.jobs.keys import Keys
-from corral.workers.jobs.scripts import ACK, RECOVER, RELEASE, SETTLE
+from corral.workers.jobs.scripts import ACK, CHECKPOINT, RECOVER, RELEASE, SETTLE
 from corral.workers.messages import Job
 from corral.workers.scripts import Script
 
@@ -44,6 +45,19 @@ class Settlement:
         self._release = Script(redis, RELEASE)
         self._recover = Script(redis, RECOVER)
         self._ack = Script(redis, ACK)
+        self._checkpoint = Script(redis, CHECKPOINT)
+
+    async def checkpoint(
+        self, queue: str, held: bytes, saved: bytes, publish: tuple[str, str | bytes] | None = None
+    ) -> bool:
+        """The job ``held`` in our processing list replaced by ``saved`` where it sits (and
+        ``publish`` announced), atomically; False: it was not ours any more (refused)."""
+        keys = [
+            self.keys.processing(queue, self.worker_id),
+            self.keys.deaths(queue),
+            self.keys.in_hand(queue, self.worker_id),
+        ]
+        return bool(await self._checkpoint(keys=keys, args=[held, saved, *(publish or ())]))
 
     async def ack(self, handled: list[tuple[str, bytes]], durable: Durability) -> dict[str, int]:
         """``handled`` (queue, job) out of our processing lists: one LREM per job, but one command
